@@ -1,0 +1,157 @@
+"""Jobs: the request a client sends, the resource it gets back, and the stored document between.
+
+The Firestore document of a job uses the resource's field names, plus ``tenant`` (never shown) and
+the task's *stored* result form (see ``TaskSpec.result_to_store``). ``Job.from_document`` is the one
+place that turns a document into what the API answers.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.tasks import get_task
+
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+"""Job ids are uuid4 hex: unguessable, so an id alone reveals nothing about other jobs."""
+
+MAX_METADATA_ITEMS = 16
+"""Most ``metadata`` keys a job may carry."""
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+"""A job in one of these never changes again."""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobRequest(BaseModel):
+    """Body of ``POST /v1/jobs``. ``input`` is checked against the task's own schema afterwards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any]
+    metadata: dict[str, str] | None = None
+    webhook: str | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_within_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_METADATA_ITEMS:
+            raise ValueError(f"at most {MAX_METADATA_ITEMS} metadata items")
+        for key, item in value.items():
+            if not 0 < len(key) <= MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"metadata keys are 1..{MAX_METADATA_KEY_CHARS} characters")
+            if len(item) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"metadata values are at most {MAX_METADATA_VALUE_CHARS} characters")
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhooks_not_yet(cls, value: str | None) -> str | None:
+        # Accepting a webhook we would never call is worse than refusing it: the client would wait
+        # for a POST that does not come. Signed delivery lands with the hardened-edge issue.
+        if value is not None:
+            raise ValueError("webhook delivery is not available yet; poll the job instead")
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+
+    @classmethod
+    def for_job(cls, job_id: str) -> JobLinks:
+        return cls(self=f"/v1/jobs/{job_id}", events=f"/v1/jobs/{job_id}/events")
+
+
+class Job(BaseModel):
+    """The job resource, as ``GET /v1/jobs/ID`` answers it."""
+
+    id: str
+    task: str
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    input: dict[str, Any]
+    batch_id: str | None = None
+    metadata: dict[str, str] | None = None
+    links: JobLinks
+
+    @classmethod
+    def from_document(cls, job_id: str, doc: dict[str, Any]) -> Job:
+        """Build the resource from a stored job document (``tenant`` is dropped).
+
+        ``result`` appears only when succeeded and ``error`` only when failed, whatever the
+        document holds, so the contract's invariant does not depend on every writer.
+        """
+        status = JobStatus(doc["status"])
+        result = None
+        if status is JobStatus.SUCCEEDED and doc.get("result") is not None:
+            result = get_task(doc["task"]).result_from_store(doc["result"])
+        error = doc.get("error") if status is JobStatus.FAILED else None
+        return cls(
+            id=job_id,
+            task=doc["task"],
+            status=status,
+            created_at=doc["created_at"],
+            updated_at=doc["updated_at"],
+            started_at=doc.get("started_at"),
+            finished_at=doc.get("finished_at"),
+            attempts=doc.get("attempts", 0),
+            result=result,
+            error=JobError(**error) if error else None,
+            input=doc["input"],
+            batch_id=doc.get("batch_id"),
+            metadata=doc.get("metadata") or None,
+            links=JobLinks.for_job(job_id),
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def new_job_document(
+    *, tenant: str, task: str, input: dict[str, Any], metadata: dict[str, str] | None, now: datetime
+) -> dict[str, Any]:
+    """The document the ingress writes before publishing: ``queued``, no attempts yet."""
+    return {
+        "tenant": tenant,
+        "task": task,
+        "status": JobStatus.QUEUED.value,
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+        "input": input,
+        "metadata": metadata or {},
+    }

@@ -1,0 +1,67 @@
+"""The task catalogue: each task's name, description, input and output schema, stored form.
+
+Adding a task means adding one module here (its pydantic models) and one adapter under
+``worker/tasks/``; ``GET /v1/tasks`` and the ingress's validation follow from ``TASKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.tasks import embed
+
+
+class UnknownTaskError(KeyError):
+    """No task of that name is in the catalogue."""
+
+
+def _identity(value: dict[str, Any]) -> dict[str, Any]:
+    return value
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What both sides know about a task; the worker's adapter adds the model."""
+
+    name: str
+    description: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    # Result as the worker produced it (API shape) -> what Firestore can store, and back.
+    result_to_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
+    result_from_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
+
+    def describe(self) -> dict[str, Any]:
+        """The entry ``GET /v1/tasks`` lists."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_model.model_json_schema(),
+            "output_schema": self.output_model.model_json_schema(),
+        }
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            name="embed",
+            description=embed.DESCRIPTION,
+            input_model=embed.EmbedInput,
+            output_model=embed.EmbedResult,
+            result_to_store=embed.result_to_store,
+            result_from_store=embed.result_from_store,
+        ),
+    )
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(name) from None
