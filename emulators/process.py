@@ -1,0 +1,181 @@
+"""Start and stop the official Pub/Sub and Firestore emulators.
+
+``gcloud ... start`` is a Python wrapper that starts a Java process; killing the wrapper alone leaves
+Java running (and holding the port). Each emulator therefore starts in a session of its own, and
+``stop()`` signals the whole process group, waits, and kills what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+"""Seconds to wait for an emulator to answer; both usually answer in 1-2 s, a cold JVM in ~10 s."""
+STOP_GRACE_S = 10.0
+"""Seconds between SIGTERM to the group and SIGKILL."""
+_POLL_S = 0.1
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _gcloud() -> str:
+    path = shutil.which("gcloud")
+    if path is None:
+        raise RuntimeError("gcloud is not on PATH; install the Google Cloud CLI and its emulators")
+    return path
+
+
+@dataclass
+class Emulator:
+    """One running emulator: its name, address and process group."""
+
+    name: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    data_dir: str | None = None
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the value of ``*_EMULATOR_HOST``."""
+        return f"{self.host}:{self.port}"
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} emulator exited with {self.process.returncode} before answering"
+                )
+            if _answers(f"http://{self.address}/"):
+                return
+            time.sleep(_POLL_S)
+        self.stop()
+        raise TimeoutError(f"{self.name} emulator did not answer on {self.address} in {timeout_s}s")
+
+    def stop(self) -> None:
+        """Stop the emulator's whole process group; safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
+        stop_group(self.process, STOP_GRACE_S)
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        logger.info("stopped %s emulator on %s", self.name, self.address)
+
+
+def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM ``process``'s group, wait up to ``grace_s``, then SIGKILL what is left of it.
+
+    The group outlives its leader (the JVM keeps the group id after gcloud exits), so the group is
+    signalled even when the leader has already exited.
+    """
+    pgid = process.pid  # start_new_session=True makes the child its group's leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(_POLL_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    process.wait(timeout=grace_s)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start(
+    name: str, args: list[str], host: str, port: int, data_dir: str | None, output: IO[bytes] | int
+) -> Emulator:
+    process = subprocess.Popen(
+        [_gcloud(), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    emulator = Emulator(name=name, host=host, port=port, process=process, data_dir=data_dir)
+    logger.info("starting %s emulator on %s (pid %s)", name, emulator.address, process.pid)
+    return emulator
+
+
+def start_pubsub(
+    port: int, project: str, host: str = "127.0.0.1", output: IO[bytes] | int = subprocess.DEVNULL
+) -> Emulator:
+    """Start the Pub/Sub emulator (returns at once; call ``wait_ready``).
+
+    Every start gets its own ``--data-dir``: without one, gcloud writes the emulator's address
+    into the user's gcloud configuration, and two copies side by side would fight over it.
+    """
+    data_dir = tempfile.mkdtemp(prefix="omni-pubsub-")
+    args = [
+        "beta", "emulators", "pubsub", "start",
+        f"--host-port={host}:{port}", f"--project={project}", f"--data-dir={data_dir}",
+    ]  # fmt: skip
+    return _start("pubsub", args, host, port, data_dir, output)
+
+
+def start_firestore(
+    port: int, host: str = "127.0.0.1", output: IO[bytes] | int = subprocess.DEVNULL
+) -> Emulator:
+    """Start the Firestore emulator in Native mode (returns at once; call ``wait_ready``)."""
+    args = ["emulators", "firestore", "start", f"--host-port={host}:{port}"]
+    return _start("firestore", args, host, port, None, output)
+
+
+@contextlib.contextmanager
+def running_emulators(
+    project: str,
+    pubsub_port: int | None = None,
+    firestore_port: int | None = None,
+    output: IO[bytes] | int = subprocess.DEVNULL,
+) -> Iterator[tuple[Emulator, Emulator]]:
+    """Both emulators, started side by side and ready; stopped on every way out of the block."""
+    started: list[Emulator] = []
+    try:
+        started.append(start_pubsub(pubsub_port or free_port(), project, output=output))
+        started.append(start_firestore(firestore_port or free_port(), output=output))
+        for emulator in started:
+            emulator.wait_ready()
+        yield started[0], started[1]
+    finally:
+        for emulator in reversed(started):
+            emulator.stop()
