@@ -1,0 +1,94 @@
+"""The ingress's app factory: ``gunicorn 'ingress:create_app()'``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from ingress import health, jobs, tasks
+from ingress.auth import KeyRing, presented_key
+from ingress.errors import Unauthorized, register_error_handlers
+from ingress.publisher import JobPublisher
+from ingress.services import EXTENSION, Services, services
+from ingress.settings import Settings
+from ingress.store import JobStore
+from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("ingress.access")
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
+    """Build the ingress. Reads the environment only when ``settings`` is not given."""
+    settings = settings or Settings.from_env()
+    if configure_logs:
+        configure_logging(settings.log_level)
+
+    # Imported here, not at module level: building these opens gRPC channels, which must happen
+    # in the process that serves (after gunicorn's fork), never at import.
+    from google.cloud import firestore, pubsub_v1
+
+    app = Flask(__name__)
+    # Flask's own limit is a backstop for every route; json_body() enforces the per-route one.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    publisher_client = pubsub_v1.PublisherClient()
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        keys=KeyRing.from_files(settings.api_keys, settings.api_keys_file),
+        store=JobStore(
+            firestore.Client(project=settings.project),
+            settings.jobs_collection,
+            settings.firestore_timeout_s,
+        ),
+        publisher=JobPublisher(
+            publisher_client,
+            publisher_client.topic_path(settings.project, settings.jobs_topic),
+            settings.publish_timeout_s,
+        ),
+    )
+
+    register_error_handlers(app)
+    app.before_request(_start_request)
+    app.after_request(_log_request)
+    app.teardown_request(lambda _exc: clear_log_context())
+    app.register_blueprint(health.bp)
+    app.register_blueprint(tasks.bp)
+    app.register_blueprint(jobs.bp)
+    logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
+    return app
+
+
+def _start_request() -> None:
+    svc = services()
+    g.started = time.perf_counter()
+    clear_log_context()
+    bind_log_context(**trace_fields(svc.settings.project, request.headers))
+    if request.path.startswith("/v1/"):
+        tenant = svc.keys.tenant_for(presented_key(request.headers))
+        if tenant is None:
+            raise Unauthorized("send a valid API key in X-API-Key or Authorization: Bearer")
+        g.tenant = tenant
+        bind_log_context(tenant=tenant)
+
+
+def _log_request(response: Response) -> Response:
+    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    access_logger.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "httpRequest": {
+                "requestMethod": request.method,
+                "requestUrl": request.path,
+                "status": response.status_code,
+                "latency": f"{elapsed_ms / 1000:.6f}s",
+                "userAgent": request.user_agent.string,
+            }
+        },
+    )
+    return response

@@ -1,0 +1,155 @@
+"""The ingress's exception tree, and the one handler that turns it into problem+json.
+
+    ApiError                      status  when
+    ├── BadRequest                400     the body is not valid JSON
+    ├── Unauthorized              401     no key, or an unknown one
+    ├── NotFound                  404     no such resource for this tenant
+    ├── MethodNotAllowed          405     (from werkzeug, mapped below)
+    ├── Conflict                  409     state conflict, idempotency mismatch
+    ├── PayloadTooLarge           413     body over the limit
+    ├── UnsupportedMediaType      415     not JSON
+    ├── ValidationFailed          422     input fails the task's schema, unknown task
+    └── ServiceUnavailable        503     Pub/Sub or Firestore unreachable; carries Retry-After
+
+Vendor errors are translated where they happen (``store``, ``publisher``) with ``raise ... from``;
+anything else that escapes a view is a bug: logged with its stack, answered 500 without details.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Flask, Response, json
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from schemas.errors import PROBLEM_CONTENT_TYPE, Problem, ProblemItem
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status: int = 500
+    title: str = "Internal Server Error"
+    slug: str = "internal"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+    ):
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status
+
+    def problem(self) -> Problem:
+        return Problem(type=f"/problems/{self.slug}", title=self.title, status=self.status,
+                       detail=self.detail)  # fmt: skip
+
+
+class BadRequest(ApiError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(ApiError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="omni"'})
+
+
+class NotFound(ApiError):
+    status, title, slug = 404, "Not Found", "not-found"
+
+
+class MethodNotAllowed(ApiError):
+    status, title, slug = 405, "Method Not Allowed", "method-not-allowed"
+
+
+class Conflict(ApiError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, title, slug = 413, "Payload Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class ValidationFailed(ApiError):
+    status, title, slug = 422, "Unprocessable Content", "validation-failed"
+
+    def __init__(self, errors: Sequence[ProblemItem], detail: str | None = None):
+        super().__init__(detail or "; ".join(f"{_dotted(e.loc)}: {e.msg}" for e in errors))
+        self.errors = list(errors)
+
+    @classmethod
+    def from_pydantic(cls, exc: ValidationError, prefix: Sequence[str | int]) -> ValidationFailed:
+        items = [
+            ProblemItem(loc=[*prefix, *error["loc"]], msg=error["msg"])
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        return cls(items)
+
+    def problem(self) -> Problem:
+        problem = super().problem()
+        problem.errors = self.errors
+        return problem
+
+
+class ServiceUnavailable(ApiError):
+    status, title, slug = 503, "Service Unavailable", "service-unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int):
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+_FROM_WERKZEUG: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def problem_response(error: ApiError) -> Response:
+    body: dict[str, Any] = error.problem().to_json_dict()
+    response = Response(json.dumps(body), status=error.status, mimetype=PROBLEM_CONTENT_TYPE)
+    response.headers.update(error.headers)
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        if error.status >= 500:
+            logger.warning("answering %s: %s", error.status, error.detail)
+        return problem_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        mapped = _FROM_WERKZEUG.get(error.code or 500)
+        if mapped is None:
+            return problem_response(ApiError(error.description, status=error.code or 500))
+        translated = mapped(error.description)
+        if isinstance(translated, MethodNotAllowed) and error.valid_methods:  # type: ignore[attr-defined]
+            translated.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return problem_response(translated)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        logger.exception("unhandled error")
+        return problem_response(ApiError("an internal error occurred; it has been logged"))

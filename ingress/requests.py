@@ -1,0 +1,39 @@
+"""Reading a JSON request body: content type, size and syntax, each with its own 4xx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Request
+
+from ingress.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/json",)
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype in JSON_TYPES or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def json_body(request: Request, max_bytes: int) -> Any:
+    """The parsed JSON body. 415 if not JSON, 413 if over ``max_bytes``, 400 if malformed.
+
+    The size is checked before the body is read (from Content-Length) and while it is read
+    (chunked bodies), so an oversized body is never held in memory whole.
+    """
+    if not _is_json(request.mimetype):
+        raise UnsupportedMediaType(
+            f"send Content-Type: application/json (got {request.mimetype or 'none'})"
+        )
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {max_bytes}")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("body is not valid UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc

@@ -1,0 +1,31 @@
+"""What a request needs beyond itself: settings, keys, the job store, the publisher.
+
+Built once by ``create_app`` and kept on ``app.extensions`` (no module-level clients: gunicorn
+workers fork, and gRPC clients must be created after the fork).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from ingress.auth import KeyRing
+from ingress.publisher import JobPublisher
+from ingress.settings import Settings
+from ingress.store import JobStore
+
+EXTENSION = "omni"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    keys: KeyRing
+    store: JobStore
+    publisher: JobPublisher
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions[EXTENSION]
+    return svc

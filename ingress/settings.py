@@ -1,0 +1,72 @@
+"""Ingress settings, read once from the environment into one frozen object.
+
+The Google clients read ``PUBSUB_EMULATOR_HOST`` and ``FIRESTORE_EMULATOR_HOST`` themselves when
+they are built; every other variable is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas.messages import DEFAULT_TOPIC
+
+DEFAULT_PROJECT = "omni-local"
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest ``POST /v1/jobs`` body, bytes: a job and its input live in one Firestore document."""
+PUBLISH_TIMEOUT_S = 10.0
+"""Seconds a publish may take before the client gets 503 and the job is marked failed."""
+FIRESTORE_TIMEOUT_S = 10.0
+"""Seconds one Firestore call may take, retries included, before the client gets 503."""
+RETRY_AFTER_S = 5
+"""``Retry-After`` on a 503, seconds."""
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a runnable ingress."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str = DEFAULT_PROJECT
+    jobs_topic: str = DEFAULT_TOPIC
+    jobs_collection: str = "jobs"
+    api_keys: str = ""
+    api_keys_file: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    publish_timeout_s: float = PUBLISH_TIMEOUT_S
+    firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
+    retry_after_s: int = RETRY_AFTER_S
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        try:
+            settings = cls(
+                project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
+                jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
+                jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
+                api_keys=env.get("API_KEYS", ""),
+                api_keys_file=env.get("API_KEYS_FILE") or None,
+                max_body_bytes=int(env.get("MAX_BODY_BYTES") or MAX_BODY_BYTES),
+                publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
+                firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
+                log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad number in the environment: {exc}") from exc
+        if not settings.api_keys and not settings.api_keys_file:
+            raise ConfigError("set API_KEYS (tenant:key,...) or API_KEYS_FILE (tenant:sha256hex lines)")
+        if settings.max_body_bytes <= 0 or settings.publish_timeout_s <= 0:
+            raise ConfigError("MAX_BODY_BYTES and PUBLISH_TIMEOUT_S must be positive")
+        return settings
+
+    def __repr__(self) -> str:
+        # Keys must never reach a log line, even through a debug print of the settings.
+        return (
+            f"Settings(project={self.project!r}, jobs_topic={self.jobs_topic!r}, "
+            f"api_keys={'[set]' if self.api_keys else '[unset]'}, "
+            f"api_keys_file={self.api_keys_file!r})"
+        )

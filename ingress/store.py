@@ -1,0 +1,96 @@
+"""Job documents in Firestore, as the ingress reads and writes them.
+
+Every Google error is translated here into ``StoreUnavailable``, so views deal in one exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import firestore
+
+from schemas.jobs import JobStatus
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "Firestore is unreachable or overloaded", not "your request is wrong".
+_UNAVAILABLE = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.Unknown,
+    gexc.Aborted,
+    gexc.ResourceExhausted,
+    gexc.RetryError,
+    TimeoutError,
+)
+
+
+class StoreUnavailable(RuntimeError):
+    """Firestore did not answer in time, or answered that it cannot serve now."""
+
+
+class JobStore:
+    def __init__(self, client: firestore.Client, collection: str, timeout_s: float):
+        self._client = client
+        self._jobs = client.collection(collection)
+        self._timeout_s = timeout_s
+        self._retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s)
+
+    def create(self, job_id: str, doc: dict[str, Any]) -> datetime:
+        """Write a new job document; returns its update time (the precondition for later)."""
+        try:
+            result = self._jobs.document(job_id).create(
+                doc, retry=self._retry, timeout=self._timeout_s
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Firestore create failed: {type(exc).__name__}") from exc
+        return result.update_time  # type: ignore[no-any-return]
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            snapshot = self._jobs.document(job_id).get(retry=self._retry, timeout=self._timeout_s)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Firestore read failed: {type(exc).__name__}") from exc
+        return snapshot.to_dict() if snapshot.exists else None
+
+    def fail_unpublished(self, job_id: str, written_at: datetime, message: str) -> bool:
+        """Mark a job whose publish failed as ``failed``, unless anyone touched it since we wrote it.
+
+        The precondition matters: a publish can time out here and still reach Pub/Sub, and a worker
+        may already have claimed the job; that job must then run, not be overwritten. Returns
+        whether the job was marked.
+        """
+        now = datetime.now(UTC)
+        try:
+            self._jobs.document(job_id).update(
+                {
+                    "status": JobStatus.FAILED.value,
+                    "error": {"code": "publish_failed", "message": message},
+                    "updated_at": now,
+                    "finished_at": now,
+                },
+                option=self._client.write_option(last_update_time=written_at),
+                retry=self._retry,
+                timeout=self._timeout_s,
+            )
+        except gexc.FailedPrecondition:
+            logger.info("job changed after a failed publish; leaving it", extra={"job_id": job_id})
+            return False
+        except _UNAVAILABLE:
+            # The reconciler (see docs/reliability.md) finds jobs stuck in queued.
+            logger.exception("could not mark unpublished job failed", extra={"job_id": job_id})
+            return False
+        return True
+
+    def ping(self) -> bool:
+        """Whether Firestore answers a cheap read now."""
+        try:
+            self._jobs.document("_health").get(timeout=min(self._timeout_s, 3.0), retry=None)
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            return False
+        return True
