@@ -1,0 +1,102 @@
+"""Streaming pull, as the Google client does it, with our flow control and thread pool.
+
+We do not rewrite streaming pull: ``SubscriberClient.subscribe`` keeps the stream, leases and
+their extension. This wraps it with an idempotent start/stop and a view of whether it still runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+
+from worker.processor import Processor
+
+logger = logging.getLogger(__name__)
+
+
+class Consumer:
+    def __init__(
+        self,
+        subscription_path: str,
+        processor: Processor,
+        *,
+        max_messages: int,
+        lease_extension_s: int,
+        callback_threads: int,
+    ):
+        self._subscription_path = subscription_path
+        self._processor = processor
+        self._flow_control = pubsub_v1.types.FlowControl(
+            max_messages=max_messages,
+            max_duration_per_lease_extension=lease_extension_s,
+        )
+        self._callback_threads = callback_threads
+        # Guards _client and _future: start/stop may race between the main thread and signals.
+        self._lock = threading.Lock()
+        self._client: pubsub_v1.SubscriberClient | None = None
+        self._future: Any = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._future is not None:
+                return
+            # A fresh client per start: the emulator keeps feeding a cancelled stream.
+            self._client = pubsub_v1.SubscriberClient()
+            executor = ThreadPoolExecutor(
+                max_workers=self._callback_threads, thread_name_prefix="omni-callback"
+            )
+            self._future = self._client.subscribe(
+                self._subscription_path,
+                callback=self._on_message,
+                flow_control=self._flow_control,
+                scheduler=ThreadScheduler(executor),
+                # Without this, cancel() returns while callbacks still run and their acks are lost.
+                await_callbacks_on_shutdown=True,
+            )
+            logger.info("pulling from %s", self._subscription_path)
+
+    @property
+    def running(self) -> bool:
+        future = self._future
+        return future is not None and not future.done()
+
+    def wait(self, timeout_s: float) -> BaseException | None:
+        """Block up to ``timeout_s``; the stream's error if it ended by itself, else None."""
+        future = self._future
+        if future is None:
+            return None
+        try:
+            future.result(timeout=timeout_s)
+        except TimeoutError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, which decides
+            return exc
+        return None
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop pulling; wait up to ``timeout_s`` for callbacks in hand to settle their messages."""
+        with self._lock:
+            future, client = self._future, self._client
+            if future is None or client is None:
+                return
+            future.cancel()
+            try:
+                future.result(timeout=timeout_s)
+            except Exception:  # noqa: BLE001, S110 - cancelled streams end with an error here
+                pass
+            client.close()
+            logger.info("stopped pulling")
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            self._processor.handle([message])
+        except Exception:
+            # An escaping exception would be swallowed by the client and the message would sit
+            # leased until its lease lapsed; nack it now instead.
+            logger.exception("callback failed; message nacked")
+            message.nack()

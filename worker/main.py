@@ -1,0 +1,112 @@
+"""The worker's life: load models, pull, and leave in two stages.
+
+1. Health server up at once (``/healthz`` answers while models load; ``/readyz`` does not).
+2. Load every served model; record each load time.
+3. Pull. Ready while the stream runs.
+4. First SIGTERM/SIGINT: stop pulling, let jobs in hand finish within the grace period, exit 0.
+   A second signal *within* ``SAME_REQUEST_WINDOW_S`` is the same request (a process group's signal
+   plus a supervisor's forwarded one); a later one forces exit at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from worker.consumer import Consumer
+from worker.health import HealthServer
+from worker.processor import Processor
+from worker.settings import WorkerSettings
+from worker.store import JobStore
+from worker.tasks import ADAPTERS, Adapter
+
+logger = logging.getLogger(__name__)
+
+SAME_REQUEST_WINDOW_S = 2.0
+"""Signals this close to the first one repeat it rather than force an exit."""
+_WAIT_SLICE_S = 0.5
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self._stop = threading.Event()
+        self._first_signal_at: float | None = None
+        self._adapters: dict[str, Adapter] = {}
+        self._load_s: dict[str, float] = {}
+        self._consumer: Consumer | None = None
+        self._health = HealthServer(settings.http_host, settings.http_port, self._readiness)
+
+    # -- signals -------------------------------------------------------------------------------
+    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        now = time.monotonic()
+        if self._first_signal_at is None:
+            self._first_signal_at = now
+            logger.info("signal %s: finishing jobs in hand, then leaving", signum)
+            self._stop.set()
+        elif now - self._first_signal_at > SAME_REQUEST_WINDOW_S:
+            logger.warning("second signal %s: leaving now", signum)
+            os._exit(1)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _readiness(self) -> tuple[bool, dict[str, Any]]:
+        pulling = self._consumer is not None and self._consumer.running
+        models = {name: {"loaded": name in self._load_s, "load_s": self._load_s.get(name)}
+                  for name in ADAPTERS}  # fmt: skip
+        ready = pulling and not self._stop.is_set() and all(m["loaded"] for m in models.values())
+        return ready, {"pulling": pulling, "models": models}
+
+    def load_models(self) -> None:
+        for name, factory in ADAPTERS.items():
+            if self._stop.is_set():
+                return
+            started = time.perf_counter()
+            adapter = factory(self.settings)
+            adapter.load()
+            self._load_s[name] = round(time.perf_counter() - started, 3)
+            self._adapters[name] = adapter
+            logger.info("model %s loaded in %.2fs", name, self._load_s[name],
+                        extra={"task": name, "load_s": self._load_s[name]})  # fmt: skip
+
+    def run(self) -> int:
+        """Serve until asked to stop; returns the process's exit code."""
+        from google.cloud import firestore
+
+        self._health.start()
+        try:
+            self.load_models()
+            if self._stop.is_set():
+                return 0
+            store = JobStore(
+                firestore.Client(project=self.settings.project),
+                self.settings.jobs_collection,
+                self.settings.firestore_timeout_s,
+            )
+            self._consumer = Consumer(
+                f"projects/{self.settings.project}/subscriptions/{self.settings.subscription}",
+                Processor(store, self._adapters),
+                max_messages=self.settings.max_leased_messages,
+                lease_extension_s=self.settings.lease_extension_s,
+                callback_threads=self.settings.callback_threads,
+            )
+            self._consumer.start()
+            logger.info("worker ready", extra={"models": self._load_s})
+            while not self._stop.is_set():
+                error = self._consumer.wait(_WAIT_SLICE_S)
+                if error is not None or not self._consumer.running:
+                    logger.error("streaming pull ended: %r", error)
+                    return 1
+            self._consumer.stop(self.settings.shutdown_grace_s)
+            logger.info("worker stopped")
+            return 0
+        finally:
+            self._health.stop()

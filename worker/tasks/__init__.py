@@ -1,0 +1,33 @@
+"""Model adapters: one module per framework, heavy imports only inside ``load()``.
+
+An adapter turns a list of validated inputs into a list of results (API shape), in one call, so
+micro-batching can hand it many jobs at once. ``ADAPTERS`` maps task names to their factories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from worker.settings import WorkerSettings
+
+
+class Adapter(Protocol):
+    name: str
+
+    def load(self) -> None:
+        """Load the model (may take seconds); called once before any ``run``."""
+
+    def run(self, inputs: list[BaseModel]) -> list[dict[str, Any]]:
+        """One result per input, in order. Raises ``PermanentError`` for bad input."""
+
+
+def _embed(settings: WorkerSettings) -> Adapter:
+    from worker.tasks.embed import EmbedAdapter
+
+    return EmbedAdapter(device=settings.device, threads=settings.torch_threads)
+
+
+ADAPTERS: dict[str, Callable[[WorkerSettings], Adapter]] = {"embed": _embed}
