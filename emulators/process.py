@@ -1,8 +1,8 @@
 """Start and stop the official Pub/Sub and Firestore emulators.
 
-``gcloud ... start`` is a Python wrapper that starts a Java process; killing the wrapper alone leaves
-Java running (and holding the port). Each emulator therefore starts in a session of its own, and
-``stop()`` signals the whole process group, waits, and kills what is left.
+``gcloud ... start`` is a Python wrapper that starts a Java process; killing the wrapper alone
+leaves Java running (and holding the port). Each emulator therefore starts in a session of its
+own, and ``stop()`` signals the whole process group, waits, and kills what is left.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -70,17 +70,11 @@ class Emulator:
         return f"{self.host}:{self.port}"
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} emulator exited with {self.process.returncode} before answering"
-                )
-            if _answers(f"http://{self.address}/"):
-                return
-            time.sleep(_POLL_S)
-        self.stop()
-        raise TimeoutError(f"{self.name} emulator did not answer on {self.address} in {timeout_s}s")
+        try:
+            wait_until_answers(f"http://{self.address}/", self.process, timeout_s, self.name)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the emulator's whole process group; safe to call more than once."""
@@ -93,22 +87,50 @@ class Emulator:
         logger.info("stopped %s emulator on %s", self.name, self.address)
 
 
-def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM ``process``'s group, wait up to ``grace_s``, then SIGKILL what is left of it.
-
-    The group outlives its leader (the JVM keeps the group id after gcloud exits), so the group is
-    signalled even when the leader has already exited.
-    """
-    pgid = process.pid  # start_new_session=True makes the child its group's leader
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
+def wait_until_answers(
+    url: str,
+    process: subprocess.Popen[bytes],
+    timeout_s: float,
+    name: str,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``process`` exits or ``cancelled()``."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None and not _group_alive(pgid):
+        if cancelled():
+            raise InterruptedError(f"stopped while waiting for {name}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode} before answering {url}")
+        if _answers(url):
             return
         time.sleep(_POLL_S)
+    raise TimeoutError(f"{name} did not answer {url} within {timeout_s}s")
+
+
+def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM ``process``'s group, wait up to ``grace_s``, then SIGKILL what is left of it."""
+    signal_group(process, signal.SIGTERM)
+    reap_group(process, grace_s)
+
+
+def signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Send ``signum`` to the group that ``process`` leads (started with start_new_session)."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(process.pid, signum)
+
+
+def reap_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Wait up to ``grace_s`` for the whole group to exit, then SIGKILL what is left.
+
+    The group outlives its leader (the JVM keeps the group id after gcloud exits), so the group is
+    watched, not just the leader.
+    """
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(process.pid):
+            return
+        time.sleep(_POLL_S)
+    signal_group(process, signal.SIGKILL)
     process.wait(timeout=grace_s)
 
 
@@ -122,11 +144,34 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def pubsub_command(host: str, port: int, project: str, data_dir: str) -> list[str]:
+    """The command that starts the Pub/Sub emulator.
+
+    Every start gets its own ``--data-dir``: without one, gcloud writes the emulator's address
+    into the user's gcloud configuration, and two copies side by side would fight over it.
+    """
+    return [
+        _gcloud(),
+        "beta",
+        "emulators",
+        "pubsub",
+        "start",
+        f"--host-port={host}:{port}",
+        f"--project={project}",
+        f"--data-dir={data_dir}",
+    ]
+
+
+def firestore_command(host: str, port: int) -> list[str]:
+    """The command that starts the Firestore emulator in Native mode."""
+    return [_gcloud(), "emulators", "firestore", "start", f"--host-port={host}:{port}"]
+
+
 def _start(
-    name: str, args: list[str], host: str, port: int, data_dir: str | None, output: IO[bytes] | int
+    name: str, argv: list[str], host: str, port: int, data_dir: str | None, output: IO[bytes] | int
 ) -> Emulator:
     process = subprocess.Popen(
-        [_gcloud(), *args],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -140,25 +185,18 @@ def _start(
 def start_pubsub(
     port: int, project: str, host: str = "127.0.0.1", output: IO[bytes] | int = subprocess.DEVNULL
 ) -> Emulator:
-    """Start the Pub/Sub emulator (returns at once; call ``wait_ready``).
-
-    Every start gets its own ``--data-dir``: without one, gcloud writes the emulator's address
-    into the user's gcloud configuration, and two copies side by side would fight over it.
-    """
+    """Start the Pub/Sub emulator (returns at once; call ``wait_ready``)."""
     data_dir = tempfile.mkdtemp(prefix="omni-pubsub-")
-    args = [
-        "beta", "emulators", "pubsub", "start",
-        f"--host-port={host}:{port}", f"--project={project}", f"--data-dir={data_dir}",
-    ]  # fmt: skip
-    return _start("pubsub", args, host, port, data_dir, output)
+    return _start(
+        "pubsub", pubsub_command(host, port, project, data_dir), host, port, data_dir, output
+    )
 
 
 def start_firestore(
     port: int, host: str = "127.0.0.1", output: IO[bytes] | int = subprocess.DEVNULL
 ) -> Emulator:
-    """Start the Firestore emulator in Native mode (returns at once; call ``wait_ready``)."""
-    args = ["emulators", "firestore", "start", f"--host-port={host}:{port}"]
-    return _start("firestore", args, host, port, None, output)
+    """Start the Firestore emulator (returns at once; call ``wait_ready``)."""
+    return _start("firestore", firestore_command(host, port), host, port, None, output)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,9 @@ def _call(method: str, url: str) -> None:
 
 def reset_firestore(address: str, project: str) -> None:
     """Delete every document of the default database (listeners receive REMOVED)."""
-    _call("DELETE", f"http://{address}/emulator/v1/projects/{project}/databases/(default)/documents")
+    _call(
+        "DELETE", f"http://{address}/emulator/v1/projects/{project}/databases/(default)/documents"
+    )
 
 
 def reset_pubsub(address: str) -> None:

@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     # Imported here, not at module level: building these opens gRPC channels, which must happen
     # in the process that serves (after gunicorn's fork), never at import.
-    from google.cloud import firestore, pubsub_v1
+    from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
     app = Flask(__name__)
     # Flask's own limit is a backstop for every route; json_body() enforces the per-route one.

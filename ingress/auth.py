@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from werkzeug.datastructures import Headers
+
 from ingress.settings import ConfigError
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -76,7 +78,7 @@ class KeyRing:
         return found
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
+def presented_key(headers: Mapping[str, str] | Headers) -> str | None:
     """The key a request carries: ``X-API-Key``, else ``Authorization: Bearer``."""
     key = headers.get("X-API-Key")
     if key:

@@ -49,8 +49,9 @@ class ApiError(Exception):
             self.status = status
 
     def problem(self) -> Problem:
-        return Problem(type=f"/problems/{self.slug}", title=self.title, status=self.status,
-                       detail=self.detail)  # fmt: skip
+        return Problem(
+            type=f"/problems/{self.slug}", title=self.title, status=self.status, detail=self.detail
+        )
 
 
 class BadRequest(ApiError):

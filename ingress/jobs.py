@@ -13,8 +13,16 @@ from ingress.publisher import PublishFailed
 from ingress.requests import json_body
 from ingress.services import services
 from ingress.store import StoreUnavailable
-from schemas import JOB_ID_PATTERN, Job, JobMessage, JobRequest, ProblemItem, UnknownTaskError
-from schemas import TASKS, get_task
+from schemas import (
+    JOB_ID_PATTERN,
+    TASKS,
+    Job,
+    JobMessage,
+    JobRequest,
+    ProblemItem,
+    UnknownTaskError,
+    get_task,
+)
 from schemas.jobs import new_job_document, new_job_id
 from schemas.jsonlog import bind_log_context
 
@@ -78,8 +86,9 @@ def get_job(job_id: str) -> Response:
     try:
         doc = svc.store.get(job_id)
     except StoreUnavailable as exc:
-        raise ServiceUnavailable("the job store is unavailable; try again",
-                                 svc.settings.retry_after_s) from exc  # fmt: skip
+        raise ServiceUnavailable(
+            "the job store is unavailable; try again", svc.settings.retry_after_s
+        ) from exc
     # Another tenant's job is indistinguishable from a missing one.
     if doc is None or doc.get("tenant") != g.tenant:
         raise NotFound("no such job")

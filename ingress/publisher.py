@@ -6,7 +6,7 @@ from concurrent import futures
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from schemas.messages import JobMessage
 

@@ -13,7 +13,9 @@ JSON_TYPES = ("application/json",)
 
 
 def _is_json(mimetype: str) -> bool:
-    return mimetype in JSON_TYPES or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+    return mimetype in JSON_TYPES or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
 
 
 def json_body(request: Request, max_bytes: int) -> Any:
@@ -36,4 +38,6 @@ def json_body(request: Request, max_bytes: int) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest("body is not valid UTF-8") from exc
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc

@@ -58,7 +58,9 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"bad number in the environment: {exc}") from exc
         if not settings.api_keys and not settings.api_keys_file:
-            raise ConfigError("set API_KEYS (tenant:key,...) or API_KEYS_FILE (tenant:sha256hex lines)")
+            raise ConfigError(
+                "set API_KEYS (tenant:key,...) or API_KEYS_FILE (tenant:sha256hex lines)"
+            )
         if settings.max_body_bytes <= 0 or settings.publish_timeout_s <= 0:
             raise ConfigError("MAX_BODY_BYTES and PUBLISH_TIMEOUT_S must be positive")
         return settings

@@ -59,7 +59,7 @@ class JobStore:
         return snapshot.to_dict() if snapshot.exists else None
 
     def fail_unpublished(self, job_id: str, written_at: datetime, message: str) -> bool:
-        """Mark a job whose publish failed as ``failed``, unless anyone touched it since we wrote it.
+        """Mark a job whose publish failed ``failed``, unless anyone touched it since we wrote it.
 
         The precondition matters: a publish can time out here and still reach Pub/Sub, and a worker
         may already have claimed the job; that job must then run, not be overwritten. Returns

@@ -63,7 +63,9 @@ class JobRequest(BaseModel):
             if not 0 < len(key) <= MAX_METADATA_KEY_CHARS:
                 raise ValueError(f"metadata keys are 1..{MAX_METADATA_KEY_CHARS} characters")
             if len(item) > MAX_METADATA_VALUE_CHARS:
-                raise ValueError(f"metadata values are at most {MAX_METADATA_VALUE_CHARS} characters")
+                raise ValueError(
+                    f"metadata values are at most {MAX_METADATA_VALUE_CHARS} characters"
+                )
         return value
 
     @field_validator("webhook")

@@ -38,9 +38,12 @@ class JobMessage(BaseModel):
         if body.get("v") != MESSAGE_VERSION:
             raise ValueError(f"unknown message version {body.get('v')!r}")
         job_id = body.get("job_id")
-        if job_id != attributes.get("job_id"):
+        if not isinstance(job_id, str) or job_id != attributes.get("job_id"):
             raise ValueError("job_id in body and attributes differ")
-        return cls(job_id=job_id, task=attributes.get("task", ""), tenant=attributes.get("tenant", ""))
+        return cls(
+            job_id=job_id, task=attributes.get("task", ""), tenant=attributes.get("tenant", "")
+        )
+
 
 DEFAULT_TOPIC = "jobs"
 """Topic the ingress publishes jobs to (``JOBS_TOPIC``)."""

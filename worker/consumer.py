@@ -6,6 +6,7 @@ their extension. This wraps it with an idempotent start/stop and a view of wheth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -85,10 +86,9 @@ class Consumer:
             if future is None or client is None:
                 return
             future.cancel()
-            try:
+            # A cancelled stream may end with an error here; either way it has ended.
+            with contextlib.suppress(Exception):
                 future.result(timeout=timeout_s)
-            except Exception:  # noqa: BLE001, S110 - cancelled streams end with an error here
-                pass
             client.close()
             logger.info("stopped pulling")
 

@@ -60,8 +60,10 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------------
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         pulling = self._consumer is not None and self._consumer.running
-        models = {name: {"loaded": name in self._load_s, "load_s": self._load_s.get(name)}
-                  for name in ADAPTERS}  # fmt: skip
+        models = {
+            name: {"loaded": name in self._load_s, "load_s": self._load_s.get(name)}
+            for name in ADAPTERS
+        }
         ready = pulling and not self._stop.is_set() and all(m["loaded"] for m in models.values())
         return ready, {"pulling": pulling, "models": models}
 
@@ -74,8 +76,12 @@ class Worker:
             adapter.load()
             self._load_s[name] = round(time.perf_counter() - started, 3)
             self._adapters[name] = adapter
-            logger.info("model %s loaded in %.2fs", name, self._load_s[name],
-                        extra={"task": name, "load_s": self._load_s[name]})  # fmt: skip
+            logger.info(
+                "model %s loaded in %.2fs",
+                name,
+                self._load_s[name],
+                extra={"task": name, "load_s": self._load_s[name]},
+            )
 
     def run(self) -> int:
         """Serve until asked to stop; returns the process's exit code."""

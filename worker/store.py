@@ -135,7 +135,9 @@ class JobStore:
         try:
             return function(self._client.transaction())
         except _UNAVAILABLE as exc:
-            raise TransientError(f"Firestore {what} failed for {job_id}: {type(exc).__name__}") from exc
+            raise TransientError(
+                f"Firestore {what} failed for {job_id}: {type(exc).__name__}"
+            ) from exc
         except ValueError as exc:
             # google-cloud-firestore raises ValueError when a transaction runs out of attempts.
             raise TransientError(f"Firestore {what} contention for {job_id}: {exc}") from exc
