@@ -1,0 +1,37 @@
+# The commands the README names. `make run` and `make test` install what is missing first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-omni
+PYTEST_ARGS ?=
+
+.PHONY: install run test unit lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,worker,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# exec: make's shell is replaced, so a signal to make's process group reaches the supervisor,
+# which forwards it once to every child it started.
+run: $(STAMP)
+	exec $(PY) -m emulators.localrun
+
+test: $(STAMP) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) bench/e2e_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,201 @@
+"""``make run``: the whole pipeline on this machine, under one supervisor.
+
+Starts both emulators, provisions them, starts ``WORKERS`` workers and the ingress (gunicorn on
+``127.0.0.1:$PORT``), prints the URL and a working ``curl``, and stops everything on Ctrl-C or
+SIGTERM. ``local_stack()`` is the same sequence as a context manager, for benchmarks and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from emulators.process import (
+    START_TIMEOUT_S,
+    firestore_command,
+    pubsub_command,
+    wait_until_answers,
+)
+from emulators.provision import Resources, provision
+from emulators.supervisor import Supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_API_KEYS = "dev:dev-key-123"
+"""Used by ``make run`` (and only by it) when ``API_KEYS`` is unset."""
+WORKER_READY_TIMEOUT_S = 180.0
+"""Seconds a worker may take to load its models and start pulling."""
+
+TIER_EMULATORS, TIER_WORKERS, TIER_INGRESS = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    project: str = "omni-local"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    pubsub_port: int = 8085
+    firestore_port: int = 8086
+    workers: int = 1
+    worker_http_port: int = 8090
+    api_keys: str = DEV_API_KEYS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
+        env = os.environ if environ is None else environ
+        return cls(
+            project=env.get("GOOGLE_CLOUD_PROJECT") or "omni-local",
+            port=int(env.get("PORT") or 8080),
+            pubsub_port=int(env.get("PUBSUB_PORT") or 8085),
+            firestore_port=int(env.get("FIRESTORE_PORT") or 8086),
+            workers=int(env.get("WORKERS") or 1),
+            worker_http_port=int(env.get("WORKER_HTTP_PORT") or 8090),
+            api_keys=env.get("API_KEYS") or DEV_API_KEYS,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def ports(self) -> dict[str, int]:
+        named = {
+            "PORT": self.port,
+            "PUBSUB_PORT": self.pubsub_port,
+            "FIRESTORE_PORT": self.firestore_port,
+        }
+        for i in range(self.workers):
+            named[f"WORKER_HTTP_PORT+{i}"] = self.worker_http_port + i
+        return named
+
+
+def _check_ports_free(config: StackConfig) -> None:
+    for name, port in config.ports().items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((config.host, port))
+            except OSError:
+                raise SystemExit(
+                    f"port {port} ({name}) is in use: "
+                    f"stop what holds it or set {name.split('+')[0]}"
+                ) from None
+
+
+def _first_key(api_keys: str) -> str:
+    return api_keys.split(",")[0].partition(":")[2]
+
+
+def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> None:
+    """Start every part under ``supervisor`` and return once the ingress and workers are ready."""
+    _check_ports_free(config)
+    pubsub = supervisor.spawn(
+        "pubsub",
+        pubsub_command(config.host, config.pubsub_port, config.project, data_dir),
+        tier=TIER_EMULATORS,
+    )
+    firestore = supervisor.spawn(
+        "firestore", firestore_command(config.host, config.firestore_port), tier=TIER_EMULATORS
+    )
+    pubsub_host = f"{config.host}:{config.pubsub_port}"
+    firestore_host = f"{config.host}:{config.firestore_port}"
+    stopping = lambda: supervisor.stopping  # noqa: E731
+    wait_until_answers(
+        f"http://{pubsub_host}/", pubsub.process, START_TIMEOUT_S, "pubsub", stopping
+    )
+    wait_until_answers(
+        f"http://{firestore_host}/", firestore.process, START_TIMEOUT_S, "firestore", stopping
+    )
+
+    env = {
+        **os.environ,
+        "GOOGLE_CLOUD_PROJECT": config.project,
+        "PUBSUB_EMULATOR_HOST": pubsub_host,
+        "FIRESTORE_EMULATOR_HOST": firestore_host,
+        "API_KEYS": config.api_keys,
+        "PYTHONUNBUFFERED": "1",
+    }
+    # Provisioning runs here, in the supervisor, so the clients it builds must see the emulator.
+    os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_host
+    provision(Resources(project=config.project))
+    supervisor.log("provisioned", topic="jobs", subscription="jobs-worker")
+
+    workers = []
+    for i in range(config.workers):
+        worker_env = {**env, "WORKER_HTTP_PORT": str(config.worker_http_port + i)}
+        workers.append(
+            supervisor.spawn(
+                f"worker-{i}", [sys.executable, "-m", "worker"], env=worker_env, tier=TIER_WORKERS
+            )
+        )
+    ingress_env = {**env, "HOST": config.host, "PORT": str(config.port)}
+    ingress = supervisor.spawn(
+        "ingress",
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")],
+        env=ingress_env,
+        tier=TIER_INGRESS,
+    )
+    wait_until_answers(
+        f"{config.url}/health", ingress.process, START_TIMEOUT_S, "ingress", stopping
+    )
+    for i, worker in enumerate(workers):
+        port = config.worker_http_port + i
+        wait_until_answers(
+            f"http://{config.host}:{port}/readyz",
+            worker.process,
+            WORKER_READY_TIMEOUT_S,
+            worker.name,
+            stopping,
+        )
+
+
+def curl_example(config: StackConfig) -> str:
+    key = _first_key(config.api_keys)
+    return (
+        f"curl -s -X POST {config.url}/v1/jobs -H 'X-API-Key: {key}' "
+        "-H 'Content-Type: application/json' "
+        """-d '{"task": "embed", "input": {"texts": ["a cat", "a kitten"]}}'"""
+    )
+
+
+@contextlib.contextmanager
+def local_stack(config: StackConfig, output: IO[str]) -> Iterator[StackConfig]:
+    """The whole pipeline, ready, for the duration of the block; stopped on every way out."""
+    supervisor = Supervisor(output)
+    with tempfile.TemporaryDirectory(prefix="omni-run-") as data_dir:
+        try:
+            start_stack(config, supervisor, data_dir)
+            yield config
+        finally:
+            supervisor.stop_all()
+
+
+def main() -> int:
+    config = StackConfig.from_env()
+    supervisor = Supervisor()
+    supervisor.install_signal_handlers()
+    reason = "unexpected error"
+    with tempfile.TemporaryDirectory(prefix="omni-run-") as data_dir:
+        try:
+            start_stack(config, supervisor, data_dir)
+            example = curl_example(config)
+            supervisor.log(
+                f"Omni is up at {config.url}. Try: {example}", url=config.url, curl=example
+            )
+            reason = supervisor.wait()
+        except InterruptedError:
+            reason = supervisor.stop_reason
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            reason = f"start failed: {exc}"
+        finally:
+            supervisor.log(f"stopping: {reason}")
+            supervisor.stop_all()
+    return 0 if reason.startswith("signal") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
