@@ -1,0 +1,60 @@
+"""Fixtures shared by every test layer.
+
+Integration and end-to-end tests run against the official emulators, started here on free ports
+(never the developer's 8085/8086) and stopped by process group when the session ends, whatever
+way it ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from emulators.process import Emulator, running_emulators
+from emulators.provision import Resources, provision
+from emulators.reset import reset_firestore
+
+PROJECT = "omni-test"
+
+
+@dataclass(frozen=True)
+class Emulators:
+    project: str
+    pubsub: Emulator
+    firestore: Emulator
+
+    def env(self) -> dict[str, str]:
+        return {
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "PUBSUB_EMULATOR_HOST": self.pubsub.address,
+            "FIRESTORE_EMULATOR_HOST": self.firestore.address,
+        }
+
+
+@pytest.fixture(scope="session")
+def emulators() -> Iterator[Emulators]:
+    """Both emulators for the whole session, provisioned; this process's clients point at them."""
+    keys = ("GOOGLE_CLOUD_PROJECT", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
+    saved = {key: os.environ.get(key) for key in keys}
+    with running_emulators(PROJECT) as (pubsub, firestore):
+        running = Emulators(PROJECT, pubsub, firestore)
+        os.environ.update(running.env())
+        provision(Resources(project=PROJECT))
+        try:
+            yield running
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def clean_firestore(emulators: Emulators) -> Emulators:
+    """A Firestore with no documents at the start of the test."""
+    reset_firestore(emulators.firestore.address, emulators.project)
+    return emulators

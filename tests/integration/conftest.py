@@ -1,0 +1,82 @@
+"""The running pipeline for integration tests: a real worker process and a real gunicorn ingress,
+both on the session's emulators. Tests talk HTTP to the ingress, as a client would."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import DEVNULL, STDOUT, Popen
+from typing import Any
+
+import pytest
+
+from emulators.localrun import ROOT
+from emulators.process import free_port, stop_group, wait_until_answers
+from tests.conftest import Emulators
+from tests.support import json_lines, python_env
+
+KEYS = {"tenant-a": "key-a-0123456789", "tenant-b": "key-b-0123456789"}
+API_KEYS = ",".join(f"{tenant}:{key}" for tenant, key in KEYS.items())
+
+
+@dataclass
+class Service:
+    process: Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return json_lines(self.log_path)
+
+
+def _start(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    ready_path: str,
+    port: int,
+    log_dir: Path,
+    timeout_s: float,
+) -> Service:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = Popen(
+            argv, env=env, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answers(url + ready_path, process, timeout_s, name)
+    except BaseException:
+        stop_group(process, 10)
+        raise
+    return Service(process, url, log_path)
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="omni-test-logs-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def worker(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
+    """``python -m worker`` with the real MiniLM model, pulling from the session's subscription."""
+    port = free_port()
+    env = python_env(**emulators.env(), WORKER_HTTP_PORT=str(port))
+    service = _start("worker", [sys.executable, "-m", "worker"], env, "/readyz", port, log_dir, 180)
+    yield service
+    stop_group(service.process, 30)
+
+
+@pytest.fixture(scope="session")
+def ingress(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
+    """gunicorn serving ``ingress:create_app()`` from its config file, two tenants' keys set."""
+    port = free_port()
+    env = python_env(**emulators.env(), API_KEYS=API_KEYS, HOST="127.0.0.1", PORT=str(port))
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
+    service = _start("ingress", argv, env, "/health", port, log_dir, 60)
+    yield service
+    stop_group(service.process, 30)

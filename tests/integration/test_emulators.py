@@ -1,0 +1,55 @@
+"""emulators/: start, stop by process group, reset, idempotent provisioning — on a private pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import firestore, pubsub_v1
+
+from emulators.process import running_emulators
+from emulators.provision import ACK_DEADLINE_S, RETRY_MIN_BACKOFF_S, Resources, provision
+from emulators.reset import reset_firestore, reset_pubsub
+from tests.support import alive, descendants
+
+pytestmark = pytest.mark.integration
+PROJECT = "omni-emulators-test"
+
+
+def test_emulators_answer_then_stop_without_leaving_a_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with running_emulators(PROJECT) as (pubsub, fs):
+        pids = {pubsub.process.pid, fs.process.pid}
+        for emulator in (pubsub, fs):
+            pids |= descendants(emulator.process.pid)
+        # gcloud's wrapper and the JVM it starts, for each emulator.
+        assert len(pids) >= 4
+        java = [pid for pid in pids if b"java" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(java) == 2
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.address)
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", fs.address)
+
+        resources = Resources(project=PROJECT)
+        provision(resources)
+        provision(resources)  # idempotent: converges instead of failing
+        subscriber = pubsub_v1.SubscriberClient()
+        subscription = subscriber.get_subscription(subscription=resources.subscription_path)
+        assert subscription.topic == resources.topic_path
+        assert subscription.ack_deadline_seconds == ACK_DEADLINE_S
+        assert subscription.retry_policy.minimum_backoff.total_seconds() == RETRY_MIN_BACKOFF_S
+
+        reset_pubsub(pubsub.address)
+        with pytest.raises(gexc.NotFound):
+            subscriber.get_subscription(subscription=resources.subscription_path)
+        provision(resources)
+        assert subscriber.get_subscription(subscription=resources.subscription_path).name
+        subscriber.close()
+
+        doc = firestore.Client(project=PROJECT).collection("jobs").document("x")
+        doc.set({"a": 1})
+        reset_firestore(fs.address, PROJECT)
+        assert not doc.get().exists
+
+    assert not [pid for pid in pids if alive(pid)], "an emulator process outlived stop()"

@@ -1,0 +1,103 @@
+"""One job through the whole pipeline: ingress → Pub/Sub → worker (MiniLM) → Firestore → back."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+import requests
+from google.cloud import firestore, pubsub_v1
+
+from schemas.messages import DEFAULT_TOPIC, JobMessage
+from tests.conftest import Emulators
+from tests.integration.conftest import KEYS, Service
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TIMEOUT = 30
+A = {"X-API-Key": KEYS["tenant-a"]}
+
+
+def run_job(ingress: Service, texts: list[str]) -> dict[str, Any]:
+    response = requests.post(
+        f"{ingress.url}/v1/jobs",
+        headers=A,
+        timeout=TIMEOUT,
+        json={"task": "embed", "input": {"texts": texts}},
+    )
+    assert response.status_code == 202, response.text
+    location = ingress.url + response.headers["Location"]
+
+    def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = requests.get(location, headers=A, timeout=TIMEOUT).json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(finished, 60, "the job to finish", interval_s=0.05)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_embed_job_succeeds_with_unit_vectors_that_mean_something(
+    ingress: Service, worker: Service, clean_firestore: object
+) -> None:
+    job = run_job(ingress, ["cat", "kitten", "stock market"])
+
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"] == job["updated_at"]
+    result = job["result"]
+    assert result["model"] == "all-MiniLM-L6-v2" and result["dimensions"] == 384
+    cat, kitten, market = result["embeddings"]
+    for vector in (cat, kitten, market):
+        assert len(vector) == 384
+        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, abs_tol=1e-4)
+    assert cosine(cat, kitten) > cosine(cat, market) + 0.1
+    assert "error" not in job
+
+
+def test_a_second_delivery_of_a_finished_job_is_acked_without_running_again(
+    ingress: Service, worker: Service, emulators: Emulators, clean_firestore: object
+) -> None:
+    job = run_job(ingress, ["redelivered once"])
+    assert job["status"] == "succeeded"
+    doc_before = firestore.Client().collection("jobs").document(job["id"]).get().to_dict()
+
+    # Pub/Sub delivers at least once: publish the same job message again, as a redelivery would.
+    publisher = pubsub_v1.PublisherClient()
+    data, attributes = JobMessage(job_id=job["id"], task="embed", tenant="tenant-a").to_pubsub()
+    publisher.publish(
+        publisher.topic_path(emulators.project, DEFAULT_TOPIC), data, **attributes
+    ).result(timeout=TIMEOUT)
+
+    def skips() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in worker.log_lines()
+            if line.get("job_id") == job["id"] and line.get("skip")
+        ]
+
+    wait_for(skips, 30, "the worker to skip the redelivered job")
+    # A nacked message comes back within ~50 ms on the emulator (and a few seconds under the
+    # subscription's retry policy); wait well past that and count the deliveries.
+    time.sleep(3)
+    assert len(skips()) == 1, "the duplicate was not acked: it came back"
+    assert skips()[0]["skip"] == "already succeeded"
+    doc_after = firestore.Client().collection("jobs").document(job["id"]).get().to_dict()
+    assert doc_after == doc_before  # not claimed, not re-run, not rewritten
+    runs = [
+        line
+        for line in worker.log_lines()
+        if line.get("job_id") == job["id"] and line["message"] == "job succeeded"
+    ]
+    assert len(runs) == 1
+
+
+def test_the_worker_reports_ready_with_model_load_times(worker: Service) -> None:
+    body = requests.get(f"{worker.url}/readyz", timeout=TIMEOUT).json()
+    assert body["ready"] is True and body["pulling"] is True
+    assert body["models"]["embed"]["loaded"] is True and body["models"]["embed"]["load_s"] > 0
+    assert requests.get(f"{worker.url}/healthz", timeout=TIMEOUT).json()["ok"] is True

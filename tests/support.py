@@ -1,0 +1,75 @@
+"""Helpers the tests share: process trees, waiting, JSON log files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: parse after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def wait_for(
+    check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a log file parsed as JSON; fails on a line that is not a JSON object."""
+    entries = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            assert isinstance(entry, dict), line
+            entries.append(entry)
+    return entries
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python process of the project."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}

@@ -1,0 +1,107 @@
+"""Settings of each service and of the local stack, read from a given environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from emulators.localrun import DEV_API_KEYS, StackConfig
+from ingress.settings import MAX_BODY_BYTES, ConfigError, Settings
+from worker.settings import ConfigError as WorkerConfigError
+from worker.settings import WorkerSettings
+
+
+def test_ingress_defaults() -> None:
+    settings = Settings.from_env({"API_KEYS": "dev:k"})
+    assert settings.project == "omni-local" and settings.jobs_topic == "jobs"
+    assert settings.max_body_bytes == MAX_BODY_BYTES == 1024 * 1024
+    assert settings.publish_timeout_s > 0 and settings.retry_after_s > 0
+
+
+def test_ingress_reads_every_variable() -> None:
+    env = {
+        "API_KEYS_FILE": "/keys",
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "JOBS_TOPIC": "t",
+        "MAX_BODY_BYTES": "2048",
+        "PUBLISH_TIMEOUT_S": "1.5",
+        "LOG_LEVEL": "debug",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.project, settings.jobs_topic, settings.api_keys_file) == ("p", "t", "/keys")
+    assert settings.max_body_bytes == 2048 and settings.publish_timeout_s == 1.5
+    assert settings.log_level == "DEBUG"
+
+
+def test_ingress_needs_a_key_source() -> None:
+    with pytest.raises(ConfigError, match="API_KEYS"):
+        Settings.from_env({})
+
+
+def test_ingress_rejects_bad_numbers() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"API_KEYS": "dev:k", "MAX_BODY_BYTES": "lots"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"API_KEYS": "dev:k", "MAX_BODY_BYTES": "0"})
+
+
+def test_ingress_settings_never_show_keys() -> None:
+    assert "super-secret" not in repr(Settings.from_env({"API_KEYS": "dev:super-secret"}))
+
+
+def test_worker_defaults_and_variables() -> None:
+    default = WorkerSettings.from_env({})
+    assert default.subscription == "jobs-worker" and default.http_port == 8090
+    assert default.device == "auto" and default.torch_threads >= 1
+    assert default.max_leased_messages >= 1 and default.lease_extension_s <= 30
+    custom = WorkerSettings.from_env(
+        {
+            "WORKER_HTTP_PORT": "9001",
+            "WORKER_DEVICE": "CPU",
+            "TORCH_THREADS": "3",
+            "JOBS_SUBSCRIPTION": "s",
+        }
+    )
+    assert (custom.http_port, custom.device, custom.torch_threads, custom.subscription) == (
+        9001,
+        "cpu",
+        3,
+        "s",
+    )
+
+
+@pytest.mark.parametrize(
+    "env", [{"WORKER_DEVICE": "tpu"}, {"WORKER_HTTP_PORT": "x"}, {"WORKER_HTTP_PORT": "70000"}]
+)
+def test_worker_rejects_bad_values(env: dict[str, str]) -> None:
+    with pytest.raises(WorkerConfigError):
+        WorkerSettings.from_env(env)
+
+
+def test_make_run_defaults_match_the_contract() -> None:
+    config = StackConfig.from_env({})
+    assert (config.port, config.pubsub_port, config.firestore_port) == (8080, 8085, 8086)
+    assert config.workers == 1 and config.worker_http_port == 8090
+    assert config.api_keys == DEV_API_KEYS == "dev:dev-key-123"
+    assert config.url == "http://127.0.0.1:8080"
+
+
+def test_make_run_ports_move_with_the_environment() -> None:
+    config = StackConfig.from_env(
+        {
+            "PORT": "9080",
+            "PUBSUB_PORT": "9085",
+            "FIRESTORE_PORT": "9086",
+            "WORKERS": "3",
+            "WORKER_HTTP_PORT": "9090",
+            "API_KEYS": "me:mine",
+        }
+    )
+    assert config.ports() == {
+        "PORT": 9080,
+        "PUBSUB_PORT": 9085,
+        "FIRESTORE_PORT": 9086,
+        "WORKER_HTTP_PORT+0": 9090,
+        "WORKER_HTTP_PORT+1": 9091,
+        "WORKER_HTTP_PORT+2": 9092,
+    }
+    assert config.api_keys == "me:mine"
