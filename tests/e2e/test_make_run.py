@@ -30,10 +30,8 @@ def readme_curl_session() -> str:
 
 
 def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> None:
-    ports = {
-        name: str(free_port())
-        for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT", "WORKER_HTTP_PORT")
-    }
+    ports = {name: str(free_port()) for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT")}
+    ports["WORKER_HTTP_PORT"] = str(free_port_pair())  # worker i serves on WORKER_HTTP_PORT + i
     env = {
         k: v
         for k, v in os.environ.items()
@@ -118,6 +116,15 @@ def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> No
     assert len(graceful) == 2, "each worker saw the stop request once, not as a forcing second"
     for name, port in ports.items():
         assert not listening(int(port)), f"{name} {port} is still open"
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are both free now."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and not listening(port + 1):
+            return port
+    raise AssertionError("no two adjacent free ports")
 
 
 def listening(port: int) -> bool:
