@@ -5,9 +5,9 @@ from __future__ import annotations
 from concurrent import futures
 
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+from schemas.googleapi import bounded_retry
 from schemas.messages import JobMessage
 
 
@@ -20,8 +20,7 @@ class JobPublisher:
         self._client = client
         self._topic_path = topic_path
         self._timeout_s = timeout_s
-        # Bound the client's own retries by our timeout: its default retries for minutes.
-        self._retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s)
+        self._retry = bounded_retry(timeout_s)
 
     def publish(self, message: JobMessage) -> str:
         """Publish and wait for Pub/Sub's confirmation; returns the message id."""

@@ -10,28 +10,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
 from google.cloud import firestore
 
+from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus
 
 logger = logging.getLogger(__name__)
 
-# Errors that mean "Firestore is unreachable or overloaded", not "your request is wrong".
-_UNAVAILABLE = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Unknown,
-    gexc.Aborted,
-    gexc.ResourceExhausted,
-    gexc.RetryError,
-    TimeoutError,
-)
-
 
 class StoreUnavailable(RuntimeError):
     """Firestore did not answer in time, or answered that it cannot serve now."""
+
+
+class StoreRejected(ValueError):
+    """Firestore refused the document itself (too deep, too large): the input's fault."""
 
 
 class JobStore:
@@ -39,7 +31,7 @@ class JobStore:
         self._client = client
         self._jobs = client.collection(collection)
         self._timeout_s = timeout_s
-        self._retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s)
+        self._retry = bounded_retry(timeout_s)
 
     def create(self, job_id: str, doc: dict[str, Any]) -> datetime:
         """Write a new job document; returns its update time (the precondition for later)."""
@@ -47,14 +39,21 @@ class JobStore:
             result = self._jobs.document(job_id).create(
                 doc, retry=self._retry, timeout=self._timeout_s
             )
-        except _UNAVAILABLE as exc:
+        except gexc.AlreadyExists:
+            # Ids are uuid4: the document exists because an earlier try of this very create
+            # landed and only its answer was lost to the client's retry. It is ours.
+            snapshot = self._jobs.document(job_id).get(retry=self._retry, timeout=self._timeout_s)
+            return snapshot.update_time  # type: ignore[no-any-return]
+        except gexc.InvalidArgument as exc:
+            raise StoreRejected(exc.message) from exc
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore create failed: {type(exc).__name__}") from exc
         return result.update_time  # type: ignore[no-any-return]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:
             snapshot = self._jobs.document(job_id).get(retry=self._retry, timeout=self._timeout_s)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore read failed: {type(exc).__name__}") from exc
         return snapshot.to_dict() if snapshot.exists else None
 
@@ -81,8 +80,9 @@ class JobStore:
         except gexc.FailedPrecondition:
             logger.info("job changed after a failed publish; leaving it", extra={"job_id": job_id})
             return False
-        except _UNAVAILABLE:
-            # The reconciler (see docs/reliability.md) finds jobs stuck in queued.
+        except gexc.GoogleAPICallError:
+            # The client still gets its 503; the job stays queued until the reconciler (the
+            # reliability issue) re-publishes or fails it.
             logger.exception("could not mark unpublished job failed", extra={"job_id": job_id})
             return False
         return True

@@ -1,7 +1,10 @@
 """The contract as code, shared by the ingress and the worker.
 
-Everything here is light (pydantic only) so that both services, the tests and the CLI can import it
-without pulling the ML stack. ``../shared/CONTRACT.md`` is the prose version; where the two differ,
+Everything here is light (pydantic and google-api-core only) so that both services, the tests and
+the CLI can import it without pulling the ML stack. Besides the contract it holds what both sides
+must do alike: the JSON log line (``jsonlog``) and the Google error classification (``googleapi``).
+
+``../shared/CONTRACT.md`` is the prose version of the contract; where the two differ,
 that page wins and this package is the bug.
 """
 

@@ -16,29 +16,19 @@ Transactions may re-run their function: nothing in them has side effects beyond 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
 from google.cloud import firestore
 
+from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import TERMINAL_STATUSES, JobStatus
 from worker.errors import TransientError
 
 logger = logging.getLogger(__name__)
-
-_UNAVAILABLE = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Unknown,
-    gexc.Aborted,
-    gexc.ResourceExhausted,
-    gexc.RetryError,
-    TimeoutError,
-)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,7 +55,7 @@ class JobStore:
         self._client = client
         self._jobs = client.collection(collection)
         self._timeout_s = timeout_s
-        self._retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s)
+        self._retry = bounded_retry(timeout_s)
 
     def claim(self, job_id: str, tenant: str) -> Claim | Skip:
         """Move the job to ``running`` for a new attempt, unless it is missing or terminal."""
@@ -79,8 +69,12 @@ class JobStore:
             doc = snapshot.to_dict() or {}
             if doc.get("tenant") != tenant:
                 return Skip(job_id, "tenant_mismatch")
-            if JobStatus(doc["status"]) in TERMINAL_STATUSES:
-                return Skip(job_id, f"already {doc['status']}")
+            try:
+                status = JobStatus(str(doc.get("status")))
+            except ValueError:
+                return Skip(job_id, f"unknown status {doc.get('status')!r}")
+            if status in TERMINAL_STATUSES:
+                return Skip(job_id, f"already {status.value}")
             attempt = int(doc.get("attempts", 0)) + 1
             now = datetime.now(UTC)
             changes: dict[str, Any] = {
@@ -93,7 +87,9 @@ class JobStore:
             transaction.update(ref, changes)
             return Claim(job_id, attempt, doc["task"], doc["tenant"], doc["input"])
 
-        return self._run(_claim, "claim", job_id)
+        # @transactional erases the function's type; name it again here.
+        outcome: Claim | Skip = self._run(_claim, "claim", job_id)
+        return outcome
 
     def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
         """Write ``succeeded`` with the stored result; False if this attempt lost the job."""
@@ -122,7 +118,7 @@ class JobStore:
             )
             return True
 
-        written = self._run(_write, status.value, claim.job_id)
+        written: bool = self._run(_write, status.value, claim.job_id)
         if not written:
             logger.warning(
                 "attempt %s no longer owns the job; outcome dropped",
@@ -131,13 +127,16 @@ class JobStore:
             )
         return written
 
-    def _run(self, function: Any, what: str, job_id: str) -> Any:
+    def _run(self, function: Callable[[firestore.Transaction], T], what: str, job_id: str) -> T:
         try:
             return function(self._client.transaction())
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise TransientError(
                 f"Firestore {what} failed for {job_id}: {type(exc).__name__}"
             ) from exc
         except ValueError as exc:
-            # google-cloud-firestore raises ValueError when a transaction runs out of attempts.
+            # google-cloud-firestore says "Failed to commit transaction in N attempts." with a
+            # bare ValueError; any other ValueError is a bug and must not pass for contention.
+            if "Failed to commit transaction" not in str(exc):
+                raise
             raise TransientError(f"Firestore {what} contention for {job_id}: {exc}") from exc
