@@ -12,7 +12,7 @@ from ingress.errors import NotFound, ServiceUnavailable, ValidationFailed
 from ingress.publisher import PublishFailed
 from ingress.requests import json_body
 from ingress.services import services
-from ingress.store import StoreUnavailable
+from ingress.store import StoreRejected, StoreUnavailable
 from schemas import (
     JOB_ID_PATTERN,
     TASKS,
@@ -63,6 +63,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     retry_after = svc.settings.retry_after_s
     try:
         written_at = svc.store.create(job_id, doc)
+    except StoreRejected as exc:
+        item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
+        raise ValidationFailed([item]) from exc
     except StoreUnavailable as exc:
         raise ServiceUnavailable("the job store is unavailable; try again", retry_after) from exc
     try:

@@ -32,9 +32,11 @@ class JobMessage(BaseModel):
     def from_pubsub(cls, data: bytes, attributes: dict[str, str]) -> JobMessage:
         """Parse a received message; raises ``ValueError`` when it is not one of ours."""
         try:
-            body: dict[str, Any] = json.loads(data)
+            body: Any = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError("message body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise ValueError("message body is not a JSON object")
         if body.get("v") != MESSAGE_VERSION:
             raise ValueError(f"unknown message version {body.get('v')!r}")
         job_id = body.get("job_id")

@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
 from worker.processor import Processor
@@ -80,17 +80,26 @@ class Consumer:
         return None
 
     def stop(self, timeout_s: float) -> None:
-        """Stop pulling; wait up to ``timeout_s`` for callbacks in hand to settle their messages."""
+        """Stop pulling; wait up to ``timeout_s`` for callbacks in hand to settle their messages.
+
+        ``cancel()`` returns at once; the future completes only once the callbacks have returned
+        (``await_callbacks_on_shutdown``). The client is closed only then: closing it earlier
+        would drop the acks of callbacks still running.
+        """
         with self._lock:
             future, client = self._future, self._client
+            self._future = self._client = None
             if future is None or client is None:
                 return
             future.cancel()
             # A cancelled stream may end with an error here; either way it has ended.
             with contextlib.suppress(Exception):
                 future.result(timeout=timeout_s)
-            client.close()
-            logger.info("stopped pulling")
+            if future.done():
+                client.close()
+                logger.info("stopped pulling")
+            else:
+                logger.warning("callbacks still running after %.0fs; leaving them", timeout_s)
 
     def _on_message(self, message: Any) -> None:
         try:

@@ -40,7 +40,6 @@ class Worker:
         self._adapters: dict[str, Adapter] = {}
         self._load_s: dict[str, float] = {}
         self._consumer: Consumer | None = None
-        self._health = HealthServer(settings.http_host, settings.http_port, self._readiness)
 
     # -- signals -------------------------------------------------------------------------------
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
@@ -87,7 +86,8 @@ class Worker:
         """Serve until asked to stop; returns the process's exit code."""
         from google.cloud import firestore
 
-        self._health.start()
+        health = HealthServer(self.settings.http_host, self.settings.http_port, self._readiness)
+        health.start()
         try:
             self.load_models()
             if self._stop.is_set():
@@ -115,4 +115,4 @@ class Worker:
             logger.info("worker stopped")
             return 0
         finally:
-            self._health.stop()
+            health.stop()

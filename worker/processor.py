@@ -4,9 +4,10 @@
 is settled exactly once, after its outcome is durable in Firestore:
 
     parse ── bad ──────────────────────────────────────────────▶ ack (poison; logged)
-    claim ── missing / terminal ───────────────────────────────▶ ack (nothing to do)
+    claim ── missing / terminal / corrupt ─────────────────────▶ ack (nothing to do)
           ── Firestore unavailable ────────────────────────────▶ nack (redelivered)
-    run   ── PermanentError / unexpected ─▶ write failed ──────▶ ack
+    run   ── PermanentError / unexpected /
+             task no worker serves ─────────▶ write failed ──────▶ ack
           ── TransientError ──────────────────────────────────▶ nack
           ── ok ──▶ write succeeded ──────────────────────────▶ ack
 """
@@ -25,7 +26,7 @@ from schemas.jsonlog import log_context
 from schemas.messages import JobMessage
 from schemas.tasks import get_task
 from worker.errors import PermanentError, TransientError
-from worker.store import Claim, JobStore, Skip
+from worker.store import Claim, Skip
 from worker.tasks import Adapter
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,21 @@ class Message(Protocol):
     def nack(self) -> None: ...
 
 
+class Store(Protocol):
+    """The state machine the processor drives (``worker.store.JobStore`` in production)."""
+
+    def claim(self, job_id: str, tenant: str) -> Claim | Skip: ...
+    def finish(self, claim: Claim, result: dict[str, Any]) -> bool: ...
+    def fail(self, claim: Claim, code: str, message: str) -> bool: ...
+
+
 class Processor:
-    def __init__(self, store: JobStore, adapters: dict[str, Adapter]):
+    def __init__(self, store: Store, adapters: dict[str, Adapter]):
         self._store = store
         self._adapters = adapters
-        # Serialises forward passes: torch already uses every core for one, and two at once
-        # only thrash. Claims and result writes happen outside it, overlapping the model.
+        # Serialises claim + forward pass: torch already uses every core for one pass, and two
+        # at once only thrash. Claiming inside it means a job reads `running` only once the model
+        # is free for it; the result write happens outside it, overlapping the next job's pass.
         self._model_lock = threading.Lock()
 
     def handle(self, messages: Sequence[Message]) -> None:
@@ -70,11 +80,6 @@ class Processor:
                 message.nack()
 
     def _process(self, job: JobMessage, message: Message) -> None:
-        adapter = self._adapters.get(job.task)
-        if adapter is None:
-            # The routing issue gives each pool its own subscription; until then a worker serves
-            # every task, so this is a deployment error worth redelivering elsewhere.
-            raise TransientError(f"this worker does not serve task {job.task!r}")
         with self._model_lock:
             claimed = self._store.claim(job.job_id, job.tenant)
             if isinstance(claimed, Skip):
@@ -82,7 +87,7 @@ class Processor:
                 message.ack()
                 return
             started = time.perf_counter()
-            outcome = self._run(adapter, claimed)
+            outcome = self._run(claimed)
             inference_ms = (time.perf_counter() - started) * 1000
         if isinstance(outcome, PermanentError):
             self._store.fail(claimed, outcome.code, outcome.message)
@@ -95,8 +100,13 @@ class Processor:
             )
         message.ack()
 
-    def _run(self, adapter: Adapter, claim: Claim) -> dict[str, Any] | PermanentError:
+    def _run(self, claim: Claim) -> dict[str, Any] | PermanentError:
         """The stored result, or the permanent error to record. Transient errors propagate."""
+        adapter = self._adapters.get(claim.task)
+        if adapter is None:
+            # Every worker serves every task until the routing issue adds task pools; a task no
+            # worker serves would only come back, so it fails instead of looping.
+            return PermanentError("unsupported_task", f"no worker serves task {claim.task!r}")
         spec = get_task(claim.task)
         try:
             task_input = spec.input_model.model_validate(claim.input)

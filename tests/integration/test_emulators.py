@@ -35,21 +35,25 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         provision(resources)
         provision(resources)  # idempotent: converges instead of failing
         subscriber = pubsub_v1.SubscriberClient()
-        subscription = subscriber.get_subscription(subscription=resources.subscription_path)
+        subscription = subscriber.get_subscription(
+            subscription=resources.subscription_path, timeout=10
+        )
         assert subscription.topic == resources.topic_path
         assert subscription.ack_deadline_seconds == ACK_DEADLINE_S
         assert subscription.retry_policy.minimum_backoff.total_seconds() == RETRY_MIN_BACKOFF_S
 
         reset_pubsub(pubsub.address)
         with pytest.raises(gexc.NotFound):
-            subscriber.get_subscription(subscription=resources.subscription_path)
+            subscriber.get_subscription(subscription=resources.subscription_path, timeout=10)
         provision(resources)
-        assert subscriber.get_subscription(subscription=resources.subscription_path).name
+        assert subscriber.get_subscription(
+            subscription=resources.subscription_path, timeout=10
+        ).name
         subscriber.close()
 
         doc = firestore.Client(project=PROJECT).collection("jobs").document("x")
-        doc.set({"a": 1})
+        doc.set({"a": 1}, timeout=10)
         reset_firestore(fs.address, PROJECT)
-        assert not doc.get().exists
+        assert not doc.get(timeout=10).exists
 
     assert not [pid for pid in pids if alive(pid)], "an emulator process outlived stop()"

