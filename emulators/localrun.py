@@ -119,9 +119,7 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         "API_KEYS": config.api_keys,
         "PYTHONUNBUFFERED": "1",
     }
-    # Provisioning runs here, in the supervisor, so the clients it builds must see the emulator.
-    os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_host
-    provision(Resources(project=config.project))
+    provision(Resources(project=config.project), emulator_host=pubsub_host)
     supervisor.log("provisioned", topic="jobs", subscription="jobs-worker")
 
     workers = []

@@ -12,8 +12,10 @@ failing, so a deploy can always run it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
@@ -33,6 +35,7 @@ RETRY_MAX_BACKOFF_S = 600
 MESSAGE_RETENTION_S = 7 * 24 * 3600
 """How long an unacked job message is kept, seconds (Pub/Sub's maximum, 7 days)."""
 ADMIN_TIMEOUT_S = 30.0
+EMULATOR_VARIABLE = "PUBSUB_EMULATOR_HOST"
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,36 @@ def _subscription_settings(resources: Resources) -> dict[str, object]:
     }
 
 
-def provision(resources: Resources) -> None:
-    """Make the topic and the worker subscription exist with the settings above."""
-    # Imported here so that importing this module (e.g. for its constants) stays cheap.
-    from google.cloud import pubsub_v1
+@contextlib.contextmanager
+def _clients_for(emulator_host: str | None) -> Iterator[None]:
+    """While building clients, point them at ``emulator_host`` (they read the variable only
+    when built); the process's environment is restored afterwards."""
+    if emulator_host is None:
+        yield
+        return
+    saved = os.environ.get(EMULATOR_VARIABLE)
+    os.environ[EMULATOR_VARIABLE] = emulator_host
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(EMULATOR_VARIABLE, None)
+        else:
+            os.environ[EMULATOR_VARIABLE] = saved
 
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
+
+def provision(resources: Resources, emulator_host: str | None = None) -> None:
+    """Make the topic and the worker subscription exist with the settings above.
+
+    ``emulator_host`` targets that emulator; without it, ``PUBSUB_EMULATOR_HOST`` if set, else
+    the real project through Application Default Credentials.
+    """
+    # Imported here so that importing this module (e.g. for its constants) stays cheap.
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    with _clients_for(emulator_host):
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
     try:
         try:
             publisher.create_topic(name=resources.topic_path, timeout=ADMIN_TIMEOUT_S)
@@ -107,13 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.project:
         parser.error("--project or GOOGLE_CLOUD_PROJECT is required")
-    if args.emulator:
-        # The Google client reads this when it is built; setting it here targets the emulator.
-        os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator
     from schemas.jsonlog import configure_logging
 
     configure_logging("INFO")
-    provision(Resources(project=args.project, topic=args.topic, subscription=args.subscription))
+    resources = Resources(project=args.project, topic=args.topic, subscription=args.subscription)
+    provision(resources, emulator_host=args.emulator)
 
 
 if __name__ == "__main__":

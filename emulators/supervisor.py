@@ -70,9 +70,9 @@ class Supervisor:
             self._output.write(as_json_line(name, line) + "\n")
             self._output.flush()
 
-    def log(self, message: str, **fields: object) -> None:
+    def log(self, message: str, severity: str = "INFO", **fields: object) -> None:
         """A line from the supervisor itself."""
-        entry = {"severity": "INFO", "message": message, "logger": "supervisor", **fields}
+        entry = {"severity": severity, "message": message, "logger": "supervisor", **fields}
         self.emit("run", json.dumps(entry, ensure_ascii=False))
 
     def spawn(
@@ -122,8 +122,10 @@ class Supervisor:
                 signal_group(child.process, signal.SIGKILL)
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        # SIGHUP: the terminal that ran `make run` was closed; the children, in sessions of
+        # their own, would not hear it.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
 
     @property
     def stopping(self) -> bool:
@@ -152,7 +154,12 @@ class Supervisor:
             for child in members:
                 signal_group(child.process, signal.SIGTERM)
             for child in members:
-                reap_group(child.process, grace_s)
+                try:
+                    reap_group(child.process, grace_s)
+                except (subprocess.TimeoutExpired, OSError) as exc:
+                    # Even SIGKILL did not end it (stuck in the kernel): say so, stop the rest.
+                    self.log(f"could not stop {child.name}: {exc}", severity="ERROR")
+                    continue
                 if child.relay is not None:
                     child.relay.join(timeout=2)
                 self.log(f"stopped {child.name}", exit_code=child.process.returncode)

@@ -8,8 +8,10 @@ way it ends.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import pytest
 
@@ -18,6 +20,21 @@ from emulators.provision import Resources, provision
 from emulators.reset import reset_firestore
 
 PROJECT = "omni-test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt.
+
+    pytest runs fixture teardowns (which stop the emulators, workers and make run stacks by
+    process group) only when it unwinds; a CI timeout's SIGTERM would otherwise kill it outright
+    and leave every child, each in a session of its own, running.
+    """
+
+    def _interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
 
 
 @dataclass(frozen=True)
