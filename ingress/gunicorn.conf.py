@@ -39,3 +39,22 @@ logconfig_dict = {
         "gunicorn.access": {"level": "WARNING", "handlers": ["stdout"], "propagate": False},
     },
 }
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Check the configuration once, in the master, before any worker boots.
+
+    Without this, each worker would fail on its own and gunicorn would print the reason as a bare
+    line; here a bad environment ends gunicorn with one JSON log line that says what to fix.
+    """
+    import sys
+
+    from ingress.auth import KeyRing
+    from ingress.settings import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+        KeyRing.from_files(settings.api_keys, settings.api_keys_file)
+    except ConfigError as exc:
+        server.log.error("configuration error: %s", exc)
+        sys.exit(3)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from schemas.jsonlog import configure_logging
 from worker.main import Worker
-from worker.settings import WorkerSettings
+from worker.settings import ConfigError, WorkerSettings
+
+EXIT_CONFIG = 2
+"""Exit status for a bad environment (nothing will fix it but a new configuration)."""
 
 
 def main() -> int:
-    settings = WorkerSettings.from_env()
+    # Logging first, so that even a configuration error is one JSON line.
+    configure_logging(os.environ.get("LOG_LEVEL") or "INFO")
+    try:
+        settings = WorkerSettings.from_env()
+    except ConfigError as exc:
+        logging.getLogger("worker").error("configuration error: %s", exc)
+        return EXIT_CONFIG
     configure_logging(settings.log_level)
     worker = Worker(settings)
     worker.install_signal_handlers()
