@@ -89,11 +89,12 @@ class Processor:
             started = time.perf_counter()
             outcome = self._run(claimed)
             inference_ms = (time.perf_counter() - started) * 1000
+        # A write refused by the fence is logged by the store; the message is acked either way,
+        # since a newer attempt owns the job and redelivery would only run it again.
         if isinstance(outcome, PermanentError):
-            self._store.fail(claimed, outcome.code, outcome.message)
-            logger.info("job failed: %s", outcome.code, extra={"attempt": claimed.attempt})
-        else:
-            self._store.finish(claimed, outcome)
+            if self._store.fail(claimed, outcome.code, outcome.message):
+                logger.info("job failed: %s", outcome.code, extra={"attempt": claimed.attempt})
+        elif self._store.finish(claimed, outcome):
             logger.info(
                 "job succeeded",
                 extra={"attempt": claimed.attempt, "inference_ms": round(inference_ms, 1)},
