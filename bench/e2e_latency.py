@@ -13,19 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from emulators.localrun import StackConfig, local_stack  # noqa: E402
-from emulators.process import free_port  # noqa: E402
+from emulators.localrun import ROOT, StackConfig, local_stack
+from emulators.process import free_port
 
 TEXTS = ["a cat", "a kitten", "the stock market"]
 KEY = "bench-key"
