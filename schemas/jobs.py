@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +24,22 @@ MAX_METADATA_ITEMS = 16
 """Most ``metadata`` keys a job may carry."""
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
+"""``RESULT_TTL``: how long a job is kept after it finishes (``expire_at``, a Firestore TTL)."""
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"7d"``; else ``ValueError``."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 3600, 90s, 15m, 12h, 7d)")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
 
 
 class JobStatus(StrEnum):
@@ -144,9 +160,19 @@ class Job(BaseModel):
 
 
 def new_job_document(
-    *, tenant: str, task: str, input: dict[str, Any], metadata: dict[str, str] | None, now: datetime
+    *,
+    tenant: str,
+    task: str,
+    input: dict[str, Any],
+    metadata: dict[str, str] | None,
+    now: datetime,
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S,
 ) -> dict[str, Any]:
-    """The document the ingress writes before publishing: ``queued``, no attempts yet."""
+    """The document the ingress writes before publishing: ``queued``, no attempts yet.
+
+    ``expire_at`` is provisional (a job that never finishes still goes); every terminal write
+    moves it to ``RESULT_TTL`` after the finish.
+    """
     return {
         "tenant": tenant,
         "task": task,
@@ -156,4 +182,6 @@ def new_job_document(
         "attempts": 0,
         "input": input,
         "metadata": metadata or {},
+        "terminal_writes": 0,
+        "expire_at": now + timedelta(seconds=result_ttl_s),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +29,7 @@ class Consumer:
         *,
         max_messages: int,
         lease_extension_s: int,
+        max_lease_s: float,
         callback_threads: int,
     ):
         self._subscription_path = subscription_path
@@ -35,6 +37,9 @@ class Consumer:
         self._flow_control = pubsub_v1.types.FlowControl(
             max_messages=max_messages,
             max_duration_per_lease_extension=lease_extension_s,
+            # Held longer than the longest task allows, a message is let go and redelivered:
+            # its worker is hung, not working.
+            max_lease_duration=int(max_lease_s),
         )
         self._callback_threads = callback_threads
         # Guards _client and _future: start/stop may race between the main thread and signals.
@@ -79,12 +84,14 @@ class Consumer:
             return exc
         return None
 
-    def stop(self, timeout_s: float) -> None:
-        """Stop pulling; wait up to ``timeout_s`` for callbacks in hand to settle their messages.
+    def stop(self, grace_s: float, on_grace_over: Callable[[], None], after_s: float) -> None:
+        """Stop pulling; give callbacks in hand ``grace_s`` to settle their messages, then call
+        ``on_grace_over`` and wait ``after_s`` more.
 
-        ``cancel()`` returns at once; the future completes only once the callbacks have returned
-        (``await_callbacks_on_shutdown``). The client is closed only then: closing it earlier
-        would drop the acks of callbacks still running.
+        ``cancel()`` returns at once and the client nacks what it holds but has not dispatched;
+        the future completes only once the callbacks have returned (``await_callbacks_on_shutdown``)
+        and leases are extended until then. The client is closed only after that: closing it
+        earlier would drop the acks of callbacks still running.
         """
         with self._lock:
             future, client = self._future, self._client
@@ -92,14 +99,21 @@ class Consumer:
             if future is None or client is None:
                 return
             future.cancel()
-            # A cancelled stream may end with an error here; either way it has ended.
-            with contextlib.suppress(Exception):
-                future.result(timeout=timeout_s)
+            if not self._settled(future, grace_s):
+                on_grace_over()
+                self._settled(future, after_s)
             if future.done():
                 client.close()
                 logger.info("stopped pulling")
             else:
-                logger.warning("callbacks still running after %.0fs; leaving them", timeout_s)
+                logger.warning("callbacks still running after the grace period; leaving them")
+
+    @staticmethod
+    def _settled(future: Any, timeout_s: float) -> bool:
+        # A cancelled stream may end with an error here; either way it has ended.
+        with contextlib.suppress(Exception):
+            future.result(timeout=timeout_s)
+        return bool(future.done())
 
     def _on_message(self, message: Any) -> None:
         try:

@@ -3,9 +3,11 @@
 1. Health server up at once (``/healthz`` answers while models load; ``/readyz`` does not).
 2. Load every served model; record each load time.
 3. Pull. Ready while the stream runs.
-4. First SIGTERM/SIGINT: stop pulling, let jobs in hand finish within the grace period, exit 0.
-   A second signal *within* ``SAME_REQUEST_WINDOW_S`` is the same request (a process group's signal
-   plus a supervisor's forwarded one); a later one forces exit at once.
+4. First SIGTERM/SIGINT: stop pulling and start no new job (the client nacks what it holds but
+   has not dispatched); jobs in hand finish within ``WORKER_GRACE_S``; what still runs then stops
+   at its next safe point, is released and nacked; exit 0. A second signal *within*
+   ``SAME_REQUEST_WINDOW_S`` is the same request (a process group's signal plus a supervisor's
+   forwarded one); a later one forces exit at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 SAME_REQUEST_WINDOW_S = 2.0
 """Signals this close to the first one repeat it rather than force an exit."""
 _WAIT_SLICE_S = 0.5
+ABANDON_WAIT_S = 5.0
+"""Seconds jobs stopped at the end of the grace period get to release themselves and nack."""
 
 
 class Worker:
@@ -92,17 +96,32 @@ class Worker:
             self.load_models()
             if self._stop.is_set():
                 return 0
+            settings = self.settings
             store = JobStore(
-                firestore.Client(project=self.settings.project),
-                self.settings.jobs_collection,
-                self.settings.firestore_timeout_s,
+                firestore.Client(project=settings.project),
+                settings.jobs_collection,
+                timeout_s=settings.firestore_timeout_s,
+                lease_s=settings.job_lease_s,
+                result_ttl_s=settings.result_ttl_s,
             )
+            processor = Processor(
+                store,
+                self._adapters,
+                task_timeout_s=settings.timeout_for,
+                max_attempts=settings.max_attempts,
+                fault_injection=settings.fault_injection,
+                watch_interval_s=settings.watch_interval_s,
+            )
+            if settings.fault_injection:
+                logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")
+            processor.start()
             self._consumer = Consumer(
-                f"projects/{self.settings.project}/subscriptions/{self.settings.subscription}",
-                Processor(store, self._adapters),
-                max_messages=self.settings.max_leased_messages,
-                lease_extension_s=self.settings.lease_extension_s,
-                callback_threads=self.settings.callback_threads,
+                f"projects/{settings.project}/subscriptions/{settings.subscription}",
+                processor,
+                max_messages=settings.max_leased_messages,
+                lease_extension_s=settings.lease_extension_s,
+                max_lease_s=settings.max_lease_s(),
+                callback_threads=settings.callback_threads,
             )
             self._consumer.start()
             logger.info("worker ready", extra={"models": self._load_s})
@@ -111,7 +130,9 @@ class Worker:
                 if error is not None or not self._consumer.running:
                     logger.error("streaming pull ended: %r", error)
                     return 1
-            self._consumer.stop(self.settings.shutdown_grace_s)
+            processor.drain()
+            self._consumer.stop(settings.grace_s, processor.abandon, ABANDON_WAIT_S)
+            processor.close()
             logger.info("worker stopped")
             return 0
         finally:

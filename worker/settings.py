@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from schemas.jobs import DEFAULT_RESULT_TTL_S, parse_duration
 from schemas.messages import DEFAULT_SUBSCRIPTION
 
 DEFAULT_PROJECT = "omni-local"
@@ -17,8 +18,18 @@ LEASE_EXTENSION_S = 10
 runs; a short extension brings a dead worker's messages back in seconds, not minutes."""
 CALLBACK_THREADS = 4
 """Threads running message callbacks (Firestore I/O overlaps the model's work)."""
-SHUTDOWN_GRACE_S = 25.0
-"""Seconds the first SIGTERM gives in-hand jobs to finish (below k8s' 30 s default grace)."""
+GRACE_S = 20.0
+"""``WORKER_GRACE_S``: seconds the first SIGTERM gives in-hand jobs to finish. Kubernetes' default
+grace is 30 s; what is still running after this is released and nacked, within the rest."""
+JOB_LEASE_S = 20.0
+"""``JOB_LEASE_S``: the lease a claim takes on its job document, renewed by the watcher while the
+job runs. After a worker dies, a redelivered job waits at most this long for the lease to lapse."""
+WATCH_INTERVAL_S = 1.0
+"""How often the jobs in hand are checked for cancels and lost leases (and leases renewed)."""
+MAX_ATTEMPTS = 5
+"""``WORKER_MAX_ATTEMPTS``: deliveries before a job goes to the dead-letter topic; the same number
+as the subscription's ``max_delivery_attempts`` (the worker enforces it only when the message
+carries no delivery count, i.e. the subscription has no dead-letter policy)."""
 FIRESTORE_TIMEOUT_S = 10.0
 """Seconds one Firestore operation may take, retries included."""
 
@@ -46,9 +57,30 @@ class WorkerSettings:
     max_leased_messages: int = MAX_LEASED_MESSAGES
     lease_extension_s: int = LEASE_EXTENSION_S
     callback_threads: int = CALLBACK_THREADS
-    shutdown_grace_s: float = SHUTDOWN_GRACE_S
+    grace_s: float = GRACE_S
     firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
+    job_lease_s: float = JOB_LEASE_S
+    watch_interval_s: float = WATCH_INTERVAL_S
+    max_attempts: int = MAX_ATTEMPTS
+    task_timeout_s: float = 0.0  # 0: each task's own limit (schemas.tasks)
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    fault_injection: bool = False
     log_level: str = "INFO"
+
+    def timeout_for(self, task: str) -> float:
+        """The time limit of one attempt of ``task``, seconds."""
+        from schemas.tasks import get_task
+
+        return self.task_timeout_s or get_task(task).timeout_s
+
+    def max_lease_s(self) -> float:
+        """How long the Pub/Sub client may hold one message: the longest task limit, then a
+        job lease and the grace period. Past it the message is redelivered even though this
+        worker still holds it, so a hung worker cannot keep a job forever."""
+        from schemas.tasks import TASKS
+
+        longest = max(self.timeout_for(name) for name in TASKS)
+        return longest + self.job_lease_s + self.grace_s
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -63,7 +95,12 @@ class WorkerSettings:
                 device=(env.get("WORKER_DEVICE") or "auto").lower(),
                 torch_threads=int(env.get("TORCH_THREADS") or 0) or _cpus(),
                 max_leased_messages=int(env.get("WORKER_MAX_MESSAGES") or MAX_LEASED_MESSAGES),
-                shutdown_grace_s=float(env.get("WORKER_SHUTDOWN_GRACE_S") or SHUTDOWN_GRACE_S),
+                grace_s=float(env.get("WORKER_GRACE_S") or GRACE_S),
+                job_lease_s=float(env.get("JOB_LEASE_S") or JOB_LEASE_S),
+                max_attempts=int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
+                task_timeout_s=float(env.get("WORKER_TASK_TIMEOUT_S") or 0),
+                result_ttl_s=parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S)),
+                fault_injection=env.get("WORKER_FAULT_INJECTION", "") == "1",
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )
         except ValueError as exc:
@@ -72,4 +109,10 @@ class WorkerSettings:
             raise ConfigError("WORKER_DEVICE must be auto, cpu or cuda")
         if not 0 <= settings.http_port < 65536 or settings.max_leased_messages < 1:
             raise ConfigError("WORKER_HTTP_PORT or WORKER_MAX_MESSAGES is out of range")
+        if min(settings.grace_s, settings.job_lease_s, settings.max_attempts) <= 0:
+            raise ConfigError(
+                "WORKER_GRACE_S, JOB_LEASE_S and WORKER_MAX_ATTEMPTS must be positive"
+            )
+        if settings.task_timeout_s < 0:
+            raise ConfigError("WORKER_TASK_TIMEOUT_S must not be negative")
         return settings

@@ -31,6 +31,9 @@ class TaskSpec:
     description: str
     input_model: type[BaseModel]
     output_model: type[BaseModel]
+    # One attempt's time limit, seconds: past it the job fails with code ``timeout``. Sized for
+    # the largest valid input on a CPU, with room to spare.
+    timeout_s: float = 60.0
     # Result as the worker produced it (API shape) -> what Firestore can store, and back.
     result_to_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
     result_from_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from emulators.localrun import ROOT
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.settings import GRACE_S
 
 
 def load(name: str) -> Any:
@@ -34,7 +34,7 @@ def test_worker_deployment_probes_match_the_worker() -> None:
     assert env["WORKER_HTTP_HOST"] == "0.0.0.0"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert pod["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_S
+    assert pod["terminationGracePeriodSeconds"] > GRACE_S
     assert load("k8s/kustomization.yaml")["resources"] == ["worker.yaml"]
 
 

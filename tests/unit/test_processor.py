@@ -6,16 +6,21 @@ processor against the real emulators and the real model.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from pydantic import BaseModel
 
 from schemas.messages import JobMessage
-from worker.errors import PermanentError, TransientError
+from worker.attempts import StopToken
+from worker.errors import PermanentError, StoreUnavailable, TransientError
 from worker.processor import Processor
-from worker.store import Claim, Skip
+from worker.store import Busy, Claim, Skip
 
 JOB_ID = "a" * 32
 
@@ -42,14 +47,20 @@ def job_message(task: str = "embed") -> FakeMessage:
 
 @dataclass
 class FakeStore:
-    claimed: Claim | Skip | Exception
+    """Claims answer from ``claims`` in turn (the last one repeats); an exception is raised."""
+
+    claims: list[Claim | Skip | Busy | Exception]
     owns: bool = True
     writes: list[tuple[str, Any]] = field(default_factory=list)
+    lease_s: float = 0.2
+    calls: int = 0
 
-    def claim(self, job_id: str, tenant: str) -> Claim | Skip:
-        if isinstance(self.claimed, Exception):
-            raise self.claimed
-        return self.claimed
+    def claim(self, job_id: str, tenant: str) -> Claim | Skip | Busy:
+        outcome = self.claims[min(self.calls, len(self.claims) - 1)]
+        self.calls += 1
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
         self.writes.append(("succeeded", result))
@@ -59,92 +70,190 @@ class FakeStore:
         self.writes.append(("failed", code))
         return self.owns
 
+    def release(self, claim: Claim, last_error: dict[str, str] | None) -> bool:
+        self.writes.append(("released", last_error and last_error["code"]))
+        return self.owns
+
+    def check(self, claims: Sequence[Claim]) -> dict[str, str]:
+        return {c.token: "ok" for c in claims}
+
 
 class FakeModel:
     name = "embed"
 
-    def __init__(self, outcome: Exception | None = None):
+    def __init__(self, outcome: Exception | None = None, sleep_s: float = 0.0):
         self.outcome = outcome
+        self.sleep_s = sleep_s
         self.calls = 0
 
     def load(self) -> None:
         return None
 
-    def run(self, inputs: list[BaseModel]) -> list[dict[str, Any]]:
+    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
         self.calls += 1
+        if self.sleep_s:
+            stop.sleep(self.sleep_s)
         if self.outcome is not None:
             raise self.outcome
         return [{"model": "fake", "dimensions": 384, "embeddings": [[0.0] * 384]} for _ in inputs]
 
 
-def claim(task: str = "embed", input: dict[str, Any] | None = None) -> Claim:
-    return Claim(JOB_ID, 1, task, "t", input if input is not None else {"texts": ["hi"]})
+def claim(
+    task: str = "embed", input: dict[str, Any] | None = None, attempt: int = 1, **metadata: str
+) -> Claim:
+    body = input if input is not None else {"texts": ["hi"]}
+    return Claim(JOB_ID, attempt, "tok", task, "t", body, metadata)
 
 
-def run(store: FakeStore, model: FakeModel, message: FakeMessage | None = None) -> FakeMessage:
+def processor(store: FakeStore, model: FakeModel, **options: Any) -> Processor:
+    options.setdefault("task_timeout_s", lambda _task: 60.0)
+    return Processor(store, {"embed": model}, **options)
+
+
+def run(
+    store: FakeStore, model: FakeModel, message: FakeMessage | None = None, **options: Any
+) -> FakeMessage:
     message = message or job_message()
-    Processor(store, {"embed": model}).handle([message])
+    worker = processor(store, model, **options)
+    worker.start()
+    try:
+        worker.handle([message])
+    finally:
+        worker.close()
     return message
 
 
 def test_success_writes_the_stored_result_then_acks() -> None:
-    store, model = FakeStore(claim()), FakeModel()
+    store, model = FakeStore([claim()]), FakeModel()
     assert run(store, model).settled == ["ack"]
     ((status, result),) = store.writes
     assert status == "succeeded" and isinstance(result["embeddings_f32"][0], bytes)
 
 
 def test_a_skipped_delivery_is_acked_without_running() -> None:
-    store, model = FakeStore(Skip(JOB_ID, "already succeeded")), FakeModel()
+    store, model = FakeStore([Skip(JOB_ID, "already succeeded")]), FakeModel()
     assert run(store, model).settled == ["ack"]
     assert model.calls == 0 and store.writes == []
 
 
 def test_a_permanent_error_writes_failed_then_acks() -> None:
-    store = FakeStore(claim())
+    store = FakeStore([claim()])
     assert run(store, FakeModel(PermanentError("bad_text", "no"))).settled == ["ack"]
     assert store.writes == [("failed", "bad_text")]
 
 
 def test_an_unexpected_error_in_a_task_fails_the_job_instead_of_looping() -> None:
-    store = FakeStore(claim())
+    store = FakeStore([claim()])
     assert run(store, FakeModel(ZeroDivisionError())).settled == ["ack"]
     assert store.writes == [("failed", "internal")]
 
 
-def test_a_transient_error_nacks_and_writes_nothing() -> None:
-    store = FakeStore(claim())
+def test_a_transient_error_releases_the_job_with_its_error_and_nacks() -> None:
+    store = FakeStore([claim()])
     assert run(store, FakeModel(TransientError("busy"))).settled == ["nack"]
-    assert store.writes == []
+    assert store.writes == [("released", "transient")]
 
 
-def test_firestore_unavailable_at_claim_nacks() -> None:
-    store, model = FakeStore(TransientError("Firestore claim failed")), FakeModel()
-    assert run(store, model).settled == ["nack"]
-    assert model.calls == 0
+def test_without_a_delivery_count_the_worker_enforces_the_maximum_attempts() -> None:
+    # No dead-letter policy on the subscription: messages carry no delivery_attempt.
+    store, message = FakeStore([claim(attempt=5)]), job_message()
+    message.delivery_attempt = None
+    assert run(store, FakeModel(TransientError("busy")), message).settled == ["ack"]
+    assert store.writes == [("failed", "attempts_exhausted")]
+
+
+def test_with_a_delivery_count_the_dead_letter_policy_decides() -> None:
+    store, message = FakeStore([claim(attempt=5)]), job_message()
+    message.delivery_attempt = 5
+    assert run(store, FakeModel(TransientError("busy")), message).settled == ["nack"]
+
+
+def test_firestore_unavailable_is_held_and_retried_not_nacked() -> None:
+    outage = StoreUnavailable("Firestore claim failed")
+    store, model = FakeStore([outage, outage, claim()]), FakeModel()
+    with patch("worker.processor.STORE_BACKOFF_S", (0.01,)):
+        assert run(store, model).settled == ["ack"]
+    assert store.calls == 3 and model.calls == 1
+
+
+def test_a_job_held_by_a_live_attempt_is_waited_for_then_skipped() -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=0.05)
+    store = FakeStore([Busy(JOB_ID, soon), Skip(JOB_ID, "already succeeded")])
+    model = FakeModel()
+    assert run(store, model).settled == ["ack"]
+    assert store.calls == 2 and model.calls == 0
 
 
 def test_an_attempt_that_lost_the_job_still_acks() -> None:
     # Its outcome was dropped by the fence; redelivering would only run it again.
-    store = FakeStore(claim(), owns=False)
+    store = FakeStore([claim()], owns=False)
     assert run(store, FakeModel()).settled == ["ack"]
 
 
+def test_a_task_past_its_time_limit_fails_with_timeout() -> None:
+    store = FakeStore([claim()])
+    message = run(store, FakeModel(sleep_s=5), task_timeout_s=lambda _task: 0.1)
+    assert message.settled == ["ack"]
+    assert store.writes == [("failed", "timeout")]
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "lost"])
+def test_an_attempt_stopped_by_its_watcher_acks_and_writes_nothing(reason: str) -> None:
+    store = FakeStore([claim()])
+    store.check = lambda claims: {c.token: reason for c in claims}  # type: ignore[method-assign]
+    message = run(store, FakeModel(sleep_s=5), watch_interval_s=0.05)
+    assert message.settled == ["ack"]
+    assert store.writes == []
+
+
+def test_shutdown_past_the_grace_releases_the_job_and_nacks() -> None:
+    store, message = FakeStore([claim()]), job_message()
+    worker = processor(store, FakeModel(sleep_s=5))
+    threading.Timer(0.1, worker.abandon).start()
+    worker.handle([message])
+    assert message.settled == ["nack"]
+    assert store.writes == [("released", None)]
+
+
+def test_a_draining_worker_starts_no_new_job() -> None:
+    store, model, message = FakeStore([claim()]), FakeModel(), job_message()
+    worker = processor(store, model)
+    worker.drain()
+    worker.handle([message])
+    assert message.settled == ["nack"] and store.calls == 0
+
+
 def test_stored_input_that_no_longer_validates_fails_the_job() -> None:
-    store, model = FakeStore(claim(input={"texts": []})), FakeModel()
+    store, model = FakeStore([claim(input={"texts": []})]), FakeModel()
     assert run(store, model).settled == ["ack"]
     assert store.writes == [("failed", "invalid_input")] and model.calls == 0
 
 
 def test_a_task_no_worker_serves_fails_instead_of_looping() -> None:
-    store, model = FakeStore(claim(task="paint")), FakeModel()
+    store, model = FakeStore([claim(task="paint")]), FakeModel()
     assert run(store, model, job_message(task="paint")).settled == ["ack"]
     assert store.writes == [("failed", "unsupported_task")]
 
 
+@pytest.mark.parametrize(
+    ("fault", "settled", "writes"),
+    [
+        ("transient", ["nack"], [("released", "transient")]),
+        ("nonsense", ["ack"], [("failed", "bad_fault")]),
+    ],
+)
+def test_injected_faults_only_when_enabled(fault: str, settled: list[str], writes: Any) -> None:
+    store = FakeStore([claim(**{"omni-fault": fault})])
+    assert run(store, FakeModel(), fault_injection=True).settled == settled
+    assert store.writes == writes
+    off = FakeStore([claim(**{"omni-fault": fault})])
+    assert run(off, FakeModel()).settled == ["ack"]
+    assert off.writes[0][0] == "succeeded"
+
+
 @pytest.mark.parametrize("data", [b"not json", b"[]", b"null", b'{"v": 1}'])
 def test_an_unreadable_message_is_acked_as_poison(data: bytes) -> None:
-    store, model = FakeStore(claim()), FakeModel()
+    store, model = FakeStore([claim()]), FakeModel()
     message = FakeMessage(data, {"job_id": JOB_ID, "task": "embed", "tenant": "t"})
     assert run(store, model, message).settled == ["ack"]
     assert model.calls == 0 and store.writes == []

@@ -7,11 +7,14 @@ micro-batching can hand it many jobs at once. ``ADAPTERS`` maps task names to th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.attempts import StopToken
 
 
 class Adapter(Protocol):
@@ -20,8 +23,11 @@ class Adapter(Protocol):
     def load(self) -> None:
         """Load the model (may take seconds); called once before any ``run``."""
 
-    def run(self, inputs: list[BaseModel]) -> list[dict[str, Any]]:
-        """One result per input, in order. Raises ``PermanentError`` for bad input."""
+    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
+        """One result per input, in order. Raises ``PermanentError`` for bad input.
+
+        Calls ``stop.check()`` between chunks of work (its safe points), so a cancel, a lost lease
+        or the task's time limit ends the attempt within about one chunk."""
 
 
 def _embed(settings: WorkerSettings) -> Adapter:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.tasks.embed import DIMENSIONS, EmbedInput
+from worker.attempts import StopToken
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 ENCODE_BATCH_SIZE = 32
@@ -59,17 +60,28 @@ class EmbedAdapter:
         if dimensions != DIMENSIONS:
             raise RuntimeError(f"{path} gives {dimensions}-d vectors, expected {DIMENSIONS}")
 
-    def encode(self, texts: list[str]) -> Any:
-        """Unit-length float32 vectors, one row per text (a numpy array)."""
-        return self._model.encode(
-            texts,
-            batch_size=ENCODE_BATCH_SIZE,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+    def encode(self, texts: list[str], stop: StopToken | None = None) -> Any:
+        """Unit-length float32 vectors, one row per text (a numpy array).
 
-    def run(self, inputs: list[BaseModel]) -> list[dict[str, Any]]:
+        One forward pass per ``ENCODE_BATCH_SIZE`` texts, with a safe point before each."""
+        import numpy as np
+
+        chunks = []
+        for start in range(0, len(texts), ENCODE_BATCH_SIZE):
+            if stop is not None:
+                stop.check()
+            chunks.append(
+                self._model.encode(
+                    texts[start : start + ENCODE_BATCH_SIZE],
+                    batch_size=ENCODE_BATCH_SIZE,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            )
+        return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
         # One forward pass over every text of every job, then split back per job.
         texts: list[str] = []
         bounds: list[tuple[int, int]] = []
@@ -77,7 +89,7 @@ class EmbedAdapter:
             assert isinstance(item, EmbedInput)
             bounds.append((len(texts), len(texts) + len(item.texts)))
             texts.extend(item.texts)
-        vectors = self.encode(texts)
+        vectors = self.encode(texts, stop)
         return [
             {"model": MODEL_NAME, "dimensions": DIMENSIONS, "embeddings": vectors[a:b].tolist()}
             for a, b in bounds

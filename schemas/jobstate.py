@@ -1,0 +1,135 @@
+"""The job state machine: which writer may move a job where, as pure functions over its document.
+
+    queued ──claim──▶ running ──finish──▶ succeeded
+      ▲                │  │   ──fail────▶ failed        (permanent error, timeout)
+      └──release───────┘  └── cancel ───▶ cancelled     (ingress; also from queued)
+                          └── dead letter ▶ failed      (attempts exhausted)
+
+Every writer (the ingress, the worker, the dead-letter function, the reconciler) runs these in a
+Firestore transaction or under an update-time precondition, so the rules hold whoever writes:
+
+- Terminal states never change. Every terminal write increments ``terminal_writes`` in the same
+  commit, so a job whose counter is not exactly 1 was finished twice — the chaos tests check it.
+- A claim starts a new *attempt*: ``attempts + 1`` and a fresh random ``attempt_token``, plus a
+  lease (``lease_expires_at``) the worker renews while it works. A claim is refused while another
+  attempt's lease is live, so a duplicate delivery does not start the job twice.
+- Only the attempt holding the current token may finish, fail or release the job: a zombie attempt
+  (its worker lost the lease but kept running) cannot overwrite a newer attempt or a terminal state.
+
+Fields kept in the document beside the resource's own (never shown by the API): ``tenant``,
+``attempt_token``, ``lease_expires_at``, ``terminal_writes``, ``finished_by``, ``last_error``,
+``expire_at`` (Firestore TTL), ``dispatch_count`` (reconciler re-publishes).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.cloud.firestore import Increment
+
+from schemas.jobs import TERMINAL_STATUSES, JobStatus
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A new attempt: the fields to write and the token that fences it."""
+
+    attempt: int
+    token: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """No claim: ``reason`` says why; ``busy_until`` is set when a live attempt holds the job."""
+
+    reason: str
+    busy_until: datetime | None = None
+
+
+def status_of(doc: dict[str, Any]) -> JobStatus | None:
+    try:
+        return JobStatus(str(doc.get("status")))
+    except ValueError:
+        return None
+
+
+def is_terminal(doc: dict[str, Any]) -> bool:
+    return status_of(doc) in TERMINAL_STATUSES
+
+
+def claim(
+    doc: dict[str, Any] | None, tenant: str, now: datetime, lease_s: float
+) -> Claimed | Refused:
+    """Start a new attempt of a queued job, or of a running one whose lease has lapsed."""
+    if doc is None:
+        return Refused("missing")
+    if doc.get("tenant") != tenant:
+        return Refused("tenant mismatch")
+    status = status_of(doc)
+    if status is None:
+        return Refused(f"unknown status {doc.get('status')!r}")
+    if status in TERMINAL_STATUSES:
+        return Refused(f"already {status.value}")
+    lease = doc.get("lease_expires_at")
+    if status is JobStatus.RUNNING and lease is not None and lease > now:
+        return Refused("held by a live attempt", busy_until=lease)
+    attempt = int(doc.get("attempts", 0)) + 1
+    token = secrets.token_hex(8)
+    changes: dict[str, Any] = {
+        "status": JobStatus.RUNNING.value,
+        "attempts": attempt,
+        "attempt_token": token,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "updated_at": now,
+    }
+    if not doc.get("started_at"):
+        changes["started_at"] = now
+    return Claimed(attempt, token, changes)
+
+
+def owned_by(doc: dict[str, Any] | None, token: str) -> bool:
+    """Whether the attempt holding ``token`` still owns the (running) job."""
+    return (
+        doc is not None
+        and doc.get("status") == JobStatus.RUNNING.value
+        and doc.get("attempt_token") == token
+    )
+
+
+def terminal(
+    status: JobStatus, now: datetime, by: str, result_ttl_s: float, **fields: Any
+) -> dict[str, Any]:
+    """The changes that end a job; ``by`` names the writer (an attempt token, ``cancel``, ...)."""
+    assert status in TERMINAL_STATUSES
+    return {
+        **fields,
+        "status": status.value,
+        "updated_at": now,
+        "finished_at": now,
+        "finished_by": by,
+        "terminal_writes": Increment(1),
+        "lease_expires_at": None,
+        # Kept RESULT_TTL after it finished, then Firestore's TTL policy deletes it.
+        "expire_at": now + timedelta(seconds=result_ttl_s),
+    }
+
+
+def released(now: datetime, last_error: dict[str, Any] | None) -> dict[str, Any]:
+    """Back to ``queued`` for a later delivery (transient failure, shutdown): the lease ends now."""
+    changes: dict[str, Any] = {
+        "status": JobStatus.QUEUED.value,
+        "attempt_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if last_error is not None:
+        changes["last_error"] = last_error
+    return changes
+
+
+def renewed(now: datetime, lease_s: float) -> dict[str, Any]:
+    return {"lease_expires_at": now + timedelta(seconds=lease_s)}

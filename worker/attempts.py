@@ -1,0 +1,136 @@
+"""Stopping an attempt at a safe point, and the watcher that decides when to.
+
+A forward pass cannot be interrupted from outside (a thread cannot be killed), so tasks stop
+cooperatively: an adapter calls ``StopToken.check()`` between chunks of work, which raises
+``Stopped`` once the attempt must end. The watcher, one thread per worker, reads the jobs in hand
+every ``interval_s``: a cancelled job, or one that another attempt took over, stops at its next safe
+point; every job still owned gets its lease renewed, so it is not handed to another worker while
+this one is healthy and working on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from worker.errors import Stopped, WorkerError
+from worker.store import Claim
+
+logger = logging.getLogger(__name__)
+
+
+class StopToken:
+    """Tells a running task whether it must stop, and why."""
+
+    def __init__(self, timeout_s: float):
+        self.deadline = time.monotonic() + timeout_s
+        self._reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+
+    @property
+    def reason(self) -> str | None:
+        if self._reason is None and time.monotonic() > self.deadline:
+            return "timeout"
+        return self._reason
+
+    def check(self) -> None:
+        """Raise ``Stopped`` if the attempt must end; call it between chunks of work."""
+        reason = self.reason
+        if reason is not None:
+            raise Stopped(reason)
+
+    def sleep(self, seconds: float, slice_s: float = 0.05) -> None:
+        """Sleep ``seconds``, checking at every slice."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.check()
+            time.sleep(min(slice_s, left))
+        self.check()
+
+
+@dataclass(frozen=True)
+class InHand:
+    claim: Claim
+    stop: StopToken
+    since: float
+
+
+class Watcher:
+    """Checks the jobs in hand every ``interval_s``; see the module's docstring."""
+
+    def __init__(
+        self,
+        check: Callable[[Sequence[Claim]], dict[str, str]],
+        interval_s: float,
+        lease_s: float,
+    ):
+        self._check = check
+        self._interval_s = interval_s
+        self._lease_s = lease_s
+        self._lock = threading.Lock()
+        self._in_hand: dict[str, InHand] = {}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="omni-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._interval_s + 5)
+
+    def add(self, claim: Claim, stop: StopToken) -> None:
+        with self._lock:
+            self._in_hand[claim.token] = InHand(claim, stop, time.monotonic())
+
+    def remove(self, claim: Claim) -> None:
+        with self._lock:
+            self._in_hand.pop(claim.token, None)
+
+    def stop_all(self, reason: str) -> int:
+        with self._lock:
+            held = list(self._in_hand.values())
+        for item in held:
+            item.stop.stop(reason)
+        return len(held)
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            try:
+                self.check_once()
+            except WorkerError as exc:
+                logger.warning("could not check jobs in hand: %s", exc)
+            except Exception:
+                logger.exception("watcher check failed")
+
+    def check_once(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            # Jobs younger than one interval are left alone: most finish long before it ends.
+            # A job past its deadline (plus a lease) is stuck outside any safe point; its lease
+            # is no longer renewed, so another worker may take it over.
+            due = [
+                item
+                for item in self._in_hand.values()
+                if now - item.since >= self._interval_s and now < item.stop.deadline + self._lease_s
+            ]
+        if not due:
+            return
+        verdicts = self._check([item.claim for item in due])
+        for item in due:
+            verdict = verdicts.get(item.claim.token, "ok")
+            if verdict != "ok":
+                logger.info(
+                    "attempt %s must stop: %s",
+                    item.claim.attempt,
+                    verdict,
+                    extra={"job_id": item.claim.job_id, "stop": verdict},
+                )
+                item.stop.stop(verdict)
