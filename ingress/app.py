@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from ingress import health, jobs, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.errors import Unauthorized, register_error_handlers
+from ingress.idempotency import IdempotencyStore
 from ingress.publisher import JobPublisher
 from ingress.services import EXTENSION, Services, services
 from ingress.settings import Settings
@@ -35,14 +36,17 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     publisher_client = pubsub_v1.PublisherClient()
+    firestore_client = firestore.Client(project=settings.project)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         keys=KeyRing.from_files(settings.api_keys, settings.api_keys_file),
         store=JobStore(
-            firestore.Client(project=settings.project),
+            firestore_client,
             settings.jobs_collection,
             settings.firestore_timeout_s,
+            settings.result_ttl_s,
         ),
+        idempotency=IdempotencyStore(firestore_client, settings.firestore_timeout_s),
         publisher=JobPublisher(
             publisher_client,
             publisher_client.topic_path(settings.project, settings.jobs_topic),

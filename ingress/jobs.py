@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit a job, read it back."""
+"""``/v1/jobs``: submit a job (optionally idempotent), read it back, cancel it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError
 
-from ingress.errors import NotFound, ServiceUnavailable, ValidationFailed
+from ingress.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
+from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.publisher import PublishFailed
 from ingress.requests import json_body
-from ingress.services import services
-from ingress.store import StoreRejected, StoreUnavailable
+from ingress.services import Services, services
+from ingress.store import AlreadyFinished, StoreRejected, StoreUnavailable
 from schemas import (
     JOB_ID_PATTERN,
     TASKS,
@@ -31,10 +33,22 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+def _unavailable(what: str, svc: Services) -> ServiceUnavailable:
+    return ServiceUnavailable(f"the {what} is unavailable; try again", svc.settings.retry_after_s)
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not KEY_PATTERN.match(key):
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1..255 printable ASCII characters")
+    return key
+
+
 @bp.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     tenant: str = g.tenant
+    key = _idempotency_key()
     body = json_body(request, svc.settings.max_body_bytes)
     try:
         job_request = JobRequest.model_validate(body)
@@ -52,6 +66,19 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise ValidationFailed.from_pydantic(exc, prefix=["body", "input"]) from exc
 
     job_id = new_job_id()
+    reservation: Reservation | None = None
+    if key is not None:
+        try:
+            reservation = svc.idempotency.reserve(
+                tenant, key, fingerprint(request.path, body), job_id
+            )
+        except KeyMismatch as exc:
+            raise Conflict(str(exc)) from exc
+        except StoreUnavailable as exc:
+            raise _unavailable("job store", svc) from exc
+        job_id = reservation.resource_id
+        if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
+            return replayed
     bind_log_context(job_id=job_id, task=spec.name)
     doc = new_job_document(
         tenant=tenant,
@@ -59,40 +86,86 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         input=task_input.model_dump(mode="json"),
         metadata=job_request.metadata,
         now=datetime.now(UTC),
+        result_ttl_s=svc.settings.result_ttl_s,
     )
-    retry_after = svc.settings.retry_after_s
     try:
         written_at = svc.store.create(job_id, doc)
     except StoreRejected as exc:
         item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
+        _release(svc, reservation)
         raise ValidationFailed([item]) from exc
     except StoreUnavailable as exc:
-        raise ServiceUnavailable("the job store is unavailable; try again", retry_after) from exc
+        _release(svc, reservation)
+        raise _unavailable("job store", svc) from exc
     try:
         svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
     except PublishFailed as exc:
         # The client will retry with a new job; this one must not sit in queued forever.
         svc.store.fail_unpublished(job_id, written_at, str(exc))
-        raise ServiceUnavailable("the job queue is unavailable; try again", retry_after) from exc
+        _release(svc, reservation)
+        raise _unavailable("job queue", svc) from exc
     logger.info("job queued")
     job = Job.from_document(job_id, doc)
     return jsonify(job.to_json_dict()), 202, {"Location": job.links.self}
 
 
-@bp.get("/<job_id>")
-def get_job(job_id: str) -> Response:
-    svc = services()
-    # An id that cannot exist answers exactly like one that does not: 404, no store read.
-    if not JOB_ID_PATTERN.match(job_id):
-        raise NotFound("no such job")
+def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dict[str, str]] | None:
+    """The job an earlier request with the same key made, as it is now; None if that request
+    reserved the key but its job is not written (yet): this request then writes it."""
     bind_log_context(job_id=job_id)
     try:
         doc = svc.store.get(job_id)
     except StoreUnavailable as exc:
-        raise ServiceUnavailable(
-            "the job store is unavailable; try again", svc.settings.retry_after_s
-        ) from exc
+        raise _unavailable("job store", svc) from exc
+    if doc is None or doc.get("tenant") != tenant:
+        return None
+    logger.info("idempotent replay")
+    job = Job.from_document(job_id, doc)
+    headers = {"Location": job.links.self, "Idempotent-Replayed": "true"}
+    return jsonify(job.to_json_dict()), 202, headers
+
+
+def _release(svc: Services, reservation: Reservation | None) -> None:
+    if reservation is not None:
+        svc.idempotency.release(reservation)
+
+
+def _checked_id(job_id: str) -> str:
+    # An id that cannot exist answers exactly like one that does not: 404, no store read.
+    if not JOB_ID_PATTERN.match(job_id):
+        raise NotFound("no such job")
+    bind_log_context(job_id=job_id)
+    return job_id
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    svc = services()
+    _checked_id(job_id)
+    try:
+        doc = svc.store.get(job_id)
+    except StoreUnavailable as exc:
+        raise _unavailable("job store", svc) from exc
     # Another tenant's job is indistinguishable from a missing one.
     if doc is None or doc.get("tenant") != g.tenant:
         raise NotFound("no such job")
+    return jsonify(Job.from_document(job_id, doc).to_json_dict())
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """A queued job is ``cancelled`` at once and never runs; a running one is ``cancelled`` at once
+    too and its worker stops at its next safe point, writing nothing. 409 when already terminal."""
+    svc = services()
+    _checked_id(job_id)
+    try:
+        doc = svc.store.cancel(job_id, g.tenant)
+    except AlreadyFinished as exc:
+        status = exc.doc.get("status")
+        raise Conflict(f"the job is already {status}; a finished job cannot be cancelled") from exc
+    except StoreUnavailable as exc:
+        raise _unavailable("job store", svc) from exc
+    if doc is None:
+        raise NotFound("no such job")
+    logger.info("job cancelled")
     return jsonify(Job.from_document(job_id, doc).to_json_dict())

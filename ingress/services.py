@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from ingress.auth import KeyRing
+from ingress.idempotency import IdempotencyStore
 from ingress.publisher import JobPublisher
 from ingress.settings import Settings
 from ingress.store import JobStore
@@ -23,6 +24,7 @@ class Services:
     settings: Settings
     keys: KeyRing
     store: JobStore
+    idempotency: IdempotencyStore
     publisher: JobPublisher
 
 

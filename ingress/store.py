@@ -12,6 +12,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from schemas import jobstate
 from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus
 
@@ -26,12 +27,23 @@ class StoreRejected(ValueError):
     """Firestore refused the document itself (too deep, too large): the input's fault."""
 
 
+class AlreadyFinished(Exception):
+    """The job is in a terminal state; ``doc`` is what it holds."""
+
+    def __init__(self, doc: dict[str, Any]):
+        super().__init__(doc.get("status"))
+        self.doc = doc
+
+
 class JobStore:
-    def __init__(self, client: firestore.Client, collection: str, timeout_s: float):
+    def __init__(
+        self, client: firestore.Client, collection: str, timeout_s: float, result_ttl_s: float
+    ):
         self._client = client
         self._jobs = client.collection(collection)
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
+        self._result_ttl_s = result_ttl_s
 
     def create(self, job_id: str, doc: dict[str, Any]) -> datetime:
         """Write a new job document; returns its update time (the precondition for later)."""
@@ -65,14 +77,12 @@ class JobStore:
         whether the job was marked.
         """
         now = datetime.now(UTC)
+        error = {"code": "publish_failed", "message": message}
         try:
             self._jobs.document(job_id).update(
-                {
-                    "status": JobStatus.FAILED.value,
-                    "error": {"code": "publish_failed", "message": message},
-                    "updated_at": now,
-                    "finished_at": now,
-                },
+                jobstate.terminal(
+                    JobStatus.FAILED, now, "ingress", self._result_ttl_s, error=error
+                ),
                 option=self._client.write_option(last_update_time=written_at),
                 retry=self._retry,
                 timeout=self._timeout_s,
@@ -86,6 +96,38 @@ class JobStore:
             logger.exception("could not mark unpublished job failed", extra={"job_id": job_id})
             return False
         return True
+
+    def cancel(self, job_id: str, tenant: str) -> dict[str, Any] | None:
+        """Cancel a queued or running job; the document afterwards, or None if the tenant has no
+        such job. Raises ``AlreadyFinished`` for a terminal job.
+
+        The job turns ``cancelled`` at once, in one transaction with the read: a worker running it
+        can no longer write an outcome (it does not own a running job any more) and stops at its
+        next safe point when its watcher sees the cancel."""
+        ref = self._jobs.document(job_id)
+
+        @firestore.transactional
+        def _cancel(transaction: firestore.Transaction) -> dict[str, Any] | None:
+            snapshot = ref.get(transaction=transaction)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("tenant") != tenant:
+                return None
+            if jobstate.is_terminal(doc):
+                raise AlreadyFinished(doc)
+            now = datetime.now(UTC)
+            changes = jobstate.terminal(JobStatus.CANCELLED, now, "cancel", self._result_ttl_s)
+            transaction.update(ref, changes)
+            return {**doc, **changes, "terminal_writes": int(doc.get("terminal_writes", 0)) + 1}
+
+        try:
+            outcome: dict[str, Any] | None = _cancel(self._client.transaction())
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Firestore cancel failed: {type(exc).__name__}") from exc
+        except ValueError as exc:
+            if "Failed to commit transaction" not in str(exc):
+                raise
+            raise StoreUnavailable(f"Firestore cancel contention: {exc}") from exc
+        return outcome
 
     def ping(self) -> bool:
         """Whether Firestore answers a cheap read now."""

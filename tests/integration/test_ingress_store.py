@@ -16,7 +16,7 @@ TIMEOUT = 10
 
 @pytest.fixture
 def store(clean_firestore: object) -> JobStore:
-    return JobStore(firestore.Client(), "jobs", timeout_s=TIMEOUT)
+    return JobStore(firestore.Client(), "jobs", timeout_s=TIMEOUT, result_ttl_s=3600)
 
 
 def new_doc() -> dict[str, object]:
