@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,worker,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,worker,deadletter,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

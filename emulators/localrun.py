@@ -1,8 +1,10 @@
 """``make run``: the whole pipeline on this machine, under one supervisor.
 
-Starts both emulators, provisions them, starts ``WORKERS`` workers and the ingress (gunicorn on
-``127.0.0.1:$PORT``), prints the URL and a working ``curl``, and stops everything on Ctrl-C or
-SIGTERM. ``local_stack()`` is the same sequence as a context manager, for benchmarks and tests.
+Starts both emulators, provisions them, starts ``WORKERS`` workers, the dead-letter function
+(functions-framework on ``127.0.0.1:$DEADLETTER_PORT``, fed by a push subscription), the reconciler
+and the ingress (gunicorn on ``127.0.0.1:$PORT``), prints the URL and a working ``curl``, and
+stops everything on Ctrl-C or SIGTERM. ``local_stack()`` is the same sequence as a context
+manager, for benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class StackConfig:
     firestore_port: int = 8086
     workers: int = 1
     worker_http_port: int = 8090
+    deadletter_port: int = 8087
     api_keys: str = DEV_API_KEYS
 
     @classmethod
@@ -56,6 +59,7 @@ class StackConfig:
             firestore_port=int(env.get("FIRESTORE_PORT") or 8086),
             workers=int(env.get("WORKERS") or 1),
             worker_http_port=int(env.get("WORKER_HTTP_PORT") or 8090),
+            deadletter_port=int(env.get("DEADLETTER_PORT") or 8087),
             api_keys=env.get("API_KEYS") or DEV_API_KEYS,
         )
 
@@ -68,6 +72,7 @@ class StackConfig:
             "PORT": self.port,
             "PUBSUB_PORT": self.pubsub_port,
             "FIRESTORE_PORT": self.firestore_port,
+            "DEADLETTER_PORT": self.deadletter_port,
         }
         for i in range(self.workers):
             named[f"WORKER_HTTP_PORT+{i}"] = self.worker_http_port + i
@@ -84,6 +89,15 @@ def _check_ports_free(config: StackConfig) -> None:
                     f"port {port} ({name}) is in use: "
                     f"stop what holds it or set {name.split('+')[0]}"
                 ) from None
+
+
+def deadletter_command(host: str, port: int) -> list[str]:
+    """functions-framework serving the dead-letter function, as Cloud Run functions would."""
+    return [
+        *(sys.executable, "-m", "functions_framework"),
+        *("--source", str(ROOT / "deadletter" / "main.py"), "--target", "on_dead_letter"),
+        *("--signature-type", "cloudevent", "--host", host, "--port", str(port)),
+    ]
 
 
 def _first_key(api_keys: str) -> str:
@@ -119,8 +133,21 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         "API_KEYS": config.api_keys,
         "PYTHONUNBUFFERED": "1",
     }
-    provision(Resources(project=config.project), emulator_host=pubsub_host)
-    supervisor.log("provisioned", topic="jobs", subscription="jobs-worker")
+    deadletter_url = f"http://{config.host}:{config.deadletter_port}/"
+    deadletter = supervisor.spawn(
+        "deadletter",
+        deadletter_command(config.host, config.deadletter_port),
+        env=env,
+        tier=TIER_WORKERS,
+    )
+    # A CloudEvent function answers a bare GET with 405: that is "up".
+    wait_until_answers(
+        deadletter_url, deadletter.process, START_TIMEOUT_S, "deadletter", stopping, status=405
+    )
+    resources = Resources(project=config.project, dead_letter_endpoint=deadletter_url)
+    provision(resources, emulator_host=pubsub_host)
+    supervisor.log("provisioned", topic=resources.topic, subscription=resources.subscription)
+    supervisor.spawn("reconciler", [sys.executable, "-m", "reconciler"], env=env, tier=TIER_WORKERS)
 
     workers = []
     for i in range(config.workers):

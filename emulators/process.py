@@ -38,10 +38,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, status: int = 200) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
-            return bool(response.status == 200)
+            return bool(response.status == status)
+    except urllib.error.HTTPError as exc:
+        return exc.code == status
     except (urllib.error.URLError, OSError):
         return False
 
@@ -93,15 +95,17 @@ def wait_until_answers(
     timeout_s: float,
     name: str,
     cancelled: Callable[[], bool] = lambda: False,
+    status: int = 200,
 ) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``process`` exits or ``cancelled()``."""
+    """Poll ``url`` until it answers ``status``; fail early if ``process`` exits or
+    ``cancelled()``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if cancelled():
             raise InterruptedError(f"stopped while waiting for {name}")
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode} before answering {url}")
-        if _answers(url):
+        if _answers(url, status):
             return
         time.sleep(_POLL_S)
     raise TimeoutError(f"{name} did not answer {url} within {timeout_s}s")

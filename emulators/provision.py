@@ -5,23 +5,41 @@ Google client talks to the emulator; otherwise it uses Application Default Crede
 project. Running it again converges an existing subscription to the settings below instead of
 failing, so a deploy can always run it.
 
-    python -m emulators.provision --project my-project            # real project
+    jobs ──▶ jobs-worker (pull; retry 10..600 s; dead letter after 5 deliveries)
+                 └──▶ jobs-dead ──▶ jobs-dead-handler (push to the dead-letter function)
+
+On a real project it also applies ``firestore.indexes.json``: the TTL policies on ``expire_at``
+and the indexes the reconciler's queries need (the Firestore emulator has neither).
+
+    python -m emulators.provision --project my-project \
+        --deadletter-endpoint https://deadletter-xyz.run.app/     # real project
     python -m emulators.provision --project omni-local --emulator 127.0.0.1:8085
+
+In production the Pub/Sub service agent needs publisher rights on ``jobs-dead`` and subscriber
+rights on ``jobs-worker`` for dead-lettering to work (see docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from schemas.messages import DEFAULT_SUBSCRIPTION, DEFAULT_TOPIC
+from schemas.messages import (
+    DEFAULT_DEAD_LETTER_SUBSCRIPTION,
+    DEFAULT_DEAD_LETTER_TOPIC,
+    DEFAULT_SUBSCRIPTION,
+    DEFAULT_TOPIC,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +52,9 @@ RETRY_MAX_BACKOFF_S = 600
 """Longest wait between redeliveries, seconds (Pub/Sub's own maximum)."""
 MESSAGE_RETENTION_S = 7 * 24 * 3600
 """How long an unacked job message is kept, seconds (Pub/Sub's maximum, 7 days)."""
+MAX_DELIVERY_ATTEMPTS = 5
+"""Deliveries of one message before it goes to the dead-letter topic (``WORKER_MAX_ATTEMPTS``)."""
+INDEXES_FILE = Path(__file__).resolve().parent.parent / "firestore.indexes.json"
 ADMIN_TIMEOUT_S = 30.0
 EMULATOR_VARIABLE = "PUBSUB_EMULATOR_HOST"
 
@@ -43,14 +64,40 @@ class Resources:
     project: str
     topic: str = DEFAULT_TOPIC
     subscription: str = DEFAULT_SUBSCRIPTION
+    dead_letter_topic: str = DEFAULT_DEAD_LETTER_TOPIC
+    dead_letter_subscription: str = DEFAULT_DEAD_LETTER_SUBSCRIPTION
+    # Where the dead-letter subscription pushes (the function's URL); None creates no
+    # subscription (an Eventarc trigger makes its own).
+    dead_letter_endpoint: str | None = None
+    max_delivery_attempts: int = MAX_DELIVERY_ATTEMPTS
+    retry_min_backoff_s: int = RETRY_MIN_BACKOFF_S
+    retry_max_backoff_s: int = RETRY_MAX_BACKOFF_S
+
+    def _path(self, kind: str, name: str) -> str:
+        return f"projects/{self.project}/{kind}/{name}"
 
     @property
     def topic_path(self) -> str:
-        return f"projects/{self.project}/topics/{self.topic}"
+        return self._path("topics", self.topic)
 
     @property
     def subscription_path(self) -> str:
-        return f"projects/{self.project}/subscriptions/{self.subscription}"
+        return self._path("subscriptions", self.subscription)
+
+    @property
+    def dead_letter_topic_path(self) -> str:
+        return self._path("topics", self.dead_letter_topic)
+
+    @property
+    def dead_letter_subscription_path(self) -> str:
+        return self._path("subscriptions", self.dead_letter_subscription)
+
+
+def _retry_policy(resources: Resources) -> dict[str, object]:
+    return {
+        "minimum_backoff": duration_pb2.Duration(seconds=resources.retry_min_backoff_s),
+        "maximum_backoff": duration_pb2.Duration(seconds=resources.retry_max_backoff_s),
+    }
 
 
 def _subscription_settings(resources: Resources) -> dict[str, object]:
@@ -58,10 +105,22 @@ def _subscription_settings(resources: Resources) -> dict[str, object]:
         "name": resources.subscription_path,
         "topic": resources.topic_path,
         "ack_deadline_seconds": ACK_DEADLINE_S,
-        "retry_policy": {
-            "minimum_backoff": duration_pb2.Duration(seconds=RETRY_MIN_BACKOFF_S),
-            "maximum_backoff": duration_pb2.Duration(seconds=RETRY_MAX_BACKOFF_S),
+        "retry_policy": _retry_policy(resources),
+        "dead_letter_policy": {
+            "dead_letter_topic": resources.dead_letter_topic_path,
+            "max_delivery_attempts": resources.max_delivery_attempts,
         },
+        "message_retention_duration": duration_pb2.Duration(seconds=MESSAGE_RETENTION_S),
+    }
+
+
+def _dead_letter_subscription_settings(resources: Resources) -> dict[str, object]:
+    return {
+        "name": resources.dead_letter_subscription_path,
+        "topic": resources.dead_letter_topic_path,
+        "ack_deadline_seconds": ACK_DEADLINE_S,
+        "push_config": {"push_endpoint": resources.dead_letter_endpoint},
+        "retry_policy": _retry_policy(resources),
         "message_retention_duration": duration_pb2.Duration(seconds=MESSAGE_RETENTION_S),
     }
 
@@ -97,29 +156,89 @@ def provision(resources: Resources, emulator_host: str | None = None) -> None:
         publisher = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
     try:
-        try:
-            publisher.create_topic(name=resources.topic_path, timeout=ADMIN_TIMEOUT_S)
-            logger.info("created topic %s", resources.topic_path)
-        except gexc.AlreadyExists:
-            logger.info("topic %s exists", resources.topic_path)
-
-        settings = _subscription_settings(resources)
-        try:
-            subscriber.create_subscription(request=settings, timeout=ADMIN_TIMEOUT_S)
-            logger.info("created subscription %s", resources.subscription_path)
-        except gexc.AlreadyExists:
-            mutable = ["ack_deadline_seconds", "retry_policy", "message_retention_duration"]
-            subscriber.update_subscription(
-                request={
-                    "subscription": settings,
-                    "update_mask": field_mask_pb2.FieldMask(paths=mutable),
-                },
-                timeout=ADMIN_TIMEOUT_S,
-            )
-            logger.info("updated subscription %s", resources.subscription_path)
+        for topic in (resources.dead_letter_topic_path, resources.topic_path):
+            try:
+                publisher.create_topic(name=topic, timeout=ADMIN_TIMEOUT_S)
+                logger.info("created topic %s", topic)
+            except gexc.AlreadyExists:
+                logger.info("topic %s exists", topic)
+        # The dead-letter side first: nothing may be dead-lettered before someone listens.
+        if resources.dead_letter_endpoint is not None:
+            _converge(subscriber, _dead_letter_subscription_settings(resources))
+        _converge(subscriber, _subscription_settings(resources))
     finally:
         subscriber.close()
         publisher.transport.close()
+
+
+def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
+    """Create the subscription, or bring an existing one to ``settings``."""
+    try:
+        subscriber.create_subscription(request=settings, timeout=ADMIN_TIMEOUT_S)
+        logger.info("created subscription %s", settings["name"])
+    except gexc.AlreadyExists:
+        mutable = [key for key in settings if key not in ("name", "topic")]
+        subscriber.update_subscription(
+            request={
+                "subscription": settings,
+                "update_mask": field_mask_pb2.FieldMask(paths=mutable),
+            },
+            timeout=ADMIN_TIMEOUT_S,
+        )
+        logger.info("updated subscription %s", settings["name"])
+
+
+def firestore_admin_requests(
+    project: str, spec: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The Firestore Admin API calls that apply ``firestore.indexes.json`` to ``project``:
+    ``("create_index", request)`` per composite index, ``("update_field", request)`` per TTL."""
+    parent = f"projects/{project}/databases/(default)/collectionGroups"
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for index in spec.get("indexes", []):
+        fields = [{"field_path": f["fieldPath"], "order": f["order"]} for f in index["fields"]]
+        calls.append(
+            (
+                "create_index",
+                {
+                    "parent": f"{parent}/{index['collectionGroup']}",
+                    "index": {"query_scope": index["queryScope"], "fields": fields},
+                },
+            )
+        )
+    for override in spec.get("fieldOverrides", []):
+        if override.get("ttl"):
+            name = f"{parent}/{override['collectionGroup']}/fields/{override['fieldPath']}"
+            calls.append(
+                (
+                    "update_field",
+                    {
+                        "field": {"name": name, "ttl_config": {}},
+                        "update_mask": {"paths": ["ttl_config"]},
+                    },
+                )
+            )
+    return calls
+
+
+def provision_firestore(project: str) -> None:
+    """Apply ``firestore.indexes.json`` (indexes and TTL policies) to a real project.
+
+    Skipped on the emulator, which has no Admin API: it needs no index, and keeps no data long
+    enough for a TTL to matter."""
+    if os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        logger.info("Firestore emulator: no indexes or TTL policies to apply")
+        return
+    from google.cloud import firestore_admin_v1
+
+    admin = firestore_admin_v1.FirestoreAdminClient()
+    spec = json.loads(INDEXES_FILE.read_text())
+    for method, request in firestore_admin_requests(project, spec):
+        try:
+            getattr(admin, method)(request=request, timeout=ADMIN_TIMEOUT_S)
+            logger.info("%s applied", method, extra={"request": str(request)})
+        except gexc.AlreadyExists:
+            logger.info("%s: already there", method)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,14 +249,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--subscription", default=os.environ.get("JOBS_SUBSCRIPTION", DEFAULT_SUBSCRIPTION)
     )
+    parser.add_argument(
+        "--deadletter-endpoint",
+        default=os.environ.get("DEADLETTER_ENDPOINT"),
+        help="URL the dead-letter subscription pushes to (omit when an Eventarc trigger is used)",
+    )
     args = parser.parse_args(argv)
     if not args.project:
         parser.error("--project or GOOGLE_CLOUD_PROJECT is required")
     from schemas.jsonlog import configure_logging
 
     configure_logging("INFO")
-    resources = Resources(project=args.project, topic=args.topic, subscription=args.subscription)
+    resources = Resources(
+        project=args.project,
+        topic=args.topic,
+        subscription=args.subscription,
+        dead_letter_endpoint=args.deadletter_endpoint,
+    )
     provision(resources, emulator_host=args.emulator)
+    if args.emulator is None:
+        provision_firestore(args.project)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ def readme_curl_session() -> str:
 
 
 def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> None:
-    ports = {name: str(free_port()) for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT")}
+    ports = {
+        name: str(free_port())
+        for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT", "DEADLETTER_PORT")
+    }
     ports["WORKER_HTTP_PORT"] = str(free_port_pair())  # worker i serves on WORKER_HTTP_PORT + i
     env = {
         k: v

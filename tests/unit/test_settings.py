@@ -93,6 +93,7 @@ def test_make_run_ports_move_with_the_environment() -> None:
             "FIRESTORE_PORT": "9086",
             "WORKERS": "3",
             "WORKER_HTTP_PORT": "9090",
+            "DEADLETTER_PORT": "9087",
             "API_KEYS": "me:mine",
         }
     )
@@ -100,6 +101,7 @@ def test_make_run_ports_move_with_the_environment() -> None:
         "PORT": 9080,
         "PUBSUB_PORT": 9085,
         "FIRESTORE_PORT": 9086,
+        "DEADLETTER_PORT": 9087,
         "WORKER_HTTP_PORT+0": 9090,
         "WORKER_HTTP_PORT+1": 9091,
         "WORKER_HTTP_PORT+2": 9092,

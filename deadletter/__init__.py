@@ -1,0 +1,1 @@
+"""The dead-letter handler: ends jobs whose messages Pub/Sub gave up on (see ``main``)."""
