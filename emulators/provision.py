@@ -5,7 +5,7 @@ Google client talks to the emulator; otherwise it uses Application Default Crede
 project. Running it again converges an existing subscription to the settings below instead of
 failing, so a deploy can always run it.
 
-    jobs ──▶ jobs-worker (pull; retry 10..600 s; dead letter after 5 deliveries)
+    jobs ──▶ jobs-worker (pull; dead letter after 5 deliveries; no retry policy, see below)
                  └──▶ jobs-dead ──▶ jobs-dead-handler (push to the dead-letter function)
 
 On a real project it also applies ``firestore.indexes.json``: the TTL policies on ``expire_at``
@@ -14,6 +14,10 @@ and the indexes the reconciler's queries need (the Firestore emulator has neithe
     python -m emulators.provision --project my-project \
         --deadletter-endpoint https://deadletter-xyz.run.app/     # real project
     python -m emulators.provision --project omni-local --emulator 127.0.0.1:8085
+
+The worker subscription has no retry policy: the worker delays a failed job's redelivery itself
+(10 s doubling to 600 s), because the emulator strands messages when a retry policy and a
+dead-letter policy are combined and a subscriber dies (docs/reliability.md has the measurement).
 
 In production the Pub/Sub service agent needs publisher rights on ``jobs-dead`` and subscriber
 rights on ``jobs-worker`` for dead-lettering to work (see docs/reliability.md).
@@ -47,9 +51,9 @@ ACK_DEADLINE_S = 20
 """Subscription ack deadline, seconds. Short on purpose: the worker's client extends leases while it
 works, and a short deadline brings a dead worker's messages back quickly."""
 RETRY_MIN_BACKOFF_S = 10
-"""Seconds before the first redelivery of a nacked message (exponential from here)."""
+"""Dead-letter push retries: seconds before the first retry (exponential from here)."""
 RETRY_MAX_BACKOFF_S = 600
-"""Longest wait between redeliveries, seconds (Pub/Sub's own maximum)."""
+"""Longest wait between push retries, seconds (Pub/Sub's own maximum)."""
 MESSAGE_RETENTION_S = 7 * 24 * 3600
 """How long an unacked job message is kept, seconds (Pub/Sub's maximum, 7 days)."""
 MAX_DELIVERY_ATTEMPTS = 5
@@ -105,7 +109,6 @@ def _subscription_settings(resources: Resources) -> dict[str, object]:
         "name": resources.subscription_path,
         "topic": resources.topic_path,
         "ack_deadline_seconds": ACK_DEADLINE_S,
-        "retry_policy": _retry_policy(resources),
         "dead_letter_policy": {
             "dead_letter_topic": resources.dead_letter_topic_path,
             "max_delivery_attempts": resources.max_delivery_attempts,
@@ -177,7 +180,10 @@ def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
         subscriber.create_subscription(request=settings, timeout=ADMIN_TIMEOUT_S)
         logger.info("created subscription %s", settings["name"])
     except gexc.AlreadyExists:
-        mutable = [key for key in settings if key not in ("name", "topic")]
+        # retry_policy is always in the mask: absent from ``settings``, it is cleared.
+        mutable = sorted(
+            {key for key in settings if key not in ("name", "topic")} | {"retry_policy"}
+        )
         subscriber.update_subscription(
             request={
                 "subscription": settings,

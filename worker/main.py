@@ -109,6 +109,7 @@ class Worker:
                 self._adapters,
                 task_timeout_s=settings.timeout_for,
                 max_attempts=settings.max_attempts,
+                retry_backoff_s=settings.retry_backoff_s,
                 fault_injection=settings.fault_injection,
                 watch_interval_s=settings.watch_interval_s,
             )

@@ -10,13 +10,16 @@ is settled exactly once, after its outcome is durable in Firestore:
           ── PermanentError / bug / unserved task ──▶ write failed ─▶ ack
           ── timeout ────────────────▶ write failed (timeout) ──────▶ ack
           ── cancelled / lost lease ─────────────────────────────────▶ ack (the other writer won)
-          ── TransientError ─────────▶ release (queued, last_error) ─▶ nack → redelivery with the
-                                                                     subscription's backoff; the
+          ── TransientError ─────────▶ release (queued, last_error) ─▶ redeliver after a backoff
+                                                                     (10 s doubling to 600 s); the
                                                                      dead-letter topic after the
                                                                      maximum deliveries
           ── shutdown past the grace ▶ release ──────────────────────▶ nack
 
-Firestore being unreachable is not a task failure: the processor holds the message (its lease is
+The backoff is the worker's, not the subscription's retry policy: the message is dropped from
+lease management with its ack deadline set to the backoff, so Pub/Sub redelivers it then (see
+docs/reliability.md for why the subscription has no retry policy). Firestore being unreachable is
+not a task failure: the processor holds the message (its lease is
 extended by the client) and retries with backoff, so an outage cannot burn delivery attempts.
 """
 
@@ -57,6 +60,8 @@ class Message(Protocol):
 
     def ack(self) -> None: ...
     def nack(self) -> None: ...
+    def drop(self) -> None: ...
+    def modify_ack_deadline(self, seconds: int) -> None: ...
 
 
 class Store(Protocol):
@@ -82,6 +87,7 @@ class Processor:
         *,
         task_timeout_s: Callable[[str], float],
         max_attempts: int = 5,
+        retry_backoff_s: tuple[float, float] = (10.0, 600.0),
         fault_injection: bool = False,
         watch_interval_s: float = 1.0,
     ):
@@ -89,6 +95,7 @@ class Processor:
         self._adapters = adapters
         self._task_timeout_s = task_timeout_s
         self._max_attempts = max_attempts
+        self._retry_backoff_s = retry_backoff_s
         self._fault_injection = fault_injection
         # Serialises claim + forward pass: torch already uses every core for one pass, and two
         # at once only thrash. Claiming inside it means a job reads `running` only once the model
@@ -189,8 +196,22 @@ class Processor:
         else:
             error = {"code": "transient", "message": str(outcome)}
             self._hold(lambda: self._store.release(claim, error))
-            logger.warning("transient failure; job released and message nacked: %s", outcome)
-            message.nack()
+            delay_s = self._backoff_s(message.delivery_attempt or claim.attempt)
+            logger.warning(
+                "transient failure; job released, redelivery in %ds: %s",
+                delay_s,
+                outcome,
+                extra={**extra, "retry_in_s": delay_s},
+            )
+            # Out of lease management first, so no lease extension lands after the new deadline.
+            message.drop()
+            message.modify_ack_deadline(delay_s)
+
+    def _backoff_s(self, delivery: int) -> int:
+        """Exponential: the first retry after ``retry_backoff_s[0]``, doubling up to ``[1]``
+        (Pub/Sub caps an ack deadline at 600 s)."""
+        low, high = self._retry_backoff_s
+        return int(max(1, min(low * 2 ** max(delivery - 1, 0), high, 600)))
 
     def _settle_stopped(self, claim: Claim, reason: str, message: Message) -> None:
         extra = {"attempt": claim.attempt, "stop": reason}

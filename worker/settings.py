@@ -26,6 +26,10 @@ JOB_LEASE_S = 20.0
 job runs. After a worker dies, a redelivered job waits at most this long for the lease to lapse."""
 WATCH_INTERVAL_S = 1.0
 """How often the jobs in hand are checked for cancels and lost leases (and leases renewed)."""
+RETRY_MIN_BACKOFF_S = 10.0
+"""``WORKER_RETRY_BACKOFF_S``: the wait before redelivering a job that failed transiently; it
+doubles with every delivery, up to ``RETRY_MAX_BACKOFF_S``."""
+RETRY_MAX_BACKOFF_S = 600.0
 MAX_ATTEMPTS = 5
 """``WORKER_MAX_ATTEMPTS``: deliveries before a job goes to the dead-letter topic; the same number
 as the subscription's ``max_delivery_attempts`` (the worker enforces it only when the message
@@ -64,6 +68,7 @@ class WorkerSettings:
     max_attempts: int = MAX_ATTEMPTS
     task_timeout_s: float = 0.0  # 0: each task's own limit (schemas.tasks)
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    retry_backoff_s: tuple[float, float] = (RETRY_MIN_BACKOFF_S, RETRY_MAX_BACKOFF_S)
     fault_injection: bool = False
     log_level: str = "INFO"
 
@@ -100,6 +105,10 @@ class WorkerSettings:
                 max_attempts=int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
                 task_timeout_s=float(env.get("WORKER_TASK_TIMEOUT_S") or 0),
                 result_ttl_s=parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S)),
+                retry_backoff_s=(
+                    float(env.get("WORKER_RETRY_BACKOFF_S") or RETRY_MIN_BACKOFF_S),
+                    RETRY_MAX_BACKOFF_S,
+                ),
                 fault_injection=env.get("WORKER_FAULT_INJECTION", "") == "1",
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )

@@ -39,6 +39,12 @@ class FakeMessage:
     def nack(self) -> None:
         self.settled.append("nack")
 
+    def drop(self) -> None:
+        self.settled.append("drop")
+
+    def modify_ack_deadline(self, seconds: int) -> None:
+        self.settled.append(f"retry in {seconds}s")
+
 
 def job_message(task: str = "embed") -> FakeMessage:
     data, attributes = JobMessage(job_id=JOB_ID, task=task, tenant="t").to_pubsub()
@@ -148,10 +154,18 @@ def test_an_unexpected_error_in_a_task_fails_the_job_instead_of_looping() -> Non
     assert store.writes == [("failed", "internal")]
 
 
-def test_a_transient_error_releases_the_job_with_its_error_and_nacks() -> None:
+def test_a_transient_error_releases_the_job_and_redelivers_after_a_backoff() -> None:
     store = FakeStore([claim()])
-    assert run(store, FakeModel(TransientError("busy"))).settled == ["nack"]
+    assert run(store, FakeModel(TransientError("busy"))).settled == ["drop", "retry in 10s"]
     assert store.writes == [("released", "transient")]
+
+
+@pytest.mark.parametrize(("delivery", "wait"), [(1, 10), (2, 20), (4, 80), (7, 600), (30, 600)])
+def test_the_retry_backoff_doubles_up_to_ten_minutes(delivery: int, wait: int) -> None:
+    store, message = FakeStore([claim()]), job_message()
+    message.delivery_attempt = delivery
+    run(store, FakeModel(TransientError("busy")), message)
+    assert message.settled == ["drop", f"retry in {wait}s"]
 
 
 def test_without_a_delivery_count_the_worker_enforces_the_maximum_attempts() -> None:
@@ -165,7 +179,7 @@ def test_without_a_delivery_count_the_worker_enforces_the_maximum_attempts() -> 
 def test_with_a_delivery_count_the_dead_letter_policy_decides() -> None:
     store, message = FakeStore([claim(attempt=5)]), job_message()
     message.delivery_attempt = 5
-    assert run(store, FakeModel(TransientError("busy")), message).settled == ["nack"]
+    assert run(store, FakeModel(TransientError("busy")), message).settled[0] == "drop"
 
 
 def test_firestore_unavailable_is_held_and_retried_not_nacked() -> None:
@@ -238,7 +252,7 @@ def test_a_task_no_worker_serves_fails_instead_of_looping() -> None:
 @pytest.mark.parametrize(
     ("fault", "settled", "writes"),
     [
-        ("transient", ["nack"], [("released", "transient")]),
+        ("transient", ["drop", "retry in 10s"], [("released", "transient")]),
         ("nonsense", ["ack"], [("failed", "bad_fault")]),
     ],
 )
