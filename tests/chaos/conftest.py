@@ -166,12 +166,11 @@ class ChaosStack:
         )
 
     def wait_status(self, job_id: str, statuses: set[str], timeout_s: float) -> dict[str, Any]:
-        return wait_for(
-            lambda: (doc := self.job(job_id)).get("status") in statuses and doc,
-            timeout_s,
-            f"job {job_id} to reach {statuses}",
-            interval_s=0.05,
-        )
+        def reached() -> dict[str, Any] | None:
+            doc = self.job(job_id)
+            return doc if doc.get("status") in statuses else None
+
+        return wait_for(reached, timeout_s, f"job {job_id} to reach {statuses}", interval_s=0.05)
 
 
 def embed(*texts: str, fault: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,12 @@ import pytest
 
 from tests.chaos.conftest import FIGURES, ChaosStack, embed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+]
 
 
 def test_a_poison_job_is_dead_lettered_while_other_jobs_succeed(clean: ChaosStack) -> None:

@@ -20,7 +20,12 @@ import requests
 
 from tests.chaos.conftest import FIGURES, HEADERS, ChaosStack, drained, embed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+]
 
 OUTAGE_S = 10.0
 LOOP_S = 25.0

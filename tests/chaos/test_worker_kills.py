@@ -22,7 +22,12 @@ import requests
 
 from tests.chaos.conftest import FIGURES, HEADERS, ChaosStack, Proc, drained, embed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 JOBS = 1000
 KILLS_AT = (0.2, 0.45, 0.7)

@@ -1,0 +1,157 @@
+"""Acceptance 5 and the lifecycle around it, on the chaos stack with a real worker and model.
+
+Cancel of a queued and of a running job, Idempotency-Key replay and mismatch, a duplicate delivery
+of a finished job, a long job keeping its lease past the ack deadline, and a task time limit.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from schemas.messages import JobMessage
+from tests.chaos.conftest import HEADERS, TENANT, ChaosStack, Proc, embed
+from tests.support import wait_for
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+]
+
+
+@pytest.fixture(scope="module")
+def worker(stack: ChaosStack) -> Iterator[Proc]:
+    stack.stop_workers()
+    yield stack.start_worker()
+
+
+def url(stack: ChaosStack, path: str) -> str:
+    assert stack.ingress is not None
+    return f"{stack.ingress.url}{path}"
+
+
+def cancel(stack: ChaosStack, job_id: str) -> requests.Response:
+    return requests.post(url(stack, f"/v1/jobs/{job_id}/cancel"), headers=HEADERS, timeout=30)
+
+
+def test_a_queued_job_is_cancelled_at_once_and_never_runs(stack: ChaosStack) -> None:
+    stack.stop_workers()  # nobody pulls: the job stays queued
+    job_id = stack.submit(embed("never")).json()["id"]
+    response = cancel(stack, job_id)
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled" and "finished_at" in response.json()
+    worker = stack.start_worker()
+    # The message is still delivered; the worker acks it without work.
+    wait_for(
+        lambda: "delivery skipped: already cancelled" in worker.messages(),
+        30,
+        "the worker to skip the cancelled job",
+    )
+    doc = stack.job(job_id)
+    assert doc["status"] == "cancelled" and doc["attempts"] == 0 and "started_at" not in doc
+    assert doc["terminal_writes"] == 1 and doc["finished_by"] == "cancel"
+    assert cancel(stack, job_id).status_code == 409
+
+
+def test_a_running_job_stops_at_its_next_safe_point_and_never_succeeds(
+    stack: ChaosStack, worker: Proc
+) -> None:
+    job_id = stack.submit(embed("long", fault="sleep=30")).json()["id"]
+    stack.wait_status(job_id, {"running"}, timeout_s=30)
+    cancelled_at = time.monotonic()
+    response = cancel(stack, job_id)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    wait_for(
+        lambda: any(m == "stopped at a safe point: cancelled" for m in worker.messages()),
+        10,
+        "the worker to stop the cancelled job",
+    )
+    stopped_s = time.monotonic() - cancelled_at
+    assert stopped_s < 5, "the watcher checks every second; the sleep has a safe point every 50 ms"
+    doc = stack.job(job_id)
+    assert doc["status"] == "cancelled" and doc["terminal_writes"] == 1
+    assert "result" not in doc
+    # The worker is free again: the next job runs at once.
+    after = stack.submit(embed("after the cancel")).json()["id"]
+    assert stack.wait_status(after, {"succeeded"}, timeout_s=30)["attempts"] == 1
+
+
+def test_cancel_of_a_finished_or_unknown_job(stack: ChaosStack, worker: Proc) -> None:
+    job_id = stack.submit(embed("quick")).json()["id"]
+    stack.wait_status(job_id, {"succeeded"}, timeout_s=30)
+    response = cancel(stack, job_id)
+    assert response.status_code == 409
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert "already succeeded" in response.json()["detail"]
+    assert cancel(stack, uuid.uuid4().hex).status_code == 404
+    assert cancel(stack, "not-an-id").status_code == 404
+
+
+def test_idempotency_key_replays_the_same_job_and_refuses_another_body(
+    stack: ChaosStack, worker: Proc
+) -> None:
+    key = f"order-{uuid.uuid4()}"
+    first = stack.submit(embed("once"), **{"Idempotency-Key": key})
+    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    job_id = first.json()["id"]
+    stack.wait_status(job_id, {"succeeded"}, timeout_s=30)
+    again = stack.submit(embed("once"), **{"Idempotency-Key": key})
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == job_id and again.json()["status"] == "succeeded"
+    other = stack.submit(embed("twice"), **{"Idempotency-Key": key})
+    assert other.status_code == 409
+    assert "Idempotency-Key" in other.json()["detail"]
+    # Only one job exists for the key, and it ran once.
+    docs = [doc for doc in stack.jobs().values() if doc["input"] == {"texts": ["once"]}]
+    assert len(docs) == 1 and docs[0]["attempts"] == 1
+
+
+def test_a_bad_idempotency_key_is_a_400_and_reserves_nothing(stack: ChaosStack) -> None:
+    response = stack.submit(embed("x"), **{"Idempotency-Key": "has spaces in it"})
+    assert response.status_code == 400
+    invalid = stack.submit({"task": "embed", "input": {"texts": []}}, **{"Idempotency-Key": "k1"})
+    assert invalid.status_code == 422
+    # The 422 reserved nothing: the same key with a valid body makes a job.
+    assert stack.submit(embed("x"), **{"Idempotency-Key": "k1"}).status_code == 202
+
+
+def test_a_duplicate_delivery_of_a_finished_job_does_no_work(
+    stack: ChaosStack, worker: Proc
+) -> None:
+    job_id = stack.submit(embed("dup")).json()["id"]
+    before = stack.wait_status(job_id, {"succeeded"}, timeout_s=30)
+    publisher = stack.publisher()
+    data, attributes = JobMessage(job_id=job_id, task="embed", tenant=TENANT).to_pubsub()
+    publisher.publish(publisher.topic_path(stack.project, "jobs"), data, **attributes).result()
+    wait_for(
+        lambda: sum(m == "delivery skipped: already succeeded" for m in worker.messages()),
+        30,
+        "the duplicate to be skipped",
+    )
+    after = stack.job(job_id)
+    assert after["updated_at"] == before["updated_at"] and after["attempts"] == 1
+    assert after["terminal_writes"] == 1
+
+
+def test_a_long_job_keeps_its_lease_past_the_ack_deadline(stack: ChaosStack, worker: Proc) -> None:
+    """25 s of work: past the subscription's 20 s ack deadline and the stream's 10 s lease
+    extension. A healthy worker keeps the message and the job: one attempt, no redelivery."""
+    job_id = stack.submit(embed("long", fault="sleep=25")).json()["id"]
+    doc = stack.wait_status(job_id, {"succeeded", "failed"}, timeout_s=90)
+    assert doc["status"] == "succeeded" and doc["attempts"] == 1
+
+
+def test_a_task_past_its_time_limit_fails_with_timeout(stack: ChaosStack) -> None:
+    stack.stop_workers()
+    stack.start_worker(WORKER_TASK_TIMEOUT_S="2")
+    job_id = stack.submit(embed("slow", fault="sleep=20")).json()["id"]
+    doc = stack.wait_status(job_id, {"succeeded", "failed"}, timeout_s=60)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "timeout"
+    assert doc["attempts"] == 1 and doc["terminal_writes"] == 1
+    stack.stop_workers()
