@@ -250,3 +250,35 @@ def test_no_key_appears_in_the_ingress_logs(ingress: Service) -> None:
     for key in (*KEYS.values(), "secret-wrong-key-xyz"):
         assert key not in text
     assert ingress.log_lines()  # every line parses as a JSON object
+
+
+# -- cancel and Idempotency-Key across tenants ---------------------------------------------------
+def test_another_tenants_job_cannot_be_cancelled(ingress: Service, clean_firestore: object) -> None:
+    job_id = submit(ingress, EMBED).json()["id"]
+    url = f"{ingress.url}/v1/jobs/{job_id}/cancel"
+    other = requests.post(url, headers=B, timeout=TIMEOUT)
+    unknown = requests.post(f"{ingress.url}/v1/jobs/{'0' * 32}/cancel", headers=B, timeout=TIMEOUT)
+    assert assert_problem(other, 404) == assert_problem(unknown, 404)
+    assert requests.post(url, headers={}, timeout=TIMEOUT).status_code == 401
+
+
+def test_idempotency_keys_belong_to_their_tenant(ingress: Service, clean_firestore: object) -> None:
+    key = {"Idempotency-Key": "shared-key-1"}
+    mine = submit(ingress, EMBED, headers={**A, **key}).json()["id"]
+    theirs = submit(ingress, EMBED, headers={**B, **key}).json()["id"]
+    assert mine != theirs
+    assert submit(ingress, EMBED, headers={**A, **key}).json()["id"] == mine
+
+
+def test_an_idempotent_replay_ignores_key_order_and_whitespace(
+    ingress: Service, clean_firestore: object
+) -> None:
+    key = {"Idempotency-Key": "order-insensitive", "Content-Type": "application/json"}
+    url = f"{ingress.url}/v1/jobs"
+    one = '{"task": "embed", "input": {"texts": ["a"]}, "metadata": {"k": "v"}}'
+    two = '{"metadata":{"k":"v"},"input":{"texts":["a"]},"task":"embed"}'
+    first = requests.post(url, data=one, headers={**A, **key}, timeout=TIMEOUT)
+    second = requests.post(url, data=two, headers={**A, **key}, timeout=TIMEOUT)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
