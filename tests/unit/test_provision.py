@@ -1,0 +1,49 @@
+"""Provisioning: subscription settings and Firestore Admin calls, built without a server."""
+
+from __future__ import annotations
+
+import json
+
+from emulators.provision import (
+    INDEXES_FILE,
+    Resources,
+    _dead_letter_subscription_settings,
+    _subscription_settings,
+    firestore_admin_requests,
+)
+
+
+def test_the_worker_subscription_dead_letters_and_has_no_retry_policy() -> None:
+    settings = _subscription_settings(Resources(project="p"))
+    assert settings["dead_letter_policy"] == {
+        "dead_letter_topic": "projects/p/topics/jobs-dead",
+        "max_delivery_attempts": 5,
+    }
+    # The worker backs off itself (docs/reliability.md): a retry policy here strands messages.
+    assert "retry_policy" not in settings
+    assert settings["ack_deadline_seconds"] == 20
+
+
+def test_the_dead_letter_subscription_pushes_to_the_function() -> None:
+    resources = Resources(project="p", dead_letter_endpoint="https://dl.example/")
+    settings = _dead_letter_subscription_settings(resources)
+    assert settings["topic"] == "projects/p/topics/jobs-dead"
+    assert settings["push_config"] == {"push_endpoint": "https://dl.example/"}
+
+
+def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    ttl_fields = [req["field"]["name"] for method, req in calls if method == "update_field"]
+    base = "projects/p/databases/(default)/collectionGroups"
+    assert ttl_fields == [f"{base}/jobs/fields/expire_at", f"{base}/idempotency/fields/expire_at"]
+
+
+def test_the_reconcilers_queries_have_their_composite_indexes() -> None:
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    indexes = {
+        tuple(f["field_path"] for f in req["index"]["fields"])
+        for method, req in calls
+        if method == "create_index"
+    }
+    assert ("status", "updated_at") in indexes
+    assert ("status", "lease_expires_at") in indexes
