@@ -61,6 +61,7 @@ def one_job(url: str, poll_s: float) -> dict[str, float]:
 
 def model_alone(n: int) -> list[float]:
     from schemas.tasks.embed import EmbedInput
+    from worker.attempts import StopToken
     from worker.settings import WorkerSettings
     from worker.tasks.embed import EmbedAdapter
 
@@ -68,12 +69,13 @@ def model_alone(n: int) -> list[float]:
     adapter = EmbedAdapter(device="cpu", threads=settings.torch_threads)
     adapter.load()
     item = EmbedInput(texts=TEXTS)
+    never = StopToken(timeout_s=3600)
     for _ in range(WARMUP_JOBS):
-        adapter.run([item])
+        adapter.run([item], never)
     times = []
     for _ in range(n):
         started = time.perf_counter()
-        adapter.run([item])
+        adapter.run([item], never)
         times.append((time.perf_counter() - started) * 1000)
     return times
 

@@ -9,7 +9,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1
 
 from emulators.process import running_emulators
-from emulators.provision import ACK_DEADLINE_S, RETRY_MIN_BACKOFF_S, Resources, provision
+from emulators.provision import ACK_DEADLINE_S, MAX_DELIVERY_ATTEMPTS, Resources, provision
 from emulators.reset import reset_firestore, reset_pubsub
 from tests.support import alive, descendants
 
@@ -31,16 +31,29 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.address)
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", fs.address)
 
+        # An older subscription with a retry policy: provisioning must clear it (the worker
+        # backs off itself; see docs/reliability.md).
         resources = Resources(project=PROJECT)
+        subscriber = pubsub_v1.SubscriberClient()
+        pubsub_v1.PublisherClient().create_topic(name=resources.topic_path, timeout=10)
+        subscriber.create_subscription(
+            request={
+                "name": resources.subscription_path,
+                "topic": resources.topic_path,
+                "retry_policy": {"minimum_backoff": {"seconds": 10}},
+            },
+            timeout=10,
+        )
         provision(resources)
         provision(resources)  # idempotent: converges instead of failing
-        subscriber = pubsub_v1.SubscriberClient()
         subscription = subscriber.get_subscription(
             subscription=resources.subscription_path, timeout=10
         )
         assert subscription.topic == resources.topic_path
         assert subscription.ack_deadline_seconds == ACK_DEADLINE_S
-        assert subscription.retry_policy.minimum_backoff.total_seconds() == RETRY_MIN_BACKOFF_S
+        assert "retry_policy" not in subscription
+        assert subscription.dead_letter_policy.dead_letter_topic == resources.dead_letter_topic_path
+        assert subscription.dead_letter_policy.max_delivery_attempts == MAX_DELIVERY_ATTEMPTS
 
         reset_pubsub(pubsub.address)
         with pytest.raises(gexc.NotFound):

@@ -35,7 +35,15 @@ def test_worker_deployment_probes_match_the_worker() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["terminationGracePeriodSeconds"] > GRACE_S
-    assert load("k8s/kustomization.yaml")["resources"] == ["worker.yaml"]
+    assert load("k8s/kustomization.yaml")["resources"] == ["worker.yaml", "reconciler.yaml"]
+
+
+def test_reconciler_cronjob_sweeps_once_per_run_without_overlap() -> None:
+    cronjob = load("k8s/reconciler.yaml")
+    assert cronjob["kind"] == "CronJob"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "reconciler", "--once"]
 
 
 def test_compose_runs_both_emulators_on_make_runs_port_variables() -> None:
