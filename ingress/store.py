@@ -13,7 +13,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from schemas import jobstate
-from schemas.googleapi import UNAVAILABLE, bounded_retry
+from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class JobStore:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore cancel failed: {type(exc).__name__}") from exc
         except ValueError as exc:
-            if "Failed to commit transaction" not in str(exc):
+            if not is_contention(exc):
                 raise
             raise StoreUnavailable(f"Firestore cancel contention: {exc}") from exc
         return outcome

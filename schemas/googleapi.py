@@ -25,3 +25,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 def bounded_retry(timeout_s: float) -> Retry:
     """The client's own retry, capped at ``timeout_s`` in all (its defaults retry for minutes)."""
     return Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s)
+
+
+def is_contention(exc: ValueError) -> bool:
+    """Whether a Firestore transaction gave up because of conflicting writers.
+
+    google-cloud-firestore says "Failed to commit transaction in N attempts." with a bare
+    ``ValueError``; any other ``ValueError`` is a bug and must not pass for contention."""
+    return "Failed to commit transaction" in str(exc)

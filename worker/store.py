@@ -17,7 +17,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from schemas import jobstate
-from schemas.googleapi import UNAVAILABLE, bounded_retry
+from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 from worker.errors import StoreUnavailable
 
@@ -200,8 +200,6 @@ class JobStore:
                 f"Firestore {what} failed for {job_id}: {type(exc).__name__}"
             ) from exc
         except ValueError as exc:
-            # google-cloud-firestore says "Failed to commit transaction in N attempts." with a
-            # bare ValueError; any other ValueError is a bug and must not pass for contention.
-            if "Failed to commit transaction" not in str(exc):
+            if not is_contention(exc):
                 raise
             raise StoreUnavailable(f"Firestore {what} contention for {job_id}: {exc}") from exc
