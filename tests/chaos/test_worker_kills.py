@@ -90,6 +90,7 @@ def test_sigkill_three_times_loses_nothing_and_writes_each_result_once(clean: Ch
     assert by_other == [], "a result was written by an attempt that was not the job's last"
     rerun = [doc["attempts"] for doc in jobs.values() if doc["attempts"] > 1]
     requeued = [doc["dead_letters"] for doc in jobs.values() if doc.get("dead_letters")]
+    logged = [m for worker in stack.workers for m in worker.messages()]
     FIGURES["worker kills"] = {
         "jobs": JOBS,
         "kills": kills,
@@ -97,6 +98,9 @@ def test_sigkill_three_times_loses_nothing_and_writes_each_result_once(clean: Ch
         "extra_attempts": sum(a - 1 for a in rerun),
         "max_attempts": max([1, *rerun]),
         "dead_lettered_and_requeued": len(requeued),
+        "max_dead_letters": max([0, *requeued]),
+        "redeliveries_of_finished_jobs": sum(m.startswith("delivery skipped") for m in logged),
+        "waits_for_a_live_attempt": sum(m.startswith("job held by a live") for m in logged),
         "drain_s": drain_s,
         "steady_worker_alive": steady.process.poll() is None,
     }

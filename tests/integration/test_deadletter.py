@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from deadletter.main import DeadLetterStore, handle
+from deadletter.main import MAX_DEAD_LETTERS, DeadLetterStore, handle
 from schemas.jobs import new_job_document, new_job_id
 from schemas.messages import JobMessage
 
@@ -73,7 +73,7 @@ def test_a_job_with_attempts_left_is_published_again(clean_firestore: object) ->
 
 
 def test_a_job_dead_lettered_too_often_ends_whatever_its_attempts(clean_firestore: object) -> None:
-    job_id = make_job(attempts=0, dead_letters=2)
+    job_id = make_job(attempts=0, dead_letters=MAX_DEAD_LETTERS - 1)
     outcome, doc, published = settle(job_id)
     assert outcome == "failed" and published.jobs == []
     assert "none recorded" in doc["error"]["message"]
