@@ -83,7 +83,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     doc = new_job_document(
         tenant=tenant,
         task=spec.name,
-        input=task_input.model_dump(mode="json"),
+        input=spec.input_to_store(task_input.model_dump(mode="json")),
         metadata=job_request.metadata,
         now=datetime.now(UTC),
         result_ttl_s=svc.settings.result_ttl_s,

@@ -138,6 +138,7 @@ class Job(BaseModel):
         if status is JobStatus.SUCCEEDED and doc.get("result") is not None:
             result = get_task(doc["task"]).result_from_store(doc["result"])
         error = doc.get("error") if status is JobStatus.FAILED else None
+        spec = get_task(doc["task"])
         return cls(
             id=job_id,
             task=doc["task"],
@@ -149,7 +150,7 @@ class Job(BaseModel):
             attempts=doc.get("attempts", 0),
             result=result,
             error=JobError(**error) if error else None,
-            input=doc["input"],
+            input=spec.input_from_store(doc["input"]),
             batch_id=doc.get("batch_id"),
             metadata=doc.get("metadata") or None,
             links=JobLinks.for_job(job_id),

@@ -15,7 +15,9 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -108,3 +110,27 @@ def trace_fields(project: str, headers: Any) -> dict[str, str]:
     if span:
         fields[SPAN_FIELD] = span
     return fields
+
+
+def capture_stderr(logger_name: str = "stderr") -> None:
+    """Turn whatever native libraries write to file descriptor 2 into JSON log lines.
+
+    TensorFlow's C++ runtime, absl and others print plain text to stderr before (or without)
+    Python's logging; a worker's output must stay one JSON object per line. File descriptor 2
+    becomes a pipe whose lines a daemon thread logs as WARNING records. Python's own ``sys.stderr``
+    follows, since it writes to the same descriptor.
+    """
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    captured = logging.getLogger(logger_name)
+
+    def _relay() -> None:
+        with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                # Never let the relay die: a full pipe would block every writer of stderr.
+                with contextlib.suppress(Exception):
+                    if line.strip():
+                        captured.warning(line.rstrip("\n"))
+
+    threading.Thread(target=_relay, name="omni-stderr", daemon=True).start()

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from schemas.jsonlog import configure_logging
+from schemas.jsonlog import capture_stderr, configure_logging
 from worker.main import Worker
 from worker.settings import ConfigError, WorkerSettings
 
@@ -23,6 +23,8 @@ def main() -> int:
         logging.getLogger("worker").error("configuration error: %s", exc)
         return EXIT_CONFIG
     configure_logging(settings.log_level)
+    # Model libraries (TensorFlow's C++ runtime above all) print plain text to stderr.
+    capture_stderr()
     worker = Worker(settings)
     worker.install_signal_handlers()
     return worker.run()

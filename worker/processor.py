@@ -252,7 +252,7 @@ class Processor:
             raise PermanentError("unsupported_task", f"no worker serves task {claim.task!r}")
         spec = get_task(claim.task)
         try:
-            task_input = spec.input_model.model_validate(claim.input)
+            task_input = spec.input_model.model_validate(spec.input_from_store(claim.input))
         except ValidationError as exc:
             raise PermanentError("invalid_input", str(exc)) from None
         if self._fault_injection:

@@ -70,6 +70,7 @@ class WorkerSettings:
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     retry_backoff_s: tuple[float, float] = (RETRY_MIN_BACKOFF_S, RETRY_MAX_BACKOFF_S)
     fault_injection: bool = False
+    model_repository: str | None = None
     log_level: str = "INFO"
 
     def timeout_for(self, task: str) -> float:
@@ -110,6 +111,7 @@ class WorkerSettings:
                     RETRY_MAX_BACKOFF_S,
                 ),
                 fault_injection=env.get("WORKER_FAULT_INJECTION", "") == "1",
+                model_repository=env.get("MODEL_REPOSITORY") or None,
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )
         except ValueError as exc:

