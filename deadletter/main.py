@@ -5,8 +5,10 @@ dead-letter topic. This function receives it (Eventarc or a push subscription in
 a push subscription from the emulator to ``functions-framework`` locally) and decides from the job
 document, the source of truth, not from the delivery count:
 
-- the job ended already, or a live attempt holds it → nothing (that attempt writes the outcome;
-  if it dies, the reconciler finds the job);
+- the job ended already → nothing;
+- a live attempt holds it → the event fails (``LiveAttempt``), so Pub/Sub delivers it again after
+  its backoff: by then the attempt has ended the job, or died and let its lease lapse (a message
+  delivered to a worker that was then killed can be dead-lettered while the lease still runs);
 - the job really ran ``MAX_ATTEMPTS`` attempts (or was dead-lettered ``MAX_DEAD_LETTERS`` times)
   → ``failed`` with code ``attempts_exhausted`` and the last error a worker recorded;
 - otherwise the deliveries were not attempts — deliveries to a subscriber that died before it could
@@ -53,6 +55,11 @@ MAX_DEAD_LETTERS = 10
 attempts (a job that can never even be claimed must end too). Generous: in the emulator's kill
 test a job was dead-lettered twice without one attempt."""
 REQUEUE = "requeued"
+HELD = "held by a live attempt"
+
+
+class LiveAttempt(RuntimeError):
+    """The job is held by a live attempt: decide again when the event is redelivered."""
 
 
 class DeadLetterStore:
@@ -84,7 +91,7 @@ class DeadLetterStore:
             now = datetime.now(UTC)
             lease = doc.get("lease_expires_at")
             if doc.get("status") == JobStatus.RUNNING.value and lease is not None and lease > now:
-                return "held by a live attempt"
+                return HELD
             dead_letters = int(doc.get("dead_letters") or 0) + 1
             if (
                 int(doc.get("attempts") or 0) < self._max_attempts
@@ -140,6 +147,8 @@ def handle(data: dict[str, Any], store: DeadLetterStore, requeue: Requeue) -> st
         if outcome == REQUEUE:
             requeue(job)
         logger.info("dead letter: %s", outcome, extra={"outcome": outcome})
+        if outcome == HELD:
+            raise LiveAttempt(f"job {job.job_id} is held by a live attempt; retry later")
         return outcome
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from deadletter.main import MAX_DEAD_LETTERS, DeadLetterStore, handle
+from deadletter.main import MAX_DEAD_LETTERS, DeadLetterStore, LiveAttempt, handle
 from schemas.jobs import new_job_document, new_job_id
 from schemas.messages import JobMessage
 
@@ -79,12 +79,20 @@ def test_a_job_dead_lettered_too_often_ends_whatever_its_attempts(clean_firestor
     assert "none recorded" in doc["error"]["message"]
 
 
-def test_a_job_held_by_a_live_attempt_is_left_to_it(clean_firestore: object) -> None:
+def test_a_job_held_by_a_live_attempt_is_decided_again_later(clean_firestore: object) -> None:
+    # The event fails, so Pub/Sub redelivers it; by then the attempt ended or its lease lapsed.
     lease = datetime.now(UTC) + timedelta(seconds=30)
-    job_id = make_job(status="running", attempts=5, lease_expires_at=lease)
+    job_id = make_job(status="running", attempts=1, lease_expires_at=lease)
+    with pytest.raises(LiveAttempt):
+        settle(job_id)
+    doc = firestore.Client().collection("jobs").document(job_id).get().to_dict() or {}
+    assert doc["status"] == "running" and "dead_letters" not in doc
+    # Its worker died: the lease lapsed, and the redelivered event publishes the job again.
+    firestore.Client().collection("jobs").document(job_id).update(
+        {"lease_expires_at": datetime.now(UTC) - timedelta(seconds=1)}
+    )
     outcome, doc, published = settle(job_id)
-    assert outcome == "held by a live attempt" and doc["status"] == "running"
-    assert published.jobs == []
+    assert outcome == "requeued" and [j.job_id for j in published.jobs] == [job_id]
 
 
 @pytest.mark.parametrize(
