@@ -39,7 +39,7 @@ from google.cloud import firestore
 
 from schemas import jobstate
 from schemas.googleapi import UNAVAILABLE, bounded_retry
-from schemas.jobs import DEFAULT_RESULT_TTL_S, JobStatus, parse_duration
+from schemas.jobs import JobStatus, result_ttl_from_env
 from schemas.jsonlog import configure_logging, log_context
 from schemas.messages import DEFAULT_TOPIC, JobMessage
 
@@ -163,7 +163,7 @@ def _services() -> tuple[DeadLetterStore, Requeue]:
     store = DeadLetterStore(
         firestore.Client(project=project),
         env.get("JOBS_COLLECTION") or "jobs",
-        parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S)),
+        result_ttl_from_env(env),
         int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
     )
     publisher = pubsub_v1.PublisherClient()

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas.jobs import DEFAULT_RESULT_TTL_S, parse_duration
+from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 
 DEFAULT_PROJECT = "omni-local"
@@ -55,7 +55,7 @@ class Settings:
                 max_body_bytes=int(env.get("MAX_BODY_BYTES") or MAX_BODY_BYTES),
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
-                result_ttl_s=parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S)),
+                result_ttl_s=result_ttl_from_env(env),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )
         except ValueError as exc:

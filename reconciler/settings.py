@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas.jobs import DEFAULT_RESULT_TTL_S, parse_duration
+from schemas.jobs import DEFAULT_RESULT_TTL_S, parse_duration, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 
 INTERVAL_S = 60.0
@@ -54,7 +54,7 @@ class ReconcilerSettings:
                 give_up_after_s=parse_duration(
                     env.get("RECONCILE_GIVE_UP_AFTER_S") or str(GIVE_UP_AFTER_S)
                 ),
-                result_ttl_s=parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S)),
+                result_ttl_s=result_ttl_from_env(env),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )
         except ValueError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -40,6 +41,11 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
     return seconds
+
+
+def result_ttl_from_env(env: Mapping[str, str]) -> float:
+    """``RESULT_TTL`` in seconds: every service that ends jobs reads it the same way."""
+    return parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S))
 
 
 class JobStatus(StrEnum):

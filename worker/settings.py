@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas.jobs import DEFAULT_RESULT_TTL_S, parse_duration
+from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_SUBSCRIPTION
 
 DEFAULT_PROJECT = "omni-local"
@@ -105,7 +105,7 @@ class WorkerSettings:
                 job_lease_s=float(env.get("JOB_LEASE_S") or JOB_LEASE_S),
                 max_attempts=int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
                 task_timeout_s=float(env.get("WORKER_TASK_TIMEOUT_S") or 0),
-                result_ttl_s=parse_duration(env.get("RESULT_TTL") or str(DEFAULT_RESULT_TTL_S)),
+                result_ttl_s=result_ttl_from_env(env),
                 retry_backoff_s=(
                     float(env.get("WORKER_RETRY_BACKOFF_S") or RETRY_MIN_BACKOFF_S),
                     RETRY_MAX_BACKOFF_S,

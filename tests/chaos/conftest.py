@@ -98,7 +98,7 @@ class ChaosStack:
             **extra,
         )
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], port: int) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], port: int) -> Proc:
         self._started += 1
         log_path = self.log_dir / f"{self._started:02d}-{name}.log"
         with log_path.open("wb") as log:
@@ -116,7 +116,7 @@ class ChaosStack:
             WORKER_RETRY_BACKOFF_S="1",
             **settings,
         )
-        worker = self._spawn("worker", [sys.executable, "-m", "worker"], env, port)
+        worker = self.spawn("worker", [sys.executable, "-m", "worker"], env, port)
         self.workers.append(worker)
         if wait:
             self.wait_ready(worker)
@@ -191,7 +191,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
         stack = ChaosStack(project, pubsub, fs, Path(log_dir))
         try:
             port = free_port()
-            stack.deadletter = stack._spawn(
+            stack.deadletter = stack.spawn(
                 "deadletter", deadletter_command("127.0.0.1", port), stack.env(), port
             )
             wait_until_answers(
@@ -205,7 +205,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
                 *("-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")),
             ]
             env = stack.env(HOST="127.0.0.1", PORT=str(port), PUBLISH_TIMEOUT_S="3")
-            stack.ingress = stack._spawn("ingress", argv, env, port)
+            stack.ingress = stack.spawn("ingress", argv, env, port)
             wait_until_answers(stack.ingress.url + "/health", stack.ingress.process, 60, "ingress")
             yield stack
         finally:

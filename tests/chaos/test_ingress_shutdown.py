@@ -32,7 +32,7 @@ def test_sigterm_lets_a_request_in_flight_finish(clean: ChaosStack) -> None:
     stack = clean
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
-    ingress = stack._spawn("ingress-2", argv, stack.env(HOST="127.0.0.1", PORT=str(port)), port)
+    ingress = stack.spawn("ingress-2", argv, stack.env(HOST="127.0.0.1", PORT=str(port)), port)
     try:
         wait_until_answers(ingress.url + "/health", ingress.process, 60, "ingress")
         answer: dict[str, Any] = {}

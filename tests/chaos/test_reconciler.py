@@ -28,15 +28,15 @@ pytestmark = [
 ]
 
 
-def write_queued(stack: ChaosStack, age: timedelta) -> str:
+def write_queued(stack: ChaosStack, age: timedelta, **fields: object) -> str:
     """A queued job whose message never reached Pub/Sub (the ingress could neither publish nor
-    mark it failed), last changed ``age`` ago."""
+    mark it failed), last changed ``age`` ago; ``fields`` override the document's."""
     job_id = new_job_id()
     then = datetime.now(UTC) - age
     doc = new_job_document(
         tenant=TENANT, task="embed", input={"texts": ["orphan"]}, metadata=None, now=then
     )
-    stack.firestore().collection("jobs").document(job_id).create(doc)
+    stack.firestore().collection("jobs").document(job_id).create({**doc, **fields})
     return job_id
 
 
@@ -46,7 +46,7 @@ def sweep_once(stack: ChaosStack) -> None:
     assert result.returncode == 0
 
 
-def test_an_orphaned_job_is_published_again_and_an_ancient_one_is_given_up(
+def test_orphaned_and_abandoned_jobs_are_published_again_and_an_ancient_one_is_given_up(
     clean: ChaosStack,
 ) -> None:
     stack = clean
@@ -54,9 +54,16 @@ def test_an_orphaned_job_is_published_again_and_an_ancient_one_is_given_up(
     orphan = write_queued(stack, timedelta(minutes=5))
     fresh = write_queued(stack, timedelta(seconds=0))
     ancient = write_queued(stack, timedelta(days=2))
+    # Claimed by a worker that died, and its message lost: the lease lapsed five minutes ago.
+    lapsed = datetime.now(UTC) - timedelta(minutes=5)
+    abandoned = write_queued(
+        stack, timedelta(minutes=6), status="running", attempts=1, lease_expires_at=lapsed
+    )
     sweep_once(stack)
     done = stack.wait_status(orphan, {"succeeded"}, timeout_s=30)
     assert done["dispatch_count"] == 1 and done["terminal_writes"] == 1
+    rerun = stack.wait_status(abandoned, {"succeeded"}, timeout_s=30)
+    assert rerun["dispatch_count"] == 1 and rerun["attempts"] == 2
     gone = stack.job(ancient)
     assert gone["status"] == "failed" and gone["error"]["code"] == "not_dispatched"
     assert stack.job(fresh)["status"] == "queued", "a job queued for seconds is left alone"
@@ -86,7 +93,7 @@ def test_a_pubsub_restart_loses_every_message_and_no_job(clean: ChaosStack) -> N
             emulator_host=new.address,
         )
         stack.start_worker()
-        reconciler = stack._spawn(
+        reconciler = stack.spawn(
             "reconciler",
             [sys.executable, "-m", "reconciler"],
             stack.env(RECONCILE_STALE_AFTER_S="1", RECONCILE_INTERVAL_S="1"),
