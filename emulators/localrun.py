@@ -146,7 +146,9 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
     )
     resources = Resources(project=config.project, dead_letter_endpoint=deadletter_url)
     provision(resources, emulator_host=pubsub_host)
-    supervisor.log("provisioned", topic=resources.topic, subscription=resources.subscription)
+    supervisor.log(
+        "provisioned", topic=resources.topic, subscriptions=resources.subscription_prefix + "-*"
+    )
     supervisor.spawn("reconciler", [sys.executable, "-m", "reconciler"], env=env, tier=TIER_WORKERS)
 
     workers = []

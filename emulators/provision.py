@@ -5,8 +5,14 @@ Google client talks to the emulator; otherwise it uses Application Default Crede
 project. Running it again converges an existing subscription to the settings below instead of
 failing, so a deploy can always run it.
 
-    jobs ──▶ jobs-worker (pull; dead letter after 5 deliveries; no retry policy, see below)
+    jobs ──▶ jobs-worker-<task>, one per task, filtered on attributes.task (pull; dead letter
+             after 5 deliveries; no retry policy, see below)
                  └──▶ jobs-dead ──▶ jobs-dead-handler (push to the dead-letter function)
+
+One subscription per task, not per worker pool: every pool that serves a task pulls from that
+task's subscription (competing consumers), so pools can be composed freely (``WORKER_TASKS``) and
+no task is delivered to two pools. The emulator stores filters but does not apply them; the worker
+applies the same rule (docs/decisions.md, "Routing").
 
 On a real project it also applies ``firestore.indexes.json``: the TTL policies on ``expire_at``
 and the indexes the reconciler's queries need (the Firestore emulator has neither).
@@ -20,7 +26,7 @@ The worker subscription has no retry policy: the worker delays a failed job's re
 dead-letter policy are combined and a subscriber dies (docs/reliability.md has the measurement).
 
 In production the Pub/Sub service agent needs publisher rights on ``jobs-dead`` and subscriber
-rights on ``jobs-worker`` for dead-lettering to work (see docs/reliability.md).
+rights on each ``jobs-worker-<task>`` for dead-lettering to work (see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -41,9 +47,12 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from schemas.messages import (
     DEFAULT_DEAD_LETTER_SUBSCRIPTION,
     DEFAULT_DEAD_LETTER_TOPIC,
-    DEFAULT_SUBSCRIPTION,
+    DEFAULT_SUBSCRIPTION_PREFIX,
     DEFAULT_TOPIC,
+    task_filter,
+    task_subscription,
 )
+from schemas.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +76,8 @@ EMULATOR_VARIABLE = "PUBSUB_EMULATOR_HOST"
 class Resources:
     project: str
     topic: str = DEFAULT_TOPIC
-    subscription: str = DEFAULT_SUBSCRIPTION
+    subscription_prefix: str = DEFAULT_SUBSCRIPTION_PREFIX
+    tasks: tuple[str, ...] = tuple(TASKS)
     dead_letter_topic: str = DEFAULT_DEAD_LETTER_TOPIC
     dead_letter_subscription: str = DEFAULT_DEAD_LETTER_SUBSCRIPTION
     # Where the dead-letter subscription pushes (the function's URL); None creates no
@@ -84,9 +94,8 @@ class Resources:
     def topic_path(self) -> str:
         return self._path("topics", self.topic)
 
-    @property
-    def subscription_path(self) -> str:
-        return self._path("subscriptions", self.subscription)
+    def subscription_path(self, task: str) -> str:
+        return self._path("subscriptions", task_subscription(task, self.subscription_prefix))
 
     @property
     def dead_letter_topic_path(self) -> str:
@@ -104,10 +113,12 @@ def _retry_policy(resources: Resources) -> dict[str, object]:
     }
 
 
-def _subscription_settings(resources: Resources) -> dict[str, object]:
+def _subscription_settings(resources: Resources, task: str) -> dict[str, object]:
     return {
-        "name": resources.subscription_path,
+        "name": resources.subscription_path(task),
         "topic": resources.topic_path,
+        # A filter is fixed when the subscription is created (update cannot change it).
+        "filter": task_filter(task),
         "ack_deadline_seconds": ACK_DEADLINE_S,
         "dead_letter_policy": {
             "dead_letter_topic": resources.dead_letter_topic_path,
@@ -147,7 +158,7 @@ def _clients_for(emulator_host: str | None) -> Iterator[None]:
 
 
 def provision(resources: Resources, emulator_host: str | None = None) -> None:
-    """Make the topic and the worker subscription exist with the settings above.
+    """Make the topics and the task subscriptions exist with the settings above.
 
     ``emulator_host`` targets that emulator; without it, ``PUBSUB_EMULATOR_HOST`` if set, else
     the real project through Application Default Credentials.
@@ -168,7 +179,8 @@ def provision(resources: Resources, emulator_host: str | None = None) -> None:
         # The dead-letter side first: nothing may be dead-lettered before someone listens.
         if resources.dead_letter_endpoint is not None:
             _converge(subscriber, _dead_letter_subscription_settings(resources))
-        _converge(subscriber, _subscription_settings(resources))
+        for task in resources.tasks:
+            _converge(subscriber, _subscription_settings(resources, task))
     finally:
         subscriber.close()
         publisher.transport.close()
@@ -182,7 +194,7 @@ def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
     except gexc.AlreadyExists:
         # retry_policy is always in the mask: absent from ``settings``, it is cleared.
         mutable = sorted(
-            {key for key in settings if key not in ("name", "topic")} | {"retry_policy"}
+            {key for key in settings if key not in ("name", "topic", "filter")} | {"retry_policy"}
         )
         subscriber.update_subscription(
             request={
@@ -192,6 +204,17 @@ def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
             timeout=ADMIN_TIMEOUT_S,
         )
         logger.info("updated subscription %s", settings["name"])
+        wanted = settings.get("filter", "")
+        found = subscriber.get_subscription(subscription=settings["name"], timeout=ADMIN_TIMEOUT_S)
+        if found.filter != wanted:
+            # Pub/Sub fixes a filter at creation. The worker acks other tasks' messages unread,
+            # so this only costs deliveries; recreating the subscription would drop its backlog.
+            logger.warning(
+                "subscription %s has filter %r, not %r: delete and re-create it once drained",
+                settings["name"],
+                found.filter,
+                wanted,
+            )
 
 
 def firestore_admin_requests(
@@ -253,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--emulator", help="HOST:PORT of the Pub/Sub emulator")
     parser.add_argument("--topic", default=os.environ.get("JOBS_TOPIC", DEFAULT_TOPIC))
     parser.add_argument(
-        "--subscription", default=os.environ.get("JOBS_SUBSCRIPTION", DEFAULT_SUBSCRIPTION)
+        "--subscription-prefix",
+        default=os.environ.get("JOBS_SUBSCRIPTION_PREFIX", DEFAULT_SUBSCRIPTION_PREFIX),
+        help="task subscriptions are named PREFIX-TASK",
     )
     parser.add_argument(
         "--deadletter-endpoint",
@@ -269,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     resources = Resources(
         project=args.project,
         topic=args.topic,
-        subscription=args.subscription,
+        subscription_prefix=args.subscription_prefix,
         dead_letter_endpoint=args.deadletter_endpoint,
     )
     provision(resources, emulator_host=args.emulator)

@@ -18,7 +18,8 @@ Firestore transaction or under an update-time precondition, so the rules hold wh
 
 Fields kept in the document beside the resource's own (never shown by the API): ``tenant``,
 ``attempt_token``, ``lease_expires_at``, ``terminal_writes``, ``finished_by``, ``last_error``,
-``expire_at`` (Firestore TTL), ``dispatch_count`` (reconciler re-publishes).
+``expire_at`` (Firestore TTL), ``dispatch_count`` (reconciler re-publishes), ``worker`` (the
+process that claimed the last attempt), ``batch_size`` (how many jobs shared its forward pass).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def is_terminal(doc: dict[str, Any]) -> bool:
 
 
 def claim(
-    doc: dict[str, Any] | None, tenant: str, now: datetime, lease_s: float
+    doc: dict[str, Any] | None, tenant: str, now: datetime, lease_s: float, worker: str = ""
 ) -> Claimed | Refused:
     """Start a new attempt of a queued job, or of a running one whose lease has lapsed."""
     if doc is None:
@@ -86,6 +87,8 @@ def claim(
         "lease_expires_at": now + timedelta(seconds=lease_s),
         "updated_at": now,
     }
+    if worker:
+        changes["worker"] = worker  # which process runs it: for operators, and the tests
     if not doc.get("started_at"):
         changes["started_at"] = now
     return Claimed(attempt, token, changes)
@@ -118,14 +121,21 @@ def terminal(
     }
 
 
-def released(now: datetime, last_error: dict[str, Any] | None) -> dict[str, Any]:
-    """Back to ``queued`` for a later delivery (transient failure, shutdown): the lease ends now."""
+def released(
+    now: datetime, last_error: dict[str, Any] | None, started: bool = True
+) -> dict[str, Any]:
+    """Back to ``queued`` for a later delivery (transient failure, shutdown): the lease ends now.
+
+    An attempt released before its model call (``started=False``: claimed with a batch that a
+    shutdown never let run) gives its attempt back, so it does not count towards the maximum."""
     changes: dict[str, Any] = {
         "status": JobStatus.QUEUED.value,
         "attempt_token": None,
         "lease_expires_at": None,
         "updated_at": now,
     }
+    if not started:
+        changes["attempts"] = Increment(-1)
     if last_error is not None:
         changes["last_error"] = last_error
     return changes

@@ -49,9 +49,21 @@ class JobMessage(BaseModel):
 
 DEFAULT_TOPIC = "jobs"
 """Topic the ingress publishes jobs to (``JOBS_TOPIC``)."""
-DEFAULT_SUBSCRIPTION = "jobs-worker"
-"""Subscription the worker pulls from (``JOBS_SUBSCRIPTION``)."""
+DEFAULT_SUBSCRIPTION_PREFIX = "jobs-worker"
+"""Task subscriptions are named ``<prefix>-<task>`` (``JOBS_SUBSCRIPTION_PREFIX``)."""
 DEFAULT_DEAD_LETTER_TOPIC = "jobs-dead"
 """Where Pub/Sub moves a job message after the maximum deliveries."""
 DEFAULT_DEAD_LETTER_SUBSCRIPTION = "jobs-dead-handler"
 """The push subscription that hands dead letters to the dead-letter function."""
+
+
+def task_subscription(task: str, prefix: str = DEFAULT_SUBSCRIPTION_PREFIX) -> str:
+    """The subscription one task's workers pull from: every pool serving ``task`` shares it."""
+    return f"{prefix}-{task}"
+
+
+def task_filter(task: str) -> str:
+    """The subscription filter that lets only ``task``'s messages through (production Pub/Sub
+    honours it; the emulator does not, so the worker applies the same rule, see
+    ``worker.consumer``)."""
+    return f'attributes.task = "{task}"'

@@ -54,6 +54,28 @@ class StopToken:
         self.check()
 
 
+class BatchStop(StopToken):
+    """The stop token of a micro-batch's model call: it stops once every job in the batch must
+    (a shutdown, their shared time limit, or each cancelled); one cancelled job alone does not stop
+    its neighbours, it just has no result written."""
+
+    def __init__(self, members: list[StopToken]):
+        super().__init__(0.0)
+        self.members = members
+        self.deadline = min(m.deadline for m in members)
+
+    def stop(self, reason: str) -> None:
+        for member in self.members:
+            member.stop(reason)
+
+    @property
+    def reason(self) -> str | None:
+        reasons = [m.reason for m in self.members]
+        if all(r is not None for r in reasons):
+            return reasons[0]
+        return None
+
+
 @dataclass(frozen=True)
 class InHand:
     claim: Claim

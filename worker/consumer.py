@@ -2,6 +2,16 @@
 
 We do not rewrite streaming pull: ``SubscriberClient.subscribe`` keeps the stream, leases and
 their extension. This wraps it with an idempotent start/stop and a view of whether it still runs.
+
+One consumer per served task, each on that task's subscription. Production Pub/Sub applies the
+subscription's filter (``attributes.task = "<task>"``); the emulator stores filters but ignores them
+and hands every subscription every message. The consumer applies the same rule: a message for
+another task is acked unread, which is what the filter would have done (that task's subscription
+holds its own copy). Production never sees one; ``foreign`` counts them.
+
+A callback returns only once its message is settled (the processor's lanes batch them meanwhile),
+so the client's shutdown (``await_callbacks_on_shutdown``) still means "every message in hand is
+settled": the pool has one thread per message the flow control lets in.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,14 +35,16 @@ logger = logging.getLogger(__name__)
 class Consumer:
     def __init__(
         self,
+        task: str,
         subscription_path: str,
         processor: Processor,
         *,
         max_messages: int,
         lease_extension_s: int,
         max_lease_s: float,
-        callback_threads: int,
     ):
+        self.task = task
+        self.foreign = 0
         self._subscription_path = subscription_path
         self._processor = processor
         self._flow_control = pubsub_v1.types.FlowControl(
@@ -41,7 +54,7 @@ class Consumer:
             # its worker is hung, not working.
             max_lease_duration=int(max_lease_s),
         )
-        self._callback_threads = callback_threads
+        self._callback_threads = max_messages
         # Guards _client and _future: start/stop may race between the main thread and signals.
         self._lock = threading.Lock()
         self._client: pubsub_v1.SubscriberClient | None = None
@@ -84,38 +97,44 @@ class Consumer:
             return exc
         return None
 
-    def stop(self, grace_s: float, on_grace_over: Callable[[], None], after_s: float) -> None:
-        """Stop pulling; give callbacks in hand ``grace_s`` to settle their messages, then call
-        ``on_grace_over`` and wait ``after_s`` more.
+    def cancel(self) -> None:
+        """Stop pulling. ``cancel()`` returns at once and the client nacks what it holds but has
+        not dispatched; the future completes once the callbacks have returned, and leases are
+        extended until then."""
+        with self._lock:
+            if self._future is not None:
+                self._future.cancel()
 
-        ``cancel()`` returns at once and the client nacks what it holds but has not dispatched;
-        the future completes only once the callbacks have returned (``await_callbacks_on_shutdown``)
-        and leases are extended until then. The client is closed only after that: closing it
-        earlier would drop the acks of callbacks still running.
-        """
+    def settled(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the cancelled stream's callbacks; whether they are done."""
+        future = self._future
+        if future is None:
+            return True
+        # A cancelled stream may end with an error here; either way it has ended.
+        with contextlib.suppress(Exception):
+            future.result(timeout=max(timeout_s, 0.001))
+        return bool(future.done())
+
+    def close(self) -> None:
+        """Close the client, only once the callbacks are done: closing it earlier would drop the
+        acks of callbacks still running."""
         with self._lock:
             future, client = self._future, self._client
             self._future = self._client = None
             if future is None or client is None:
                 return
-            future.cancel()
-            if not self._settled(future, grace_s):
-                on_grace_over()
-                self._settled(future, after_s)
             if future.done():
                 client.close()
-                logger.info("stopped pulling")
+                logger.info("stopped pulling from %s", self._subscription_path)
             else:
                 logger.warning("callbacks still running after the grace period; leaving them")
 
-    @staticmethod
-    def _settled(future: Any, timeout_s: float) -> bool:
-        # A cancelled stream may end with an error here; either way it has ended.
-        with contextlib.suppress(Exception):
-            future.result(timeout=timeout_s)
-        return bool(future.done())
-
     def _on_message(self, message: Any) -> None:
+        if message.attributes.get("task") != self.task:
+            # The emulator ignores the subscription's filter (see the module's docstring).
+            self.foreign += 1
+            message.ack()
+            return
         try:
             self._processor.handle([message])
         except Exception:
@@ -123,3 +142,20 @@ class Consumer:
             # leased until its lease lapsed; nack it now instead.
             logger.exception("callback failed; message nacked")
             message.nack()
+
+
+def stop_all(
+    consumers: list[Consumer], grace_s: float, on_grace_over: Callable[[], None], after_s: float
+) -> None:
+    """Stop pulling on every consumer; give callbacks in hand ``grace_s`` (in all) to settle
+    their messages, then call ``on_grace_over`` and wait ``after_s`` more; close the clients."""
+    for consumer in consumers:
+        consumer.cancel()
+    deadline = time.monotonic() + grace_s
+    if not all(c.settled(deadline - time.monotonic()) for c in consumers):
+        on_grace_over()
+        deadline = time.monotonic() + after_s
+        for consumer in consumers:
+            consumer.settled(deadline - time.monotonic())
+    for consumer in consumers:
+        consumer.close()

@@ -1,8 +1,8 @@
 """The worker's life: load models, pull, and leave in two stages.
 
 1. Health server up at once (``/healthz`` answers while models load; ``/readyz`` does not).
-2. Load every served model; record each load time.
-3. Pull. Ready while the stream runs.
+2. Load the models of the served tasks (``WORKER_TASKS``), in parallel; record each load time.
+3. Pull, one stream per served task's subscription. Ready while every stream runs.
 4. First SIGTERM/SIGINT: stop pulling and start no new job (the client nacks what it holds but
    has not dispatched); jobs in hand finish within ``WORKER_GRACE_S``; what still runs then stops
    at its next safe point, is released and nacked; exit 0. A second signal *within*
@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-from worker.consumer import Consumer
+from schemas.messages import task_subscription
+from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
 from worker.processor import Processor
 from worker.settings import WorkerSettings
@@ -43,7 +46,9 @@ class Worker:
         self._first_signal_at: float | None = None
         self._adapters: dict[str, Adapter] = {}
         self._load_s: dict[str, float] = {}
-        self._consumer: Consumer | None = None
+        self._consumers: list[Consumer] = []
+        self._processor: Processor | None = None
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- signals -------------------------------------------------------------------------------
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
@@ -62,29 +67,63 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
-        pulling = self._consumer is not None and self._consumer.running
-        models = {
-            name: {"loaded": name in self._load_s, "load_s": self._load_s.get(name)}
-            for name in ADAPTERS
+        served = self.settings.served_tasks()
+        consumers = {c.task: c for c in self._consumers}
+        pulling = bool(consumers) and all(c.running for c in consumers.values())
+        tasks = {}
+        for name in served:
+            adapter = self._adapters.get(name)
+            entry: dict[str, Any] = {
+                "loaded": name in self._load_s,
+                "load_s": self._load_s.get(name),
+                "device": getattr(adapter, "device", None),
+                "batch": dict(
+                    zip(("max_size", "max_wait_s"), self.settings.batch_policy(name), strict=True)
+                ),
+            }
+            if self._processor is not None:
+                entry.update(vars(self._processor.stats[name]))
+                entry["inference_s"] = round(entry["inference_s"], 3)
+            if adapter is not None and hasattr(adapter, "forward_passes"):
+                entry["forward_passes"] = adapter.forward_passes
+            if name in consumers:
+                entry["foreign_acked"] = consumers[name].foreign
+            tasks[name] = entry
+        ready = pulling and not self._stop.is_set() and all(t["loaded"] for t in tasks.values())
+        return ready, {
+            "pulling": pulling,
+            "worker": self.worker_id,
+            "load_s": self._load_s.get("*"),
+            "tasks": tasks,
         }
-        ready = pulling and not self._stop.is_set() and all(m["loaded"] for m in models.values())
-        return ready, {"pulling": pulling, "models": models}
 
     def load_models(self) -> None:
-        for name, factory in ADAPTERS.items():
-            if self._stop.is_set():
-                return
-            started = time.perf_counter()
-            adapter = factory(self.settings)
-            adapter.load()
-            self._load_s[name] = round(time.perf_counter() - started, 3)
-            self._adapters[name] = adapter
-            logger.info(
-                "model %s loaded in %.2fs",
-                name,
-                self._load_s[name],
-                extra={"task": name, "load_s": self._load_s[name]},
-            )
+        """Load every served task's model, ``WORKER_LOAD_THREADS`` at a time (in parallel:
+        much of a load is waiting on imports and files; measured in docs/tasks.md)."""
+        started = time.perf_counter()
+        served = self.settings.served_tasks()
+        with ThreadPoolExecutor(max(1, self.settings.load_threads), "omni-load") as pool:
+            for future in [pool.submit(self._load_one, name) for name in served]:
+                future.result()  # a model that fails to load fails the start
+        self._load_s["*"] = round(time.perf_counter() - started, 3)
+        logger.info(
+            "models loaded in %.2fs", self._load_s["*"], extra={"load_s": dict(self._load_s)}
+        )
+
+    def _load_one(self, name: str) -> None:
+        if self._stop.is_set():
+            return
+        started = time.perf_counter()
+        adapter = ADAPTERS[name](self.settings)
+        adapter.load()
+        self._load_s[name] = round(time.perf_counter() - started, 3)
+        self._adapters[name] = adapter
+        logger.info(
+            "model %s loaded in %.2fs",
+            name,
+            self._load_s[name],
+            extra={"task": name, "load_s": self._load_s[name]},
+        )
 
     def run(self) -> int:
         """Serve until asked to stop; returns the process's exit code."""
@@ -108,6 +147,8 @@ class Worker:
                 store,
                 self._adapters,
                 task_timeout_s=settings.timeout_for,
+                batch_policy=settings.batch_policy,
+                worker_id=self.worker_id,
                 max_attempts=settings.max_attempts,
                 retry_backoff_s=settings.retry_backoff_s,
                 fault_injection=settings.fault_injection,
@@ -116,23 +157,28 @@ class Worker:
             if settings.fault_injection:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")
             processor.start()
-            self._consumer = Consumer(
-                f"projects/{settings.project}/subscriptions/{settings.subscription}",
-                processor,
-                max_messages=settings.max_leased_messages,
-                lease_extension_s=settings.lease_extension_s,
-                max_lease_s=settings.max_lease_s(),
-                callback_threads=settings.callback_threads,
-            )
-            self._consumer.start()
+            self._processor = processor
+            for task in settings.served_tasks():
+                name = task_subscription(task, settings.subscription_prefix)
+                consumer = Consumer(
+                    task,
+                    f"projects/{settings.project}/subscriptions/{name}",
+                    processor,
+                    max_messages=settings.leased_messages(task),
+                    lease_extension_s=settings.lease_extension_s,
+                    max_lease_s=settings.max_lease_s(),
+                )
+                consumer.start()
+                self._consumers.append(consumer)
             logger.info("worker ready", extra={"models": self._load_s})
             while not self._stop.is_set():
-                error = self._consumer.wait(_WAIT_SLICE_S)
-                if error is not None or not self._consumer.running:
-                    logger.error("streaming pull ended: %r", error)
-                    return 1
+                for consumer in self._consumers:
+                    error = consumer.wait(_WAIT_SLICE_S / len(self._consumers))
+                    if error is not None or not consumer.running:
+                        logger.error("streaming pull of %s ended: %r", consumer.task, error)
+                        return 1
             processor.drain()
-            self._consumer.stop(settings.grace_s, processor.abandon, ABANDON_WAIT_S)
+            stop_all(self._consumers, settings.grace_s, processor.abandon, ABANDON_WAIT_S)
             processor.close()
             logger.info("worker stopped")
             return 0

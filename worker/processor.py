@@ -1,11 +1,13 @@
-"""What happens to one delivery: parse, claim, run, write, then ack (or nack).
+"""What happens to each delivery: parse, gather into a micro-batch, claim, run, write, then ack.
 
-``handle`` takes a list of messages so that micro-batching can hand it many at once; each message
-is settled exactly once, after its outcome is durable in Firestore:
+Each served task has a *lane* (``worker.lanes``): deliveries of that task are gathered into a
+micro-batch, claimed in one Firestore transaction, run as one model call, and their outcomes written
+in one transaction, before each message is settled. Each message is settled exactly once, after its
+outcome is durable in Firestore:
 
     parse ── bad ─────────────────────────────────────────────────▶ ack (poison; logged)
-    claim ── missing / terminal ──────────────────────────────────▶ ack (nothing to do)
-          ── held by a live attempt ──▶ wait for its lease, claim again
+    claim ── missing / terminal / twice in one batch ─────────────▶ ack (nothing to do)
+          ── held by a live attempt ──▶ back into the lane once its lease may have lapsed
     run   ── ok ─────────────────────▶ write succeeded ─────────────▶ ack
           ── PermanentError / bug / unserved task ──▶ write failed ─▶ ack
           ── timeout ────────────────▶ write failed (timeout) ──────▶ ack
@@ -15,31 +17,41 @@ is settled exactly once, after its outcome is durable in Firestore:
                                                                      dead-letter topic after the
                                                                      maximum deliveries
           ── shutdown past the grace ▶ release ──────────────────────▶ nack
+    claimed but not started when the worker drains ▶ release (attempt given back) ▶ nack
+
+A batch that fails as a whole (one bad input can fail a model call for everyone) is run again one
+job at a time, so one job's error never becomes its neighbours'. A job cancelled while its batch
+runs stops the batch only if every job in it stopped; otherwise its result is simply not written.
 
 The backoff is the worker's, not the subscription's retry policy: the message is dropped from
 lease management with its ack deadline set to the backoff, so Pub/Sub redelivers it then (see
 docs/reliability.md for why the subscription has no retry policy). Firestore being unreachable is
-not a task failure: the processor holds the message (its lease is
-extended by the client) and retries with backoff, so an outage cannot burn delivery attempts.
+not a task failure: the processor holds the messages (their leases are extended by the client) and
+retries with backoff, so an outage cannot burn delivery attempts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from schemas.jobs import JobStatus
 from schemas.jsonlog import log_context
 from schemas.messages import JobMessage
 from schemas.tasks import get_task
 from worker import faults
-from worker.attempts import StopToken, Watcher
+from worker.attempts import BatchStop, StopToken, Watcher
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
+from worker.lanes import Delivery, Lane
 from worker.store import Busy, Claim, Skip
 from worker.tasks import Adapter
 
@@ -48,6 +60,8 @@ T = TypeVar("T")
 
 STORE_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Waits between retries of a Firestore call during an outage (the last one repeats)."""
+SETTLE_THREADS = 2
+"""Threads writing outcomes: a batch's writes overlap the next batch's model call."""
 
 
 class Message(Protocol):
@@ -69,14 +83,36 @@ class Store(Protocol):
 
     lease_s: float
 
-    def claim(self, job_id: str, tenant: str) -> Claim | Skip | Busy: ...
-    def finish(self, claim: Claim, result: dict[str, Any]) -> bool: ...
-    def fail(self, claim: Claim, code: str, message: str) -> bool: ...
-    def release(self, claim: Claim, last_error: dict[str, str] | None) -> bool: ...
+    def claim_many(
+        self, jobs: Sequence[tuple[str, str]], worker: str = ""
+    ) -> list[Claim | Skip | Busy]: ...
+    def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]: ...
+    def release(
+        self, claim: Claim, last_error: dict[str, str] | None, started: bool = True
+    ) -> bool: ...
     def check(self, claims: Sequence[Claim]) -> dict[str, str]: ...
 
 
 Outcome = dict[str, Any] | PermanentError | TransientError | Stopped
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A claimed job on its way through the lane."""
+
+    claim: Claim
+    delivery: Delivery
+    stop: StopToken
+
+
+@dataclass
+class LaneStats:
+    """Per task, what the model calls were like (``/readyz`` shows them)."""
+
+    batches: int = 0
+    jobs: int = 0
+    largest_batch: int = 0
+    inference_s: float = 0.0
 
 
 class Processor:
@@ -86,10 +122,12 @@ class Processor:
         adapters: Mapping[str, Adapter],
         *,
         task_timeout_s: Callable[[str], float],
+        batch_policy: Callable[[str], tuple[int, float]] = lambda _task: (1, 0.0),
         max_attempts: int = 5,
         retry_backoff_s: tuple[float, float] = (10.0, 600.0),
         fault_injection: bool = False,
         watch_interval_s: float = 1.0,
+        worker_id: str = "",
     ):
         self._store = store
         self._adapters = adapters
@@ -97,17 +135,25 @@ class Processor:
         self._max_attempts = max_attempts
         self._retry_backoff_s = retry_backoff_s
         self._fault_injection = fault_injection
-        # Serialises claim + forward pass: torch already uses every core for one pass, and two
-        # at once only thrash. Claiming inside it means a job reads `running` only once the model
-        # is free for it; the result write happens outside it, overlapping the next job's pass.
+        self._worker_id = worker_id
+        # One model call at a time across every task: torch, TensorFlow and spaCy each use every
+        # core for one call, and two at once only thrash. Claims and writes happen outside it.
         self._model_lock = threading.Lock()
         self._draining = threading.Event()
         self._abandoned = threading.Event()
         self.watcher = Watcher(store.check, watch_interval_s, store.lease_s)
+        self._settle_pool = ThreadPoolExecutor(SETTLE_THREADS, thread_name_prefix="omni-settle")
+        self._lanes = {
+            task: Lane(task, *batch_policy(task), claim=self._claim_batch, run=self._run_batch)
+            for task in adapters
+        }
+        self.stats = {task: LaneStats() for task in adapters}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.watcher.start()
+        for lane in self._lanes.values():
+            lane.start()
 
     def drain(self) -> None:
         """Shutdown, stage one: start no new job; jobs in hand go on."""
@@ -123,89 +169,245 @@ class Processor:
             logger.warning("grace period over: releasing %d job(s) in hand", stopped)
 
     def close(self) -> None:
+        for lane in self._lanes.values():
+            lane.close()
+        self._settle_pool.shutdown(wait=True)
         self.watcher.close()
 
     # -- messages --------------------------------------------------------------------------------
     def handle(self, messages: Sequence[Message]) -> None:
+        """Put each message in its task's lane; return once every one of them is settled."""
+        deliveries = []
         for message in messages:
-            self._handle_one(message)
+            delivery = self._accept(message)
+            if delivery is not None:
+                deliveries.append(delivery)
+        for delivery in deliveries:
+            delivery.wait()
 
-    def _handle_one(self, message: Message) -> None:
+    def _accept(self, message: Message) -> Delivery | None:
         try:
             job = JobMessage.from_pubsub(message.data, dict(message.attributes))
         except ValueError as exc:
             logger.error("unreadable message %s acked: %s", message.message_id, exc)
             message.ack()
-            return
-        with log_context(job_id=job.job_id, task=job.task, tenant=job.tenant):
-            try:
-                self._process(job, message)
-            except StoreUnavailable as exc:
-                # Only reached once the processor gave up holding (shutdown during an outage).
-                logger.warning("Firestore unavailable at shutdown; message nacked: %s", exc)
-                message.nack()
+            return None
+        delivery = Delivery(message, job)
+        lane = self._lanes.get(job.task)
+        if self._draining.is_set():
+            delivery.nack()  # not started: another worker takes it at once
+        elif lane is None:
+            # Only a misrouted message gets here (the consumer passes its own task's only);
+            # whoever serves the task has its own copy, or will get this one back.
+            logger.error("no lane for task %r; message nacked", job.task)
+            delivery.nack()
+        else:
+            lane.put(delivery)
+        return delivery
 
-    def _process(self, job: JobMessage, message: Message) -> None:
-        while True:
-            if self._draining.is_set():
-                message.nack()  # not started: another worker takes it at once
-                return
-            with self._model_lock:
-                if self._draining.is_set():
-                    message.nack()
-                    return
-                claimed = self._hold(lambda: self._store.claim(job.job_id, job.tenant))
-                if isinstance(claimed, Claim):
-                    started = time.perf_counter()
-                    outcome = self._run(claimed)
-                    inference_ms = (time.perf_counter() - started) * 1000
-                    break
-            if isinstance(claimed, Skip):
-                logger.info("delivery skipped: %s", claimed.reason, extra={"skip": claimed.reason})
-                message.ack()
-                return
-            self._wait_for_lease(claimed)
-        self._settle(claimed, outcome, message, inference_ms)
+    # -- stage 1 (the lane's gather thread): claim a micro-batch ----------------------------------
+    def _claim_batch(self, lane: Lane, deliveries: list[Delivery]) -> list[InFlight]:
+        if self._draining.is_set():
+            for delivery in deliveries:
+                delivery.nack()
+            return []
+        jobs = [(d.job.job_id, d.job.tenant) for d in deliveries]
+        try:
+            decisions = self._hold(lambda: self._store.claim_many(jobs, self._worker_id))
+        except StoreUnavailable as exc:
+            # Only reached once the processor gave up holding (shutdown during an outage).
+            logger.warning("Firestore unavailable at shutdown; %d nacked: %s", len(jobs), exc)
+            for delivery in deliveries:
+                delivery.nack()
+            return []
+        claimed = []
+        for delivery, decision in zip(deliveries, decisions, strict=True):
+            job = delivery.job
+            with log_context(job_id=job.job_id, task=job.task, tenant=job.tenant):
+                if isinstance(decision, Skip):
+                    logger.info(
+                        "delivery skipped: %s", decision.reason, extra={"skip": decision.reason}
+                    )
+                    delivery.ack()
+                elif isinstance(decision, Busy):
+                    self._retry_when_free(lane, delivery, decision)
+                else:
+                    stop = StopToken(self._task_timeout_s(decision.task))
+                    self.watcher.add(decision, stop)
+                    claimed.append(InFlight(decision, delivery, stop))
+        return claimed
 
-    def _wait_for_lease(self, busy: Busy) -> None:
-        """A duplicate delivery of a job another attempt runs: wait for it to end or lapse."""
+    def _retry_when_free(self, lane: Lane, delivery: Delivery, busy: Busy) -> None:
+        """A duplicate delivery of a job another attempt runs: back into the lane once that
+        attempt's lease may have lapsed (the claim then skips it, or takes over a dead one)."""
         wait_s = (busy.until - datetime.now(UTC)).total_seconds() + 0.5
         wait_s = min(max(wait_s, 0.5), self._store.lease_s)
         logger.info("job held by a live attempt; checking again in %.1fs", wait_s)
-        self._abandoned.wait(wait_s)
+        timer = threading.Timer(wait_s, lane.put, (delivery,))
+        timer.daemon = True
+        timer.start()
 
-    def _settle(self, claim: Claim, outcome: Outcome, message: Message, ms: float) -> None:
-        extra = {"attempt": claim.attempt}
-        if isinstance(outcome, dict):
-            if self._hold(lambda: self._store.finish(claim, outcome)):
-                logger.info("job succeeded", extra={**extra, "inference_ms": round(ms, 1)})
-            message.ack()
-        elif isinstance(outcome, PermanentError):
-            if self._hold(lambda: self._store.fail(claim, outcome.code, outcome.message)):
-                logger.info("job failed: %s", outcome.code, extra=extra)
-            message.ack()
-        elif isinstance(outcome, Stopped):
-            self._settle_stopped(claim, outcome.reason, message)
-        elif message.delivery_attempt is None and claim.attempt >= self._max_attempts:
-            # No dead-letter policy on this subscription (no delivery count): enforce the
-            # maximum here, so the job still ends instead of looping.
-            text = f"{claim.attempt} attempts failed; last error: {outcome}"
-            if self._hold(lambda: self._store.fail(claim, "attempts_exhausted", text)):
-                logger.warning("job failed: attempts exhausted", extra=extra)
-            message.ack()
-        else:
-            error = {"code": "transient", "message": str(outcome)}
-            self._hold(lambda: self._store.release(claim, error))
-            delay_s = self._backoff_s(message.delivery_attempt or claim.attempt)
-            logger.warning(
-                "transient failure; job released, redelivery in %ds: %s",
-                delay_s,
-                outcome,
-                extra={**extra, "retry_in_s": delay_s},
-            )
-            # Out of lease management first, so no lease extension lands after the new deadline.
-            message.drop()
-            message.modify_ack_deadline(delay_s)
+    # -- stage 2 (the lane's run thread): one model call, then hand the writes over ---------------
+    def _run_batch(self, task: str, batch: list[InFlight]) -> None:
+        if self._draining.is_set():
+            # Claimed with the batch that was next, never started: give the jobs back at once.
+            self._settle_pool.submit(self._give_back, batch)
+            return
+        with self._model_lock:
+            started = time.perf_counter()
+            outcomes = self._run(task, batch)
+            inference_ms = (time.perf_counter() - started) * 1000
+        for item in batch:
+            self.watcher.remove(item.claim)
+        self._record(task, len(batch), inference_ms)
+        self._settle_pool.submit(self._settle, batch, outcomes, inference_ms)
+
+    def _record(self, task: str, size: int, inference_ms: float) -> None:
+        stats = self.stats[task]  # only this lane's run thread writes it
+        stats.batches += 1
+        stats.jobs += size
+        stats.largest_batch = max(stats.largest_batch, size)
+        stats.inference_s += inference_ms / 1000
+
+    def _run(self, task: str, batch: list[InFlight]) -> list[Outcome]:
+        """One outcome per job: validated inputs run together; faulted jobs (tests) alone."""
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        together: list[tuple[int, BaseModel]] = []
+        alone: list[tuple[int, BaseModel]] = []
+        adapter = self._adapters.get(task)
+        for i, item in enumerate(batch):
+            if adapter is None:
+                text = f"no worker serves task {task!r}"
+                outcomes[i] = PermanentError("unsupported_task", text)
+                continue
+            spec = get_task(item.claim.task)
+            try:
+                task_input = spec.input_model.model_validate(
+                    spec.input_from_store(item.claim.input)
+                )
+            except ValidationError as exc:
+                outcomes[i] = PermanentError("invalid_input", str(exc))
+                continue
+            faulted = self._fault_injection and faults.FAULT_KEY in item.claim.metadata
+            (alone if faulted else together).append((i, task_input))
+        if adapter is not None:
+            if together:
+                results = self._call(adapter, task, [(batch[i], x) for i, x in together])
+                for (i, _), outcome in zip(together, results, strict=True):
+                    outcomes[i] = outcome
+            for i, task_input in alone:
+                (outcomes[i],) = self._call(adapter, task, [(batch[i], task_input)])
+        return [self._stopped_since(item, o) for item, o in zip(batch, outcomes, strict=True)]
+
+    @staticmethod
+    def _stopped_since(item: InFlight, outcome: Outcome | None) -> Outcome:
+        # A cancel or lost lease seen during the call wins over the result.
+        assert outcome is not None
+        reason = item.stop.reason
+        if reason is not None and isinstance(outcome, dict):
+            return Stopped(reason)
+        return outcome
+
+    def _call(
+        self, adapter: Adapter, task: str, items: list[tuple[InFlight, BaseModel]]
+    ) -> list[Outcome]:
+        """Run ``items`` as one model call; if it fails as a whole, run each alone."""
+        spec = get_task(task)
+        stop = BatchStop([item.stop for item, _ in items])
+        try:
+            if self._fault_injection:
+                for item, _ in items:
+                    faults.inject(item.claim.metadata, item.stop)
+            results = adapter.run([task_input for _, task_input in items], stop)
+            return [spec.result_to_store(result) for result in results]
+        except Stopped as exc:
+            return [Stopped(item.stop.reason or exc.reason) for item, _ in items]
+        except (TransientError, PermanentError) as exc:
+            if len(items) == 1:
+                return [exc]
+        except Exception as exc:  # noqa: BLE001 - a bug in a task must not loop forever
+            if len(items) == 1:
+                with log_context(job_id=items[0][0].claim.job_id, task=task):
+                    logger.exception("task raised")
+                return [PermanentError("internal", f"{type(exc).__name__} in task {task}")]
+        logger.warning("a batch of %d %s jobs failed; running each alone", len(items), task)
+        return [self._call(adapter, task, [item])[0] for item in items]
+
+    # -- stage 3 (settle threads): write outcomes, then settle messages ---------------------------
+    def _settle(self, batch: list[InFlight], outcomes: list[Outcome], inference_ms: float) -> None:
+        ends: list[tuple[InFlight, JobStatus, dict[str, Any], str]] = []
+        size = len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            claim, message = item.claim, item.delivery.message
+            extra = {"job_id": claim.job_id, "task": claim.task, "attempt": claim.attempt}
+            if isinstance(outcome, dict):
+                fields = {"result": outcome, "batch_size": size}
+                ends.append((item, JobStatus.SUCCEEDED, fields, "job succeeded"))
+            elif isinstance(outcome, PermanentError):
+                fields = {"error": {"code": outcome.code, "message": outcome.message}}
+                ends.append((item, JobStatus.FAILED, fields, f"job failed: {outcome.code}"))
+            elif isinstance(outcome, Stopped) and outcome.reason == "timeout":
+                limit = self._task_timeout_s(claim.task)
+                error = {
+                    "code": "timeout",
+                    "message": f"the task ran longer than its {limit:g}s limit",
+                }
+                ends.append((item, JobStatus.FAILED, {"error": error}, "job failed: timeout"))
+            elif isinstance(outcome, Stopped):
+                self._settle_stopped(item, outcome.reason, extra)
+            elif message.delivery_attempt is None and claim.attempt >= self._max_attempts:
+                # No dead-letter policy on this subscription (no delivery count): enforce the
+                # maximum here, so the job still ends instead of looping.
+                text = f"{claim.attempt} attempts failed; last error: {outcome}"
+                error = {"code": "attempts_exhausted", "message": text}
+                ends.append(
+                    (item, JobStatus.FAILED, {"error": error}, "job failed: attempts exhausted")
+                )
+            else:
+                self._retry_later(item, outcome, extra)
+        if ends:
+            self._write_ends(ends, inference_ms)
+
+    def _write_ends(
+        self, ends: list[tuple[InFlight, JobStatus, dict[str, Any], str]], inference_ms: float
+    ) -> None:
+        request = [(item.claim, status, fields) for item, status, fields, _ in ends]
+        try:
+            written = self._hold(lambda: self._store.end_many(request))
+        except StoreUnavailable as exc:
+            logger.warning("Firestore unavailable at shutdown; %d nacked: %s", len(ends), exc)
+            for item, *_ in ends:
+                item.delivery.nack()
+            return
+        for (item, _status, _fields, text), ok in zip(ends, written, strict=True):
+            if ok:
+                extra = {
+                    "job_id": item.claim.job_id,
+                    "task": item.claim.task,
+                    "attempt": item.claim.attempt,
+                    "batch_size": len(ends),
+                    "inference_ms": round(inference_ms, 1),
+                }
+                logger.info(text, extra=extra)
+            # Written, or another writer (a cancel, a newer attempt) settled it: either way done.
+            item.delivery.ack()
+
+    def _retry_later(self, item: InFlight, outcome: Outcome, extra: dict[str, Any]) -> None:
+        error = {"code": "transient", "message": str(outcome)}
+        message = item.delivery.message
+        try:
+            self._hold(lambda: self._store.release(item.claim, error))
+        except StoreUnavailable:
+            item.delivery.nack()
+            return
+        delay_s = self._backoff_s(message.delivery_attempt or item.claim.attempt)
+        logger.warning(
+            "transient failure; job released, redelivery in %ds: %s",
+            delay_s,
+            outcome,
+            extra={**extra, "retry_in_s": delay_s},
+        )
+        item.delivery.retry_in(delay_s)
 
     def _backoff_s(self, delivery: int) -> int:
         """Exponential: the first retry after ``retry_backoff_s[0]``, doubling up to ``[1]``
@@ -213,53 +415,26 @@ class Processor:
         low, high = self._retry_backoff_s
         return int(max(1, min(low * 2 ** max(delivery - 1, 0), high, 600)))
 
-    def _settle_stopped(self, claim: Claim, reason: str, message: Message) -> None:
-        extra = {"attempt": claim.attempt, "stop": reason}
-        if reason == "timeout":
-            limit = self._task_timeout_s(claim.task)
-            text = f"the task ran longer than its {limit:g}s limit"
-            if self._hold(lambda: self._store.fail(claim, "timeout", text)):
-                logger.info("job failed: timeout", extra=extra)
-            message.ack()
-        elif reason == "shutdown":
-            self._hold(lambda: self._store.release(claim, None))
+    def _settle_stopped(self, item: InFlight, reason: str, extra: dict[str, Any]) -> None:
+        extra = {**extra, "stop": reason}
+        if reason == "shutdown":
+            with contextlib.suppress(StoreUnavailable):  # else its lease lapses; the next
+                self._hold(lambda: self._store.release(item.claim, None))  # claim takes over
             logger.info("stopped for shutdown; job released and message nacked", extra=extra)
-            message.nack()
+            item.delivery.nack()
         else:
             # Cancelled, or another attempt owns the job: whoever wrote it has settled it.
             logger.info("stopped at a safe point: %s", reason, extra=extra)
-            message.ack()
+            item.delivery.ack()
 
-    def _run(self, claim: Claim) -> Outcome:
-        """The stored result, or why there is none."""
-        stop = StopToken(self._task_timeout_s(claim.task))
-        self.watcher.add(claim, stop)
-        try:
-            return self._call(claim, stop)
-        except (TransientError, PermanentError, Stopped) as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001 - a bug in a task must not loop forever
-            logger.exception("task raised")
-            return PermanentError("internal", f"{type(exc).__name__} in task {claim.task}")
-        finally:
-            self.watcher.remove(claim)
-
-    def _call(self, claim: Claim, stop: StopToken) -> dict[str, Any]:
-        adapter = self._adapters.get(claim.task)
-        if adapter is None:
-            # Every worker serves every task until the routing issue adds task pools; a task no
-            # worker serves would only come back, so it fails instead of looping.
-            raise PermanentError("unsupported_task", f"no worker serves task {claim.task!r}")
-        spec = get_task(claim.task)
-        try:
-            task_input = spec.input_model.model_validate(spec.input_from_store(claim.input))
-        except ValidationError as exc:
-            raise PermanentError("invalid_input", str(exc)) from None
-        if self._fault_injection:
-            faults.inject(claim.metadata, stop)
-        (result,) = adapter.run([task_input], stop)
-        stop.check()  # a cancel or lost lease seen during the last chunk wins over the result
-        return spec.result_to_store(result)
+    def _give_back(self, batch: list[InFlight]) -> None:
+        for item in batch:
+            self.watcher.remove(item.claim)
+            claim = item.claim
+            with contextlib.suppress(StoreUnavailable):  # else its lease lapses (see above)
+                self._hold(lambda: self._store.release(claim, None, started=False))  # noqa: B023
+            item.delivery.nack()
+        logger.info("draining: %d claimed job(s) not started, given back", len(batch))
 
     def _hold(self, call: Callable[[], T]) -> T:
         """``call()``, retried with backoff while Firestore is unavailable, until it answers or

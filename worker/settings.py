@@ -7,17 +7,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
-from schemas.messages import DEFAULT_SUBSCRIPTION
+from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX
 
 DEFAULT_PROJECT = "omni-local"
-MAX_LEASED_MESSAGES = 8
-"""FlowControl ``max_messages``: jobs leased at once. Few on purpose: every leased-but-idle message
-is a job stranded (until its lease lapses) if this worker dies."""
+MIN_LEASED_MESSAGES = 8
+"""FlowControl ``max_messages`` per task subscription is twice the task's largest batch (one batch
+runs while the next gathers), and at least this. Not more: every leased-but-idle message is a job
+stranded (until its lease lapses) if this worker dies. ``WORKER_MAX_MESSAGES`` overrides it."""
+BATCHING: dict[str, tuple[int, float]] = {
+    # task: (jobs per batch at most, seconds to wait for more after the first)
+    "embed": (32, 0.005),
+    "similar": (16, 0.005),
+    "entities": (32, 0.005),
+    "predict": (32, 0.005),
+    # Each series is its own Prophet fit: batching would only make jobs wait for each other.
+    "forecast": (1, 0.0),
+}
+"""Micro-batching defaults, measured on 2 CPU cores (bench/throughput.py; docs/tasks.md). The wait
+is short because a batch also grows by itself: messages that arrive while the model runs one batch
+make up the next, so under load batches fill without waiting, and a lone job is not held back.
+``WORKER_MAX_BATCH_<TASK>`` and ``WORKER_MAX_WAIT_MS_<TASK>`` override them."""
+MAX_BATCH_LIMIT = 500
+"""A batch's terminal writes share one Firestore transaction, which takes 500 writes at most."""
 LEASE_EXTENSION_S = 10
 """FlowControl ``max_duration_per_lease_extension``, seconds. The client keeps extending while a job
 runs; a short extension brings a dead worker's messages back in seconds, not minutes."""
-CALLBACK_THREADS = 4
-"""Threads running message callbacks (Firestore I/O overlaps the model's work)."""
 GRACE_S = 20.0
 """``WORKER_GRACE_S``: seconds the first SIGTERM gives in-hand jobs to finish. Kubernetes' default
 grace is 30 s; what is still running after this is released and nacked, within the rest."""
@@ -52,15 +66,17 @@ def _cpus() -> int:
 @dataclass(frozen=True)
 class WorkerSettings:
     project: str = DEFAULT_PROJECT
-    subscription: str = DEFAULT_SUBSCRIPTION
+    subscription_prefix: str = DEFAULT_SUBSCRIPTION_PREFIX
+    tasks: tuple[str, ...] = ()  # () : every task in the catalogue
     jobs_collection: str = "jobs"
     http_host: str = "127.0.0.1"
     http_port: int = 8090
     device: str = "auto"
     torch_threads: int = 0  # 0: every CPU this process may use
-    max_leased_messages: int = MAX_LEASED_MESSAGES
+    max_leased_messages: int = 0  # 0: from the task's batch size (MIN_LEASED_MESSAGES)
     lease_extension_s: int = LEASE_EXTENSION_S
-    callback_threads: int = CALLBACK_THREADS
+    batching: tuple[tuple[str, int, float], ...] = ()  # overrides of BATCHING
+    load_threads: int = 3
     grace_s: float = GRACE_S
     firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
     job_lease_s: float = JOB_LEASE_S
@@ -72,6 +88,24 @@ class WorkerSettings:
     fault_injection: bool = False
     model_repository: str | None = None
     log_level: str = "INFO"
+
+    def served_tasks(self) -> tuple[str, ...]:
+        from schemas.tasks import TASKS
+
+        return self.tasks or tuple(TASKS)
+
+    def batch_policy(self, task: str) -> tuple[int, float]:
+        """(largest batch, longest wait in seconds) for ``task``."""
+        for name, size, wait_s in self.batching:
+            if name == task:
+                return size, wait_s
+        return BATCHING.get(task, (1, 0.0))
+
+    def leased_messages(self, task: str) -> int:
+        """How many of ``task``'s messages this worker may hold at once."""
+        if self.max_leased_messages:
+            return self.max_leased_messages
+        return max(MIN_LEASED_MESSAGES, 2 * self.batch_policy(task)[0])
 
     def timeout_for(self, task: str) -> float:
         """The time limit of one attempt of ``task``, seconds."""
@@ -94,13 +128,17 @@ class WorkerSettings:
         try:
             settings = cls(
                 project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
-                subscription=env.get("JOBS_SUBSCRIPTION") or DEFAULT_SUBSCRIPTION,
+                subscription_prefix=env.get("JOBS_SUBSCRIPTION_PREFIX")
+                or DEFAULT_SUBSCRIPTION_PREFIX,
+                tasks=_task_list(env.get("WORKER_TASKS") or ""),
+                batching=_batching(env),
+                load_threads=int(env.get("WORKER_LOAD_THREADS") or 3),
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
                 http_host=env.get("WORKER_HTTP_HOST") or "127.0.0.1",
                 http_port=int(env.get("WORKER_HTTP_PORT") or 8090),
                 device=(env.get("WORKER_DEVICE") or "auto").lower(),
                 torch_threads=int(env.get("TORCH_THREADS") or 0) or _cpus(),
-                max_leased_messages=int(env.get("WORKER_MAX_MESSAGES") or MAX_LEASED_MESSAGES),
+                max_leased_messages=int(env.get("WORKER_MAX_MESSAGES") or 0),
                 grace_s=float(env.get("WORKER_GRACE_S") or GRACE_S),
                 job_lease_s=float(env.get("JOB_LEASE_S") or JOB_LEASE_S),
                 max_attempts=int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
@@ -114,11 +152,13 @@ class WorkerSettings:
                 model_repository=env.get("MODEL_REPOSITORY") or None,
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )
+        except ConfigError:
+            raise
         except ValueError as exc:
             raise ConfigError(f"bad number in the environment: {exc}") from exc
         if settings.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("WORKER_DEVICE must be auto, cpu or cuda")
-        if not 0 <= settings.http_port < 65536 or settings.max_leased_messages < 1:
+        if not 0 <= settings.http_port < 65536 or settings.max_leased_messages < 0:
             raise ConfigError("WORKER_HTTP_PORT or WORKER_MAX_MESSAGES is out of range")
         if min(settings.grace_s, settings.job_lease_s, settings.max_attempts) <= 0:
             raise ConfigError(
@@ -126,4 +166,39 @@ class WorkerSettings:
             )
         if settings.task_timeout_s < 0:
             raise ConfigError("WORKER_TASK_TIMEOUT_S must not be negative")
+        for task, size, wait_s in settings.batching:
+            if not 1 <= size <= MAX_BATCH_LIMIT or not 0 <= wait_s <= 10:
+                raise ConfigError(
+                    f"{task}: WORKER_MAX_BATCH must be 1..{MAX_BATCH_LIMIT} and "
+                    "WORKER_MAX_WAIT_MS 0..10000"
+                )
         return settings
+
+
+def _task_list(value: str) -> tuple[str, ...]:
+    """``WORKER_TASKS``: comma-separated task names, each in the catalogue."""
+    from schemas.tasks import TASKS
+
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise ConfigError(f"WORKER_TASKS names unknown task(s) {unknown}; known: {list(TASKS)}")
+    return names
+
+
+def _batching(env: Mapping[str, str]) -> tuple[tuple[str, int, float], ...]:
+    """Per-task overrides: ``WORKER_MAX_BATCH_EMBED=64``, ``WORKER_MAX_WAIT_MS_EMBED=20``."""
+    overrides = []
+    for task, (size, wait_s) in BATCHING.items():
+        key = task.upper()
+        size_text = env.get(f"WORKER_MAX_BATCH_{key}")
+        wait_text = env.get(f"WORKER_MAX_WAIT_MS_{key}")
+        if size_text or wait_text:
+            overrides.append(
+                (
+                    task,
+                    int(size_text) if size_text else size,
+                    float(wait_text) / 1000 if wait_text else wait_s,
+                )
+            )
+    return tuple(overrides)

@@ -4,7 +4,9 @@ Each chaos module gets its own emulators (a pause, kill or restart there disturb
 provisioned as production is (dead-letter policy, push subscription to the dead-letter function).
 Workers differ from production in two settings, named here: **the retry backoff starts at 1 s
 instead of 10 s** (``WORKER_RETRY_BACKOFF_S``), so a poison job's five deliveries take seconds,
-not minutes; and fault injection is on, so tests can submit poison and long jobs. The ingress
+not minutes; and fault injection is on, so tests can submit poison and long jobs. Workers form an
+``embed`` pool (``WORKER_TASKS=embed``), the only task the chaos tests submit: they start in half
+the time of a worker with every model. The ingress
 (gunicorn), the dead-letter function (functions-framework) and workers run as real processes
 against real models; tests start, kill and restart workers through ``ChaosStack``.
 
@@ -114,6 +116,7 @@ class ChaosStack:
             WORKER_HTTP_PORT=str(port),
             WORKER_FAULT_INJECTION="1",
             WORKER_RETRY_BACKOFF_S="1",
+            WORKER_TASKS="embed",
             **settings,
         )
         worker = self.spawn("worker", [sys.executable, "-m", "worker"], env, port)

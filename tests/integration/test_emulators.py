@@ -38,7 +38,7 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         pubsub_v1.PublisherClient().create_topic(name=resources.topic_path, timeout=10)
         subscriber.create_subscription(
             request={
-                "name": resources.subscription_path,
+                "name": resources.subscription_path("embed"),
                 "topic": resources.topic_path,
                 "retry_policy": {"minimum_backoff": {"seconds": 10}},
             },
@@ -47,21 +47,27 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         provision(resources)
         provision(resources)  # idempotent: converges instead of failing
         subscription = subscriber.get_subscription(
-            subscription=resources.subscription_path, timeout=10
+            subscription=resources.subscription_path("embed"), timeout=10
         )
         assert subscription.topic == resources.topic_path
         assert subscription.ack_deadline_seconds == ACK_DEADLINE_S
         assert "retry_policy" not in subscription
         assert subscription.dead_letter_policy.dead_letter_topic == resources.dead_letter_topic_path
         assert subscription.dead_letter_policy.max_delivery_attempts == MAX_DELIVERY_ATTEMPTS
+        publisher = pubsub_v1.PublisherClient()
+        names = set(publisher.list_topic_subscriptions(topic=resources.topic_path, timeout=10))
+        assert names == {resources.subscription_path(task) for task in resources.tasks}
 
         reset_pubsub(pubsub.address)
         with pytest.raises(gexc.NotFound):
-            subscriber.get_subscription(subscription=resources.subscription_path, timeout=10)
+            subscriber.get_subscription(
+                subscription=resources.subscription_path("embed"), timeout=10
+            )
         provision(resources)
-        assert subscriber.get_subscription(
-            subscription=resources.subscription_path, timeout=10
-        ).name
+        fresh = subscriber.get_subscription(
+            subscription=resources.subscription_path("embed"), timeout=10
+        )
+        assert fresh.filter == 'attributes.task = "embed"'  # fixed at creation
         subscriber.close()
 
         doc = firestore.Client(project=PROJECT).collection("jobs").document("x")

@@ -78,11 +78,11 @@ def stored_jobs(pair: Pair) -> list[dict[str, Any]]:
 
 
 def drain_messages(pair: Pair, wait_s: float) -> int:
-    """Pull and ack whatever the subscription holds; how many there were."""
+    """Pull and ack whatever the embed subscription holds; how many there were."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PUBSUB_EMULATOR_HOST", pair.pubsub.address)
         subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(PROJECT, "jobs-worker")
+    path = subscriber.subscription_path(PROJECT, "jobs-worker-embed")
     count = 0
     try:
         while True:

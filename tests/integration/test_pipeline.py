@@ -103,5 +103,5 @@ def test_a_second_delivery_of_a_finished_job_is_acked_without_running_again(
 def test_the_worker_reports_ready_with_model_load_times(worker: Service) -> None:
     body = requests.get(f"{worker.url}/readyz", timeout=TIMEOUT).json()
     assert body["ready"] is True and body["pulling"] is True
-    assert body["models"]["embed"]["loaded"] is True and body["models"]["embed"]["load_s"] > 0
+    assert body["tasks"]["embed"]["loaded"] is True and body["tasks"]["embed"]["load_s"] > 0
     assert requests.get(f"{worker.url}/healthz", timeout=TIMEOUT).json()["ok"] is True

@@ -34,10 +34,19 @@ def test_not_ready_before_models_load_but_alive(worker: Worker) -> None:
         assert get(server.port, "/healthz") == (200, {"ok": True, "service": "worker"})
         status, body = get(server.port, "/readyz")
         assert status == 503 and body["ready"] is False and body["pulling"] is False
-        assert body["models"]["embed"] == {"loaded": False, "load_s": None}
+        embed = body["tasks"]["embed"]
+        assert (embed["loaded"], embed["load_s"]) == (False, None)
+        assert embed["batch"] == {"max_size": 32, "max_wait_s": 0.005}
+        assert set(body["tasks"]) == {"embed", "similar", "entities", "forecast", "predict"}
         assert get(server.port, "/nothing")[0] == 404
     finally:
         server.stop()
+
+
+def test_readiness_lists_only_the_served_tasks() -> None:
+    worker = Worker(WorkerSettings(http_port=0, tasks=("forecast",)))
+    ready, body = worker._readiness()
+    assert not ready and list(body["tasks"]) == ["forecast"]
 
 
 def test_a_stop_request_makes_it_unready_and_repeats_within_the_window(worker: Worker) -> None:

@@ -7,6 +7,7 @@ processor against the real emulators and the real model.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from unittest.mock import patch
 import pytest
 from pydantic import BaseModel
 
+from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
 from worker.attempts import StopToken
 from worker.errors import PermanentError, StoreUnavailable, TransientError
@@ -60,6 +62,7 @@ class FakeStore:
     writes: list[tuple[str, Any]] = field(default_factory=list)
     lease_s: float = 0.2
     calls: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
 
     def claim(self, job_id: str, tenant: str) -> Claim | Skip | Busy:
         outcome = self.claims[min(self.calls, len(self.claims) - 1)]
@@ -68,15 +71,23 @@ class FakeStore:
             raise outcome
         return outcome
 
-    def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
-        self.writes.append(("succeeded", result))
-        return self.owns
+    def claim_many(
+        self, jobs: Sequence[tuple[str, str]], worker: str = ""
+    ) -> list[Claim | Skip | Busy]:
+        return [self.claim(job_id, tenant) for job_id, tenant in jobs]
 
-    def fail(self, claim: Claim, code: str, message: str) -> bool:
-        self.writes.append(("failed", code))
-        return self.owns
+    def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]:
+        for _claim, status, fields in ends:
+            if status is JobStatus.SUCCEEDED:
+                self.writes.append(("succeeded", fields["result"]))
+                self.batch_sizes.append(fields["batch_size"])
+            else:
+                self.writes.append((status.value, fields["error"]["code"]))
+        return [self.owns] * len(ends)
 
-    def release(self, claim: Claim, last_error: dict[str, str] | None) -> bool:
+    def release(
+        self, claim: Claim, last_error: dict[str, str] | None, started: bool = True
+    ) -> bool:
         self.writes.append(("released", last_error and last_error["code"]))
         return self.owns
 
@@ -223,8 +234,10 @@ def test_an_attempt_stopped_by_its_watcher_acks_and_writes_nothing(reason: str) 
 def test_shutdown_past_the_grace_releases_the_job_and_nacks() -> None:
     store, message = FakeStore([claim()]), job_message()
     worker = processor(store, FakeModel(sleep_s=5))
+    worker.start()
     threading.Timer(0.1, worker.abandon).start()
     worker.handle([message])
+    worker.close()
     assert message.settled == ["nack"]
     assert store.writes == [("released", None)]
 
@@ -243,10 +256,11 @@ def test_stored_input_that_no_longer_validates_fails_the_job() -> None:
     assert store.writes == [("failed", "invalid_input")] and model.calls == 0
 
 
-def test_a_task_no_worker_serves_fails_instead_of_looping() -> None:
+def test_a_task_this_worker_does_not_serve_is_nacked_untouched() -> None:
+    # Only a misrouted message gets here; whoever serves the task takes it.
     store, model = FakeStore([claim(task="paint")]), FakeModel()
-    assert run(store, model, job_message(task="paint")).settled == ["ack"]
-    assert store.writes == [("failed", "unsupported_task")]
+    assert run(store, model, job_message(task="paint")).settled == ["nack"]
+    assert store.writes == [] and store.calls == 0
 
 
 @pytest.mark.parametrize(
@@ -271,3 +285,131 @@ def test_an_unreadable_message_is_acked_as_poison(data: bytes) -> None:
     message = FakeMessage(data, {"job_id": JOB_ID, "task": "embed", "tenant": "t"})
     assert run(store, model, message).settled == ["ack"]
     assert model.calls == 0 and store.writes == []
+
+
+# -- micro-batching ------------------------------------------------------------------------------
+
+
+class BatchStore(FakeStore):
+    """Claims every job it is asked for, each with its own token; records the claim batches."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.claim_batches: list[int] = []
+        self.released: list[tuple[str, bool]] = []
+
+    def claim_many(
+        self, jobs: Sequence[tuple[str, str]], worker: str = ""
+    ) -> list[Claim | Skip | Busy]:
+        self.claim_batches.append(len(jobs))
+        return [
+            Claim(job_id, 1, f"tok-{job_id}", "embed", tenant, {"texts": [job_id]}, {})
+            for job_id, tenant in jobs
+        ]
+
+    def release(
+        self, claim: Claim, last_error: dict[str, str] | None, started: bool = True
+    ) -> bool:
+        self.released.append((claim.job_id, started))
+        return True
+
+
+class TextModel(FakeModel):
+    """Fails a whole call when any text in it is ``bad``; records each call's size."""
+
+    def __init__(self, sleep_s: float = 0.0) -> None:
+        super().__init__(sleep_s=sleep_s)
+        self.sizes: list[int] = []
+
+    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
+        self.sizes.append(len(inputs))
+        if any("bad" in item.texts for item in inputs):  # type: ignore[attr-defined]
+            raise PermanentError("bad_text", "no")
+        return super().run(inputs, stop)
+
+
+def messages(*job_ids: str) -> list[FakeMessage]:
+    out = []
+    for job_id in job_ids:
+        data, attributes = JobMessage(job_id=job_id, task="embed", tenant="t").to_pubsub()
+        out.append(FakeMessage(data, attributes, message_id=job_id))
+    return out
+
+
+def batched(store: FakeStore, model: FakeModel, wait_s: float = 0.05) -> Processor:
+    return processor(store, model, batch_policy=lambda _task: (8, wait_s))
+
+
+def test_messages_that_arrive_together_share_one_claim_one_call_and_one_write() -> None:
+    store, model = BatchStore(), TextModel()
+    worker = batched(store, model)
+    worker.start()
+    try:
+        received = messages(*[f"job-{i}" for i in range(6)])
+        worker.handle(received)
+    finally:
+        worker.close()
+    assert all(m.settled == ["ack"] for m in received)
+    assert store.claim_batches == [6] and model.sizes == [6]
+    assert store.batch_sizes == [6] * 6
+    assert (worker.stats["embed"].batches, worker.stats["embed"].jobs) == (1, 6)
+
+
+def test_a_batch_is_cut_at_its_maximum_size() -> None:
+    store, model = BatchStore(), TextModel()
+    worker = batched(store, model)
+    worker.start()
+    try:
+        worker.handle(messages(*[f"job-{i}" for i in range(20)]))
+    finally:
+        worker.close()
+    assert sum(model.sizes) == 20 and max(model.sizes) == 8
+
+
+def test_one_bad_job_does_not_fail_its_batch() -> None:
+    store, model = BatchStore(), TextModel()
+    worker = batched(store, model)
+    worker.start()
+    try:
+        received = messages("ok-1", "bad", "ok-2")
+        worker.handle(received)
+    finally:
+        worker.close()
+    assert all(m.settled == ["ack"] for m in received)
+    assert model.sizes == [3, 1, 1, 1]  # the batch failed as a whole, then each ran alone
+    assert sorted(status for status, _ in store.writes) == ["failed", "succeeded", "succeeded"]
+
+
+def test_a_cancelled_job_does_not_stop_its_batch() -> None:
+    store, model = BatchStore(), TextModel(sleep_s=0.5)
+    store.check = lambda claims: {  # type: ignore[method-assign]
+        c.token: ("cancelled" if c.job_id == "job-1" else "ok") for c in claims
+    }
+    worker = processor(store, model, batch_policy=lambda _task: (8, 0.05), watch_interval_s=0.05)
+    worker.start()
+    try:
+        received = messages("job-0", "job-1", "job-2")
+        worker.handle(received)
+    finally:
+        worker.close()
+    assert all(m.settled == ["ack"] for m in received)
+    assert model.sizes == [3] and len(store.writes) == 2  # no result for the cancelled job
+
+
+def test_a_draining_worker_gives_back_a_claimed_batch_it_has_not_started() -> None:
+    store, model = BatchStore(), TextModel(sleep_s=0.3)
+    worker = processor(store, model, batch_policy=lambda _task: (1, 0.0))
+    worker.start()
+    first, second = messages("job-0", "job-1")
+    try:
+        threading.Thread(target=worker.handle, args=([first],)).start()
+        time.sleep(0.1)  # job-0 runs; job-1 is claimed as the next batch, waiting for the model
+        waiting = threading.Thread(target=worker.handle, args=([second],))
+        waiting.start()
+        time.sleep(0.1)
+        worker.drain()
+        waiting.join(5)
+    finally:
+        worker.close()
+    assert first.settled == ["ack"] and second.settled == ["nack"]
+    assert store.released == [("job-1", False)]  # its attempt given back

@@ -13,8 +13,17 @@ from emulators.provision import (
 )
 
 
+def test_each_task_has_its_own_subscription_filtered_on_the_task() -> None:
+    resources = Resources(project="p")
+    assert set(resources.tasks) == {"embed", "similar", "entities", "forecast", "predict"}
+    settings = _subscription_settings(resources, "forecast")
+    assert settings["name"] == "projects/p/subscriptions/jobs-worker-forecast"
+    assert settings["filter"] == 'attributes.task = "forecast"'
+    assert settings["topic"] == "projects/p/topics/jobs"
+
+
 def test_the_worker_subscription_dead_letters_and_has_no_retry_policy() -> None:
-    settings = _subscription_settings(Resources(project="p"))
+    settings = _subscription_settings(Resources(project="p"), "embed")
     assert settings["dead_letter_policy"] == {
         "dead_letter_topic": "projects/p/topics/jobs-dead",
         "max_delivery_attempts": 5,

@@ -50,27 +50,48 @@ def test_ingress_settings_never_show_keys() -> None:
 
 def test_worker_defaults_and_variables() -> None:
     default = WorkerSettings.from_env({})
-    assert default.subscription == "jobs-worker" and default.http_port == 8090
+    assert default.subscription_prefix == "jobs-worker" and default.http_port == 8090
     assert default.device == "auto" and default.torch_threads >= 1
-    assert default.max_leased_messages >= 1 and default.lease_extension_s <= 30
+    assert default.served_tasks() == ("embed", "similar", "entities", "forecast", "predict")
+    assert default.batch_policy("embed") == (32, 0.005) and default.batch_policy("forecast")[0] == 1
+    # Flow control lets in one batch running and one gathering.
+    assert default.leased_messages("embed") == 64 and default.leased_messages("forecast") == 8
+    assert default.lease_extension_s <= 30
     custom = WorkerSettings.from_env(
         {
             "WORKER_HTTP_PORT": "9001",
             "WORKER_DEVICE": "CPU",
             "TORCH_THREADS": "3",
-            "JOBS_SUBSCRIPTION": "s",
+            "JOBS_SUBSCRIPTION_PREFIX": "s",
+            "WORKER_TASKS": "forecast, embed,forecast",
+            "WORKER_MAX_BATCH_EMBED": "64",
+            "WORKER_MAX_WAIT_MS_ENTITIES": "20",
+            "WORKER_MAX_MESSAGES": "10",
         }
     )
-    assert (custom.http_port, custom.device, custom.torch_threads, custom.subscription) == (
+    assert (custom.http_port, custom.device, custom.torch_threads, custom.subscription_prefix) == (
         9001,
         "cpu",
         3,
         "s",
     )
+    assert custom.served_tasks() == ("forecast", "embed")
+    assert custom.batch_policy("embed") == (64, 0.005)
+    assert custom.batch_policy("entities") == (32, 0.02)
+    assert custom.leased_messages("embed") == 10
 
 
 @pytest.mark.parametrize(
-    "env", [{"WORKER_DEVICE": "tpu"}, {"WORKER_HTTP_PORT": "x"}, {"WORKER_HTTP_PORT": "70000"}]
+    "env",
+    [
+        {"WORKER_DEVICE": "tpu"},
+        {"WORKER_HTTP_PORT": "x"},
+        {"WORKER_HTTP_PORT": "70000"},
+        {"WORKER_TASKS": "embed,paint"},
+        {"WORKER_MAX_BATCH_EMBED": "0"},
+        {"WORKER_MAX_BATCH_EMBED": "501"},
+        {"WORKER_MAX_WAIT_MS_EMBED": "x"},
+    ],
 )
 def test_worker_rejects_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(WorkerConfigError):

@@ -57,7 +57,9 @@ def _forecast(settings: WorkerSettings) -> Adapter:
 def _predict(settings: WorkerSettings) -> Adapter:
     from worker.tasks.predict import PredictAdapter
 
-    return PredictAdapter(settings.model_repository, threads=settings.torch_threads)
+    return PredictAdapter(
+        settings.model_repository, threads=settings.torch_threads, device=settings.device
+    )
 
 
 ADAPTERS: dict[str, Callable[[WorkerSettings], Adapter]] = {

@@ -63,6 +63,7 @@ class EmbedAdapter:
         self._threads = threads
         self._model: Any = None
         self.device = "unloaded"
+        self.forward_passes = 0
 
     def load(self) -> None:
         self._model, self.device = shared_model(self._requested_device, self._threads)
@@ -77,6 +78,7 @@ class EmbedAdapter:
         for start in range(0, len(texts), ENCODE_BATCH_SIZE):
             if stop is not None:
                 stop.check()
+            self.forward_passes += 1
             chunks.append(
                 self._model.encode(
                     texts[start : start + ENCODE_BATCH_SIZE],

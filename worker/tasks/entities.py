@@ -23,6 +23,8 @@ class EntitiesAdapter:
 
     def __init__(self) -> None:
         self._nlp: Any = None
+        self.device = "cpu"  # en_core_web_sm is a CPU pipeline
+        self.forward_passes = 0
 
     def load(self) -> None:
         import spacy
@@ -36,6 +38,7 @@ class EntitiesAdapter:
             assert isinstance(item, EntitiesInput)
             texts.append(item.text)
         results = []
+        self.forward_passes += -(-len(texts) // PIPE_BATCH_SIZE)
         for doc in self._nlp.pipe(texts, batch_size=PIPE_BATCH_SIZE):
             stop.check()
             results.append(

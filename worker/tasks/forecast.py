@@ -37,6 +37,8 @@ class ForecastAdapter:
     def __init__(self) -> None:
         self._prophet: Any = None
         self._pd: Any = None
+        self.device = "cpu"  # Stan fits on the CPU
+        self.forward_passes = 0
 
     def load(self) -> None:
         # Prophet logs an error when plotly is missing (plots are not served here), and
@@ -98,6 +100,7 @@ class ForecastAdapter:
         for item in inputs:
             assert isinstance(item, ForecastInput)
             stop.check()
+            self.forward_passes += 1
             results.append(self._fit_and_predict(item))
         stop.check()
         return results

@@ -48,9 +48,12 @@ def versions(repository: Path) -> dict[str, dict[int, Path]]:
 class PredictAdapter:
     name = "predict"
 
-    def __init__(self, repository: str | None, threads: int = 0):
+    def __init__(self, repository: str | None, threads: int = 0, device: str = "auto"):
         self._repository = Path(repository) if repository else None
         self._threads = threads
+        self._requested_device = device
+        self.device = "unloaded"
+        self.forward_passes = 0
         self._catalogue: dict[str, dict[int, Path]] = {}
         self._loaded: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
@@ -72,12 +75,23 @@ class PredictAdapter:
             except RuntimeError:
                 logger.warning("TensorFlow was initialised before the worker set its threads")
         self._tf = tf
+        self.device = self._place(tf)
         if self._repository is not None:
             if str(self._repository).startswith("gs:"):
                 raise RuntimeError("gs:// model repositories are not supported yet; mount a folder")
             self._catalogue = versions(self._repository)
         for name, found in self._catalogue.items():
             self._model(name, max(found))
+
+    def _place(self, tf: Any) -> str:
+        """``WORKER_DEVICE`` for TensorFlow: ``cpu`` hides the GPUs, ``cuda`` insists on one."""
+        gpus = tf.config.list_physical_devices("GPU")
+        if self._requested_device == "cpu" and gpus:
+            tf.config.set_visible_devices([], "GPU")
+            return "cpu"
+        if self._requested_device == "cuda" and not gpus:
+            raise RuntimeError("WORKER_DEVICE=cuda but TensorFlow sees no GPU")
+        return "cuda" if gpus else "cpu"
 
     def _model(self, name: str, version: int) -> Any:
         with self._lock:
@@ -117,23 +131,50 @@ class PredictAdapter:
         return item.model, version
 
     def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
+        """Jobs for the same model version whose instances stack (same numeric shape) share one
+        call; the rest run one call each."""
         import numpy as np
 
-        results = []
-        for item in inputs:
+        groups: dict[tuple[str, int, tuple[int, ...]], list[int]] = {}
+        arrays: list[Any] = []
+        results: list[dict[str, Any] | None] = [None] * len(inputs)
+        for i, item in enumerate(inputs):
             assert isinstance(item, PredictInput)
-            stop.check()
             name, version = self._resolve(item)
-            call = self._model(name, version)
             try:
                 batch = np.asarray(item.instances, dtype=np.float32)
             except (ValueError, TypeError):
                 batch = self._tf.constant(item.instances)  # strings, for text models
-            try:
-                output = call(batch)
-            except (ValueError, TypeError, self._tf.errors.InvalidArgumentError) as exc:
-                text = f"the model refused the instances: {exc}"
-                raise PermanentError("invalid_input", text) from None
-            predictions = np.asarray(output).tolist()
-            results.append({"model": name, "version": version, "predictions": predictions})
-        return results
+                results[i] = self._predict(name, version, batch, stop)
+                arrays.append(None)
+                continue
+            arrays.append(batch)
+            groups.setdefault((name, version, batch.shape[1:]), []).append(i)
+        for (name, version, _shape), members in groups.items():
+            stacked = np.concatenate([arrays[i] for i in members])
+            output = self._predict(name, version, stacked, stop)["predictions"]
+            start = 0
+            for i in members:
+                rows = len(arrays[i])
+                results[i] = {
+                    "model": name,
+                    "version": version,
+                    "predictions": output[start : start + rows],
+                }
+                start += rows
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _predict(self, name: str, version: int, batch: Any, stop: StopToken) -> dict[str, Any]:
+        import numpy as np
+
+        stop.check()
+        call = self._model(name, version)
+        try:
+            output = call(batch)
+        except (ValueError, TypeError, self._tf.errors.InvalidArgumentError) as exc:
+            text = f"the model refused the instances: {exc}"
+            raise PermanentError("invalid_input", text) from None
+        self.forward_passes += 1
+        predictions = np.asarray(output).tolist()
+        return {"model": name, "version": version, "predictions": predictions}

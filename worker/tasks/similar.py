@@ -1,7 +1,8 @@
 """``similar`` on MiniLM (shared with ``embed``) and a FAISS inner-product index per job.
 
 Vectors are unit length, so inner product is cosine similarity. The queries of every job in a
-batch are encoded in one pass; each job's documents get their own exact index (``IndexFlatIP``):
+batch are encoded together with their documents (one pass per 32 texts); each job's documents get
+their own exact index (``IndexFlatIP``):
 documents are per job, at most 1,000, and exact search over them takes microseconds.
 """
 
@@ -22,20 +23,31 @@ class SimilarAdapter:
     def __init__(self, device: str = "auto", threads: int = 0):
         self._encoder = EmbedAdapter(device, threads)
         self._faiss: Any = None
+        self.device = "unloaded"
 
     def load(self) -> None:
         import faiss
 
         self._encoder.load()
         self._faiss = faiss
+        self.device = self._encoder.device
+
+    @property
+    def forward_passes(self) -> int:
+        return self._encoder.forward_passes
 
     def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
         items = [item for item in inputs if isinstance(item, SimilarInput)]
         assert len(items) == len(inputs)
-        queries = self._encoder.encode([item.query for item in items], stop)
+        texts = [item.query for item in items]
+        for item in items:
+            texts.extend(item.documents)
+        vectors = self._encoder.encode(texts, stop)
+        queries, start = vectors[: len(items)], len(items)
         results = []
         for item, query in zip(items, queries, strict=True):
-            documents = self._encoder.encode(item.documents, stop)
+            documents = vectors[start : start + len(item.documents)]
+            start += len(item.documents)
             index = self._faiss.IndexFlatIP(documents.shape[1])
             index.add(documents)
             top_k = min(item.top_k, len(item.documents))

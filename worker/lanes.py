@@ -1,0 +1,157 @@
+"""Micro-batching: one lane per served task, two threads each.
+
+    callbacks ──put──▶ [incoming] ──gather + claim──▶ [next batch (1)] ──run──▶ settle threads
+
+- The *gather* thread takes the first waiting delivery, then more until the batch holds
+  ``max_size`` or ``max_wait_s`` has passed since the first, and claims them in one transaction.
+- The *run* thread runs the claimed batch as one model call, then hands its outcomes to the
+  processor's settle threads, and takes the next.
+
+While one batch runs, the next is gathered and claimed, so claims and writes overlap the model and
+the model rarely waits for Firestore. Batches grow with the load by themselves: deliveries that
+arrive while the model is busy make up the next batch, so a short ``max_wait_s`` suffices and a lone
+job is not held back. At most one claimed batch waits to run: few jobs read ``running`` while they
+wait, and a worker that dies strands little.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from schemas.messages import JobMessage
+
+if TYPE_CHECKING:
+    from worker.processor import InFlight, Message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Delivery:
+    """One received message on its way through a lane; ``wait()`` returns once it is settled."""
+
+    message: Message
+    job: JobMessage
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    def ack(self) -> None:
+        self.message.ack()
+        self._done.set()
+
+    def nack(self) -> None:
+        self.message.nack()
+        self._done.set()
+
+    def retry_in(self, seconds: int) -> None:
+        """Leave the message unacked and let Pub/Sub redeliver it after ``seconds``."""
+        # Out of lease management first, so no lease extension lands after the new deadline.
+        self.message.drop()
+        self.message.modify_ack_deadline(seconds)
+        self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+
+_CLOSE: Any = object()
+
+
+class Lane:
+    def __init__(
+        self,
+        task: str,
+        max_size: int,
+        max_wait_s: float,
+        *,
+        claim: Callable[[Lane, list[Delivery]], list[InFlight]],
+        run: Callable[[str, list[InFlight]], None],
+    ):
+        self.task = task
+        self.max_size = max(1, max_size)
+        self.max_wait_s = max(0.0, max_wait_s)
+        self._claim = claim
+        self._run = run
+        self._incoming: queue.Queue[Delivery] = queue.Queue()
+        self._next: queue.Queue[list[InFlight]] = queue.Queue(maxsize=1)
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._gather_loop, name=f"omni-gather-{task}", daemon=True),
+            threading.Thread(target=self._run_loop, name=f"omni-run-{task}", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, delivery: Delivery) -> None:
+        if self._closed:
+            delivery.nack()  # a late re-check of a busy job after shutdown
+            return
+        self._incoming.put(delivery)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._closed = True
+        self._incoming.put(_CLOSE)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=timeout_s)
+        while True:  # whatever arrived after the close: another worker takes it
+            try:
+                left = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            if left is not _CLOSE:
+                left.nack()
+
+    def gather(self) -> list[Delivery] | None:
+        """The next micro-batch (None once closed): what waits, then more until full or late."""
+        first = self._incoming.get()
+        if first is _CLOSE:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_size:
+            try:
+                delivery = self._incoming.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    delivery = self._incoming.get(timeout=left)
+                except queue.Empty:
+                    break
+            if delivery is _CLOSE:
+                self._incoming.put(_CLOSE)  # seen again by the next gather, which ends the loop
+                break
+            batch.append(delivery)
+        return batch
+
+    def _gather_loop(self) -> None:
+        while (batch := self.gather()) is not None:
+            try:
+                claimed = self._claim(self, batch)
+            except Exception:
+                logger.exception("claiming a %s batch failed; its messages nacked", self.task)
+                for delivery in batch:
+                    delivery.nack()
+                continue
+            if claimed:
+                self._next.put(claimed)  # blocks while a claimed batch waits: back-pressure
+        self._next.put(_CLOSE)
+
+    def _run_loop(self) -> None:
+        while (batch := self._next.get()) is not _CLOSE:
+            try:
+                self._run(self.task, batch)
+            except Exception:
+                # A bug here must not strand the batch's callbacks forever.
+                logger.exception("running a %s batch failed; its messages nacked", self.task)
+                for item in batch:
+                    item.delivery.nack()
