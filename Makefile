@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,worker,deadletter,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,worker,deadletter,bench,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,8 +30,11 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# The peer bench needs Debian's redis-server (apt-get install redis-server).
 bench: $(STAMP)
 	$(PY) bench/e2e_latency.py
+	$(PY) -m bench.throughput
+	$(PY) -m bench.peer_celery
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -93,6 +93,7 @@ class Worker:
         return ready, {
             "pulling": pulling,
             "worker": self.worker_id,
+            "rss_mb": _rss_mb(),
             "load_s": self._load_s.get("*"),
             "tasks": tasks,
         }
@@ -184,3 +185,15 @@ class Worker:
             return 0
         finally:
             health.stop()
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory, MiB (Linux), for operators and the benchmarks."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

@@ -148,6 +148,8 @@ class Processor:
             for task in adapters
         }
         self.stats = {task: LaneStats() for task in adapters}
+        self._waiting: dict[threading.Timer, Delivery] = {}  # busy jobs, to be claimed again
+        self._waiting_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,8 +158,14 @@ class Processor:
             lane.start()
 
     def drain(self) -> None:
-        """Shutdown, stage one: start no new job; jobs in hand go on."""
+        """Shutdown, stage one: start no new job; jobs in hand go on. Deliveries waiting for
+        another attempt's lease are nacked now rather than when their timer fires."""
         self._draining.set()
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        for timer, delivery in waiting.items():
+            timer.cancel()
+            delivery.nack()
 
     def abandon(self) -> None:
         """Shutdown, stage two (the grace period is over): jobs in hand stop at their next safe
@@ -243,8 +251,20 @@ class Processor:
         wait_s = (busy.until - datetime.now(UTC)).total_seconds() + 0.5
         wait_s = min(max(wait_s, 0.5), self._store.lease_s)
         logger.info("job held by a live attempt; checking again in %.1fs", wait_s)
-        timer = threading.Timer(wait_s, lane.put, (delivery,))
+
+        def again() -> None:
+            with self._waiting_lock:
+                if self._waiting.pop(timer, None) is None:
+                    return  # drain() took it
+            lane.put(delivery)
+
+        timer = threading.Timer(wait_s, again)
         timer.daemon = True
+        with self._waiting_lock:
+            if self._draining.is_set():
+                delivery.nack()
+                return
+            self._waiting[timer] = delivery
         timer.start()
 
     # -- stage 2 (the lane's run thread): one model call, then hand the writes over ---------------
@@ -366,10 +386,13 @@ class Processor:
             else:
                 self._retry_later(item, outcome, extra)
         if ends:
-            self._write_ends(ends, inference_ms)
+            self._write_ends(ends, size, inference_ms)
 
     def _write_ends(
-        self, ends: list[tuple[InFlight, JobStatus, dict[str, Any], str]], inference_ms: float
+        self,
+        ends: list[tuple[InFlight, JobStatus, dict[str, Any], str]],
+        size: int,
+        inference_ms: float,
     ) -> None:
         request = [(item.claim, status, fields) for item, status, fields, _ in ends]
         try:
@@ -385,7 +408,7 @@ class Processor:
                     "job_id": item.claim.job_id,
                     "task": item.claim.task,
                     "attempt": item.claim.attempt,
-                    "batch_size": len(ends),
+                    "batch_size": size,
                     "inference_ms": round(inference_ms, 1),
                 }
                 logger.info(text, extra=extra)

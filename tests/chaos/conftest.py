@@ -6,7 +6,12 @@ Workers differ from production in two settings, named here: **the retry backoff 
 instead of 10 s** (``WORKER_RETRY_BACKOFF_S``), so a poison job's five deliveries take seconds,
 not minutes; and fault injection is on, so tests can submit poison and long jobs. Workers form an
 ``embed`` pool (``WORKER_TASKS=embed``), the only task the chaos tests submit: they start in half
-the time of a worker with every model. The ingress
+the time of a worker with every model. And they lease 8 messages at a time, not 64
+(``WORKER_MAX_MESSAGES=8``; batches of up to 8 still form): **an emulator limit** — it keeps
+feeding a stream after its worker stopped, up to that stream's flow-control limit, and those
+messages come back only as the stream's ack deadlines lapse (10-30 s). With 64, every worker
+restart swallowed the next few jobs for half a minute; production Pub/Sub does not do this. The
+ingress
 (gunicorn), the dead-letter function (functions-framework) and workers run as real processes
 against real models; tests start, kill and restart workers through ``ChaosStack``.
 
@@ -117,6 +122,7 @@ class ChaosStack:
             WORKER_FAULT_INJECTION="1",
             WORKER_RETRY_BACKOFF_S="1",
             WORKER_TASKS="embed",
+            WORKER_MAX_MESSAGES="8",
             **settings,
         )
         worker = self.spawn("worker", [sys.executable, "-m", "worker"], env, port)

@@ -413,3 +413,19 @@ def test_a_draining_worker_gives_back_a_claimed_batch_it_has_not_started() -> No
         worker.close()
     assert first.settled == ["ack"] and second.settled == ["nack"]
     assert store.released == [("job-1", False)]  # its attempt given back
+
+
+def test_a_drain_nacks_deliveries_waiting_for_a_live_lease_at_once() -> None:
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    store, message = FakeStore([Busy(JOB_ID, later)], lease_s=30), job_message()
+    worker = processor(store, FakeModel())
+    worker.start()
+    try:
+        handling = threading.Thread(target=worker.handle, args=([message],))
+        handling.start()
+        time.sleep(0.2)
+        worker.drain()
+        handling.join(2)
+        assert not handling.is_alive() and message.settled == ["nack"]
+    finally:
+        worker.close()

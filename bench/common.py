@@ -1,0 +1,306 @@
+"""What the benchmarks share: inputs per task, the raw in-process model, a local stack per task
+pool, closed-loop clients, bursts, and printing tables. Every bench measures its baseline in the
+same run as the thing it compares."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from emulators.localrun import ROOT, StackConfig, local_stack
+from emulators.process import free_port
+
+RESULTS = ROOT / "bench" / "results"
+TERMINAL = ("succeeded", "failed", "cancelled")
+KEYS = {"bench": "bench-key-0123", "burst": "burst-key-0123"}
+
+
+def wait_until(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.2)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def sentence(i: int) -> str:
+    subjects = ("The harbour", "A quiet train", "Her old laptop", "The city council", "This recipe")
+    verbs = ("surprised", "delayed", "outlived", "approved", "changed")
+    objects = ("everyone in town", "the morning commuters", "three new phones", "the budget")
+    return f"{subjects[i % 5]} {verbs[(i // 5) % 5]} {objects[(i // 25) % 4]} on day {i}."
+
+
+def task_input(task: str, i: int) -> dict[str, Any]:
+    """The i-th job input of a task, small and realistic."""
+    if task == "embed":
+        return {"texts": [sentence(i)]}
+    if task == "similar":
+        return {"query": sentence(i), "documents": [sentence(i + k) for k in range(1, 9)]}
+    if task == "entities":
+        return {"text": f"Angela Merkel met Emmanuel Macron in Paris on day {i} of the summit."}
+    if task == "forecast":
+        days = [f"2026-{1 + d // 28:02d}-{1 + d % 28:02d}" for d in range(56)]
+        return {
+            "series": [{"ds": day, "y": 10 + (d % 7) + (i % 3)} for d, day in enumerate(days)],
+            "horizon": 7,
+            "frequency": "D",
+        }
+    if task == "predict":
+        return {"model": "bench-mlp", "instances": [[((i + k) % 17) / 17 for k in range(32)]]}
+    raise ValueError(task)
+
+
+def build_predict_model(repository: Path) -> None:
+    """A small Keras MLP saved as version 1 of ``bench-mlp`` (in a child: keeps TF out of here
+    until the raw measurement loads it through the worker's own adapter)."""
+    code = f"""
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(256, activation="relu"),
+                          keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+folder = {str(repository)!r} + "/bench-mlp/1"
+os.makedirs(folder, exist_ok=True)
+model.save(folder + "/model.keras")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# -- the model alone -----------------------------------------------------------------------------
+def load_adapter(task: str, model_repository: str | None) -> Any:
+    from worker.settings import WorkerSettings
+    from worker.tasks import ADAPTERS
+
+    env = dict(os.environ)
+    if model_repository:
+        env["MODEL_REPOSITORY"] = model_repository
+    adapter = ADAPTERS[task](WorkerSettings.from_env(env))
+    adapter.load()
+    return adapter
+
+
+def raw_items_per_s(adapter: Any, task: str, batch: int, items: int) -> float:
+    """The adapter's own throughput, in jobs per second, called with ``batch`` jobs at a time."""
+    from schemas.tasks import get_task
+    from worker.attempts import StopToken
+
+    spec = get_task(task)
+    inputs = [spec.input_model.model_validate(task_input(task, i)) for i in range(items)]
+    never = StopToken(3600)
+    adapter.run(inputs[:batch], never)  # warm-up
+    started = time.perf_counter()
+    for start in range(0, items, batch):
+        adapter.run(inputs[start : start + batch], never)
+    return items / (time.perf_counter() - started)
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def stack(tasks: str, log_name: str, **env: str) -> Iterator[StackConfig]:
+    """The whole local pipeline with one worker pool serving ``tasks`` (``WORKER_TASKS``)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    config = StackConfig(
+        project="omni-bench",
+        port=free_port(),
+        pubsub_port=free_port(),
+        firestore_port=free_port(),
+        worker_http_port=free_port(),
+        deadletter_port=free_port(),
+        api_keys=",".join(f"{tenant}:{key}" for tenant, key in KEYS.items()),
+    )
+    saved = dict(os.environ)
+    os.environ.update({"WORKER_TASKS": tasks, "LOG_LEVEL": "WARNING", **env})
+    try:
+        with (RESULTS / f"{log_name}.stack.log").open("w") as log, local_stack(config, log):
+            os.environ["FIRESTORE_EMULATOR_HOST"] = f"{config.host}:{config.firestore_port}"
+            os.environ["GOOGLE_CLOUD_PROJECT"] = config.project
+            yield config
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def worker_state(config: StackConfig) -> dict[str, Any]:
+    url = f"http://{config.host}:{config.worker_http_port}/readyz"
+    body: dict[str, Any] = requests.get(url, timeout=10).json()
+    return body
+
+
+def closed_loop(config: StackConfig, task: str, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` clients, each submitting a job and waiting for it (a Firestore listener on
+    the job's document tells it the moment it ends, as the event stream will), for ``seconds``."""
+    from google.cloud import firestore
+
+    db = firestore.Client()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    counter = iter(range(10**9))
+
+    def client() -> None:
+        session = requests.Session()
+        headers = {"X-API-Key": KEYS["bench"]}
+        while time.monotonic() < stop_at:
+            i = next(counter)
+            started = time.perf_counter()
+            response = session.post(
+                f"{config.url}/v1/jobs",
+                json={"task": task, "input": task_input(task, i)},
+                headers=headers,
+                timeout=30,
+            )
+            response.raise_for_status()
+            done = threading.Event()
+
+            def seen(
+                snapshots: list[Any], _changes: Any, _read_time: Any, done: Any = done
+            ) -> None:
+                if any(s.exists and s.get("status") in TERMINAL for s in snapshots):
+                    done.set()
+
+            watch = db.collection("jobs").document(response.json()["id"]).on_snapshot(seen)
+            finished = done.wait(120)
+            watch.unsubscribe()
+            if not finished:
+                raise RuntimeError("a job did not finish within 120 s")
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    elapsed = time.perf_counter() - started
+    return {"jobs": len(latencies), "jobs_per_s": len(latencies) / elapsed, **pcts(latencies)}
+
+
+def burst(config: StackConfig, task: str, jobs: int, submitters: int = 16) -> dict[str, Any]:
+    """Submit ``jobs`` jobs as fast as ``submitters`` clients can, then wait for all of them.
+
+    ``drain_per_s`` is the worker's rate: jobs over (last finished - first started), from the
+    jobs' own timestamps; ``e2e_per_s`` counts from the first POST to the last result."""
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    db = firestore.Client()
+    headers = {"X-API-Key": KEYS["burst"]}
+    first_post = time.time()
+
+    def submit(indices: range) -> None:
+        session = requests.Session()
+        for i in indices:
+            body = {"task": task, "input": task_input(task, i)}
+            response = session.post(f"{config.url}/v1/jobs", json=body, headers=headers, timeout=30)
+            response.raise_for_status()
+
+    per = -(-jobs // submitters)
+    with ThreadPoolExecutor(submitters) as pool:
+        chunks = [range(s, min(s + per, jobs)) for s in range(0, jobs, per)]
+        for future in [pool.submit(submit, chunk) for chunk in chunks]:
+            future.result()
+    submitted_s = time.time() - first_post
+    query = db.collection("jobs").where(filter=FieldFilter("tenant", "==", "burst"))
+    deadline = time.monotonic() + 60 + jobs / 5
+    while True:
+        done = query.where(filter=FieldFilter("status", "in", list(TERMINAL))).count().get()
+        if int(done[0][0].value) >= jobs:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"burst: only {int(done[0][0].value)} of {jobs} finished")
+        time.sleep(0.25)
+    docs = [d.to_dict() or {} for d in query.stream()]
+    statuses = {doc["status"] for doc in docs}
+    started = min(_ts(d["started_at"]) for d in docs)
+    finished = max(_ts(d["finished_at"]) for d in docs)
+    sizes = [d.get("batch_size", 1) for d in docs]
+    latencies = [(_ts(d["finished_at"]) - _ts(d["created_at"])) * 1000 for d in docs]
+    return {
+        "jobs": len(docs),
+        "statuses": sorted(statuses),
+        "submit_s": submitted_s,
+        "drain_per_s": len(docs) / (finished - started),
+        "e2e_per_s": len(docs) / (finished - first_post),
+        "mean_batch": statistics.mean(sizes),
+        **pcts(latencies),
+    }
+
+
+def clear_tenant(tenant: str) -> None:
+    """Delete a tenant's job documents (between bursts on one stack)."""
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    db = firestore.Client()
+    refs = [
+        d.reference
+        for d in db.collection("jobs").where(filter=FieldFilter("tenant", "==", tenant)).stream()
+    ]
+    for start in range(0, len(refs), 500):
+        batch = db.batch()
+        for ref in refs[start : start + 500]:
+            batch.delete(ref)
+        batch.commit()
+
+
+def _ts(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def pcts(values_ms: list[float]) -> dict[str, float]:
+    if not values_ms:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    ordered = sorted(values_ms)
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+    }
+
+
+def device_summary() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "torch_device": "cuda" if cuda else "cpu",
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+    }
+
+
+def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    def cell(value: Any) -> str:
+        return f"{value:,.1f}" if isinstance(value, float) else str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in text:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def save(name: str, payload: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+
+
+def temp_repository() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="omni-bench-models-")
