@@ -39,7 +39,8 @@ def _load(**_: Any) -> None:
 
 @app.task(name="embed")
 def embed(texts: list[str]) -> dict[str, Any]:
+    started_at = time.time()
     if _adapter is None:  # the solo pool runs no process-init signal
         _load()
     vectors = _adapter.encode(texts)
-    return {"embeddings": vectors.tolist(), "finished_at": time.time()}
+    return {"embeddings": vectors.tolist(), "started_at": started_at, "finished_at": time.time()}

@@ -189,16 +189,26 @@ def closed_loop(config: StackConfig, task: str, clients: int, seconds: float) ->
     return {"jobs": len(latencies), "jobs_per_s": len(latencies) / elapsed, **pcts(latencies)}
 
 
-def burst(config: StackConfig, task: str, jobs: int, submitters: int = 16) -> dict[str, Any]:
+def burst(
+    config: StackConfig, task: str, jobs: int, submitters: int = 16, backlog: bool = True
+) -> dict[str, Any]:
     """Submit ``jobs`` jobs as fast as ``submitters`` clients can, then wait for all of them.
 
+    With ``backlog``, the worker is paused (SIGSTOP) while the jobs are submitted and resumed
+    once all are queued, so it drains a real backlog instead of keeping pace with the submitters
+    (the ingress on this machine accepts fewer jobs a second than the worker can finish).
     ``drain_per_s`` is the worker's rate: jobs over (last finished - first started), from the
     jobs' own timestamps; ``e2e_per_s`` counts from the first POST to the last result."""
+    import signal
+
     from google.cloud import firestore
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     db = firestore.Client()
     headers = {"X-API-Key": KEYS["burst"]}
+    worker_pid = int(worker_state(config)["worker"].rsplit("-", 1)[1])
+    if backlog:
+        os.kill(worker_pid, signal.SIGSTOP)
     first_post = time.time()
 
     def submit(indices: range) -> None:
@@ -211,8 +221,12 @@ def burst(config: StackConfig, task: str, jobs: int, submitters: int = 16) -> di
     per = -(-jobs // submitters)
     with ThreadPoolExecutor(submitters) as pool:
         chunks = [range(s, min(s + per, jobs)) for s in range(0, jobs, per)]
-        for future in [pool.submit(submit, chunk) for chunk in chunks]:
-            future.result()
+        try:
+            for future in [pool.submit(submit, chunk) for chunk in chunks]:
+                future.result()
+        finally:
+            if backlog:
+                os.kill(worker_pid, signal.SIGCONT)
     submitted_s = time.time() - first_post
     query = db.collection("jobs").where(filter=FieldFilter("tenant", "==", "burst"))
     deadline = time.monotonic() + 60 + jobs / 5
@@ -231,8 +245,10 @@ def burst(config: StackConfig, task: str, jobs: int, submitters: int = 16) -> di
     latencies = [(_ts(d["finished_at"]) - _ts(d["created_at"])) * 1000 for d in docs]
     return {
         "jobs": len(docs),
+        "backlog": backlog,
         "statuses": sorted(statuses),
         "submit_s": submitted_s,
+        "submit_per_s": len(docs) / submitted_s,
         "drain_per_s": len(docs) / (finished - started),
         "e2e_per_s": len(docs) / (finished - first_post),
         "mean_batch": statistics.mean(sizes),

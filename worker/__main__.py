@@ -6,6 +6,12 @@ import logging
 import os
 import sys
 
+# Before any model library loads OpenMP: its threads sleep between ops instead of spinning. The
+# worker's own threads (Pub/Sub, Firestore, settling) share the cores with torch; spinning OpenMP
+# threads starved them (bench/throughput.py: a backlog drained at 86 jobs/s spinning, 141 passive,
+# on 2 cores beside the emulators). OMP_WAIT_POLICY=ACTIVE restores spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from schemas.jsonlog import capture_stderr, configure_logging
 from worker.main import Worker
 from worker.settings import ConfigError, WorkerSettings

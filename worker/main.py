@@ -48,6 +48,7 @@ class Worker:
         self._load_s: dict[str, float] = {}
         self._consumers: list[Consumer] = []
         self._processor: Processor | None = None
+        self._ready_after_s: float | None = None
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- signals -------------------------------------------------------------------------------
@@ -90,11 +91,14 @@ class Worker:
                 entry["foreign_acked"] = consumers[name].foreign
             tasks[name] = entry
         ready = pulling and not self._stop.is_set() and all(t["loaded"] for t in tasks.values())
+        if ready and self._ready_after_s is None:
+            self._ready_after_s = _process_age_s()  # the first time /readyz says ready
         return ready, {
             "pulling": pulling,
             "worker": self.worker_id,
             "rss_mb": _rss_mb(),
             "load_s": self._load_s.get("*"),
+            "ready_after_s": self._ready_after_s,
             "tasks": tasks,
         }
 
@@ -171,7 +175,11 @@ class Worker:
                 )
                 consumer.start()
                 self._consumers.append(consumer)
-            logger.info("worker ready", extra={"models": self._load_s})
+            logger.info(
+                "worker ready %.1fs after its process started",
+                _process_age_s() or 0.0,
+                extra={"models": self._load_s},
+            )
             while not self._stop.is_set():
                 for consumer in self._consumers:
                     error = consumer.wait(_WAIT_SLICE_S / len(self._consumers))
@@ -197,3 +205,15 @@ def _rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Linux), interpreter start-up and imports included."""
+    try:
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime:
+            now_s = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(now_s - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
