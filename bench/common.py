@@ -27,6 +27,7 @@ from emulators.process import free_port
 RESULTS = ROOT / "bench" / "results"
 TERMINAL = ("succeeded", "failed", "cancelled")
 KEYS = {"bench": "bench-key-0123", "burst": "burst-key-0123"}
+ROUNDS = 3
 
 
 def wait_until(check: Any, timeout_s: float, what: str) -> None:
@@ -82,6 +83,15 @@ model.save(folder + "/model.keras")
 
 
 # -- the model alone -----------------------------------------------------------------------------
+def quiet_model_logs() -> None:
+    """The bench prints tables; the model libraries' own chatter goes nowhere."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("cmdstanpy", "prophet", "sentence_transformers", "tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def load_adapter(task: str, model_repository: str | None) -> Any:
     from worker.settings import WorkerSettings
     from worker.tasks import ADAPTERS
@@ -91,6 +101,7 @@ def load_adapter(task: str, model_repository: str | None) -> Any:
         env["MODEL_REPOSITORY"] = model_repository
     adapter = ADAPTERS[task](WorkerSettings.from_env(env))
     adapter.load()
+    quiet_model_logs()  # again: some libraries set their loggers up on load
     return adapter
 
 
@@ -103,10 +114,13 @@ def raw_items_per_s(adapter: Any, task: str, batch: int, items: int) -> float:
     inputs = [spec.input_model.model_validate(task_input(task, i)) for i in range(items)]
     never = StopToken(3600)
     adapter.run(inputs[:batch], never)  # warm-up
-    started = time.perf_counter()
-    for start in range(0, items, batch):
-        adapter.run(inputs[start : start + batch], never)
-    return items / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(ROUNDS):  # the best round: the model's ceiling on a machine shared with others
+        started = time.perf_counter()
+        for start in range(0, items, batch):
+            adapter.run(inputs[start : start + batch], never)
+        best = max(best, items / (time.perf_counter() - started))
+    return best
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -206,7 +220,9 @@ def burst(
 
     db = firestore.Client()
     headers = {"X-API-Key": KEYS["burst"]}
-    worker_pid = int(worker_state(config)["worker"].rsplit("-", 1)[1])
+    state = worker_state(config)
+    worker_pid = int(state["worker"].rsplit("-", 1)[1])
+    ran_before = state["tasks"][task]["jobs"]
     if backlog:
         os.kill(worker_pid, signal.SIGSTOP)
     first_post = time.time()
@@ -230,13 +246,19 @@ def burst(
     submitted_s = time.time() - first_post
     query = db.collection("jobs").where(filter=FieldFilter("tenant", "==", "burst"))
     deadline = time.monotonic() + 60 + jobs / 5
+    # Follow the worker's own count first: a query over thousands of documents every few
+    # hundred ms would cost the Firestore emulator the CPU the worker needs.
+    while worker_state(config)["tasks"][task]["jobs"] - ran_before < jobs:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     while True:
         done = query.where(filter=FieldFilter("status", "in", list(TERMINAL))).count().get()
         if int(done[0][0].value) >= jobs:
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"burst: only {int(done[0][0].value)} of {jobs} finished")
-        time.sleep(0.25)
+        time.sleep(1.0)
     docs = [d.to_dict() or {} for d in query.stream()]
     statuses = {doc["status"] for doc in docs}
     started = min(_ts(d["started_at"]) for d in docs)

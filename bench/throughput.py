@@ -28,6 +28,7 @@ from bench.common import (
     device_summary,
     load_adapter,
     print_table,
+    quiet_model_logs,
     raw_items_per_s,
     save,
     stack,
@@ -57,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     clients = [int(c) for c in args.clients.split(",")]
+    quiet_model_logs()
     device = device_summary()
     print(f"device: {device}")
 
