@@ -155,43 +155,18 @@ def worker_state(config: StackConfig) -> dict[str, Any]:
     return body
 
 
-def closed_loop(config: StackConfig, task: str, clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` clients, each submitting a job and waiting for it (a Firestore listener on
-    the job's document tells it the moment it ends, as the event stream will), for ``seconds``."""
-    from google.cloud import firestore
-
-    db = firestore.Client()
+def run_clients(clients: int, seconds: float, one_job: Any) -> dict[str, Any]:
+    """``clients`` threads, each calling ``one_job(i)`` (submit a job, wait for its result) in a
+    loop for ``seconds``: jobs/s and the latency percentiles of the calls."""
     latencies: list[float] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
     counter = iter(range(10**9))
 
     def client() -> None:
-        session = requests.Session()
-        headers = {"X-API-Key": KEYS["bench"]}
         while time.monotonic() < stop_at:
-            i = next(counter)
             started = time.perf_counter()
-            response = session.post(
-                f"{config.url}/v1/jobs",
-                json={"task": task, "input": task_input(task, i)},
-                headers=headers,
-                timeout=30,
-            )
-            response.raise_for_status()
-            done = threading.Event()
-
-            def seen(
-                snapshots: list[Any], _changes: Any, _read_time: Any, done: Any = done
-            ) -> None:
-                if any(s.exists and s.get("status") in TERMINAL for s in snapshots):
-                    done.set()
-
-            watch = db.collection("jobs").document(response.json()["id"]).on_snapshot(seen)
-            finished = done.wait(120)
-            watch.unsubscribe()
-            if not finished:
-                raise RuntimeError("a job did not finish within 120 s")
+            one_job(next(counter))
             with lock:
                 latencies.append((time.perf_counter() - started) * 1000)
 
@@ -201,6 +176,40 @@ def closed_loop(config: StackConfig, task: str, clients: int, seconds: float) ->
             future.result()
     elapsed = time.perf_counter() - started
     return {"jobs": len(latencies), "jobs_per_s": len(latencies) / elapsed, **pcts(latencies)}
+
+
+def closed_loop(config: StackConfig, task: str, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` clients, each submitting a job and waiting for it (a Firestore listener on
+    the job's document tells it the moment it ends, as the event stream will), for ``seconds``."""
+    from google.cloud import firestore
+
+    db = firestore.Client()
+    local = threading.local()
+    headers = {"X-API-Key": KEYS["bench"]}
+
+    def one_job(i: int) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        response = local.session.post(
+            f"{config.url}/v1/jobs",
+            json={"task": task, "input": task_input(task, i)},
+            headers=headers,
+            timeout=30,
+        )
+        response.raise_for_status()
+        done = threading.Event()
+
+        def seen(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
+            if any(s.exists and s.get("status") in TERMINAL for s in snapshots):
+                done.set()
+
+        watch = db.collection("jobs").document(response.json()["id"]).on_snapshot(seen)
+        finished = done.wait(120)
+        watch.unsubscribe()
+        if not finished:
+            raise RuntimeError("a job did not finish within 120 s")
+
+    return run_clients(clients, seconds, one_job)
 
 
 def burst(

@@ -30,10 +30,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,6 +43,7 @@ from bench.common import (
     device_summary,
     pcts,
     print_table,
+    run_clients,
     save,
     sentence,
     stack,
@@ -127,24 +126,7 @@ def _answers(task: Any) -> bool:
 def celery_closed_loop(clients: int, seconds: float) -> dict[str, Any]:
     from bench.celery_app import embed
 
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-    counter = iter(range(10**9))
-
-    def client() -> None:
-        while time.monotonic() < stop_at:
-            started = time.perf_counter()
-            embed.delay([sentence(next(counter))]).get(timeout=120)
-            with lock:
-                latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(client) for _ in range(clients)]:
-            future.result()
-    elapsed = time.perf_counter() - started
-    return {"jobs": len(latencies), "jobs_per_s": len(latencies) / elapsed, **pcts(latencies)}
+    return run_clients(clients, seconds, lambda i: embed.delay([sentence(i)]).get(timeout=120))
 
 
 def celery_burst(jobs: int) -> dict[str, Any]:
