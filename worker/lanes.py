@@ -32,28 +32,49 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each delivery is its own, and kept in sets
 class Delivery:
-    """One received message on its way through a lane; ``wait()`` returns once it is settled."""
+    """One received message on its way through a lane; ``wait()`` returns once it is settled.
+
+    A delivery is settled once: the first of ack, nack or retry_in wins and the rest are no-ops,
+    so an error path may nack whatever it holds without undoing an outcome already given."""
 
     message: Message
     job: JobMessage
+    on_settled: Callable[[Delivery], None] | None = None
     _done: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def settled(self) -> bool:
+        return self._done.is_set()
+
+    def _settle(self, action: Callable[[], None]) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            try:
+                action()
+            finally:
+                self._done.set()
+        if self.on_settled is not None:
+            self.on_settled(self)
 
     def ack(self) -> None:
-        self.message.ack()
-        self._done.set()
+        self._settle(self.message.ack)
 
     def nack(self) -> None:
-        self.message.nack()
-        self._done.set()
+        self._settle(self.message.nack)
 
     def retry_in(self, seconds: int) -> None:
         """Leave the message unacked and let Pub/Sub redeliver it after ``seconds``."""
-        # Out of lease management first, so no lease extension lands after the new deadline.
-        self.message.drop()
-        self.message.modify_ack_deadline(seconds)
-        self._done.set()
+
+        def later() -> None:
+            # Out of lease management first, so no lease extension lands after the new deadline.
+            self.message.drop()
+            self.message.modify_ack_deadline(seconds)
+
+        self._settle(later)
 
     def wait(self) -> None:
         self._done.wait()

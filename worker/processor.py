@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from google.api_core import exceptions as gexc
 from pydantic import BaseModel, ValidationError
 
 from schemas.jobs import JobStatus
@@ -58,6 +59,8 @@ from worker.tasks import Adapter
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DEFAULT_TIMEOUT_S = 60.0
+"""The time limit of a task the catalogue does not know (it fails anyway, as unsupported)."""
 STORE_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Waits between retries of a Firestore call during an outage (the last one repeats)."""
 SETTLE_THREADS = 2
@@ -150,6 +153,9 @@ class Processor:
         self.stats = {task: LaneStats() for task in adapters}
         self._waiting: dict[threading.Timer, Delivery] = {}  # busy jobs, to be claimed again
         self._waiting_lock = threading.Lock()
+        # Every delivery not yet settled: close() nacks what is left, so no callback waits forever.
+        self._outstanding: set[Delivery] = set()
+        self._outstanding_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,6 +187,12 @@ class Processor:
             lane.close()
         self._settle_pool.shutdown(wait=True)
         self.watcher.close()
+        with self._outstanding_lock:
+            left = list(self._outstanding)
+        if left:
+            logger.warning("closing with %d message(s) unsettled; nacked", len(left))
+        for delivery in left:
+            delivery.nack()
 
     # -- messages --------------------------------------------------------------------------------
     def handle(self, messages: Sequence[Message]) -> None:
@@ -200,7 +212,9 @@ class Processor:
             logger.error("unreadable message %s acked: %s", message.message_id, exc)
             message.ack()
             return None
-        delivery = Delivery(message, job)
+        delivery = Delivery(message, job, on_settled=self._forget)
+        with self._outstanding_lock:
+            self._outstanding.add(delivery)
         lane = self._lanes.get(job.task)
         if self._draining.is_set():
             delivery.nack()  # not started: another worker takes it at once
@@ -213,8 +227,56 @@ class Processor:
             lane.put(delivery)
         return delivery
 
+    def _forget(self, delivery: Delivery) -> None:
+        with self._outstanding_lock:
+            self._outstanding.discard(delivery)
+
+    def _timeout_for(self, task: str) -> float:
+        try:
+            return self._task_timeout_s(task)
+        except Exception:  # noqa: BLE001 - a task unknown here still gets a limit
+            return DEFAULT_TIMEOUT_S
+
+    def _abort(self, batch: list[InFlight], why: str) -> None:
+        """A bug or an unexpected error: every message of the batch not yet settled is nacked
+        (its claim's lease lapses and a redelivery takes the job over)."""
+        logger.error("%s; %d message(s) nacked", why, sum(not i.delivery.settled for i in batch))
+        for item in batch:
+            self.watcher.remove(item.claim)
+            item.delivery.nack()
+
+    def _submit(self, function: Callable[..., None], batch: list[InFlight], *args: Any) -> None:
+        """Hand ``function(batch, *args)`` to the settle threads; whatever it raises settles the
+        batch (nack) instead of vanishing in an unread future."""
+
+        def guarded() -> None:
+            try:
+                function(batch, *args)
+            except Exception:
+                logger.exception("settling a batch failed")
+                self._abort(batch, "settling a batch failed")
+
+        try:
+            self._settle_pool.submit(guarded)
+        except RuntimeError:  # the pool is shut down: the worker is closing
+            self._abort(batch, "settle threads closed")
+
     # -- stage 1 (the lane's gather thread): claim a micro-batch ----------------------------------
     def _claim_batch(self, lane: Lane, deliveries: list[Delivery]) -> list[InFlight]:
+        claimed: list[InFlight] = []
+        try:
+            return self._claim_deliveries(lane, deliveries, claimed)
+        except Exception:
+            logger.exception("claiming a batch failed")
+            for item in claimed:
+                self.watcher.remove(item.claim)
+            for delivery in deliveries:
+                delivery.nack()  # a no-op for the ones already settled
+            return []
+
+    def _claim_deliveries(
+        self, lane: Lane, deliveries: list[Delivery], claimed: list[InFlight]
+    ) -> list[InFlight]:
         if self._draining.is_set():
             for delivery in deliveries:
                 delivery.nack()
@@ -228,7 +290,6 @@ class Processor:
             for delivery in deliveries:
                 delivery.nack()
             return []
-        claimed = []
         for delivery, decision in zip(deliveries, decisions, strict=True):
             job = delivery.job
             with log_context(job_id=job.job_id, task=job.task, tenant=job.tenant):
@@ -240,7 +301,7 @@ class Processor:
                 elif isinstance(decision, Busy):
                     self._retry_when_free(lane, delivery, decision)
                 else:
-                    stop = StopToken(self._task_timeout_s(decision.task))
+                    stop = StopToken(self._timeout_for(decision.task))
                     self.watcher.add(decision, stop)
                     claimed.append(InFlight(decision, delivery, stop))
         return claimed
@@ -269,18 +330,30 @@ class Processor:
 
     # -- stage 2 (the lane's run thread): one model call, then hand the writes over ---------------
     def _run_batch(self, task: str, batch: list[InFlight]) -> None:
-        if self._draining.is_set():
-            # Claimed with the batch that was next, never started: give the jobs back at once.
-            self._settle_pool.submit(self._give_back, batch)
-            return
+        try:
+            self._run_claimed(task, batch)
+        except Exception:
+            logger.exception("running a %s batch failed", task)
+            self._abort(batch, f"running a {task} batch failed")
+
+    def _run_claimed(self, task: str, batch: list[InFlight]) -> None:
         with self._model_lock:
+            if self._draining.is_set():
+                # Claimed with the batch that was next, never started: give the jobs back now.
+                self._submit(self._give_back, batch)
+                return
+            # The time limit counts from here, not from the claim: waiting for the model is not
+            # running (and the watcher keeps renewing leases until the limit).
+            deadline = time.monotonic() + self._timeout_for(task)
+            for item in batch:
+                item.stop.deadline = deadline
             started = time.perf_counter()
             outcomes = self._run(task, batch)
             inference_ms = (time.perf_counter() - started) * 1000
         for item in batch:
             self.watcher.remove(item.claim)
         self._record(task, len(batch), inference_ms)
-        self._settle_pool.submit(self._settle, batch, outcomes, inference_ms)
+        self._submit(self._settle, batch, outcomes, inference_ms)
 
     def _record(self, task: str, size: int, inference_ms: float) -> None:
         stats = self.stats[task]  # only this lane's run thread writes it
@@ -298,6 +371,12 @@ class Processor:
         for i, item in enumerate(batch):
             if adapter is None:
                 text = f"no worker serves task {task!r}"
+                outcomes[i] = PermanentError("unsupported_task", text)
+                continue
+            if item.claim.task != task:
+                # The message named another task than the job's own document: never run it
+                # on the wrong model.
+                text = f"job is {item.claim.task!r} but was routed to {task!r}"
                 outcomes[i] = PermanentError("unsupported_task", text)
                 continue
             spec = get_task(item.claim.task)
@@ -339,6 +418,8 @@ class Processor:
                 for item, _ in items:
                     faults.inject(item.claim.metadata, item.stop)
             results = adapter.run([task_input for _, task_input in items], stop)
+            if len(results) != len(items):
+                raise RuntimeError(f"{len(results)} results for {len(items)} inputs")
             return [spec.result_to_store(result) for result in results]
         except Stopped as exc:
             return [Stopped(item.stop.reason or exc.reason) for item, _ in items]
@@ -355,6 +436,7 @@ class Processor:
 
     # -- stage 3 (settle threads): write outcomes, then settle messages ---------------------------
     def _settle(self, batch: list[InFlight], outcomes: list[Outcome], inference_ms: float) -> None:
+        """Write the batch's outcomes (one commit for the terminal ones), then settle messages."""
         ends: list[tuple[InFlight, JobStatus, dict[str, Any], str]] = []
         size = len(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
@@ -367,7 +449,7 @@ class Processor:
                 fields = {"error": {"code": outcome.code, "message": outcome.message}}
                 ends.append((item, JobStatus.FAILED, fields, f"job failed: {outcome.code}"))
             elif isinstance(outcome, Stopped) and outcome.reason == "timeout":
-                limit = self._task_timeout_s(claim.task)
+                limit = self._timeout_for(claim.task)
                 error = {
                     "code": "timeout",
                     "message": f"the task ran longer than its {limit:g}s limit",
@@ -397,6 +479,24 @@ class Processor:
         request = [(item.claim, status, fields) for item, status, fields, _ in ends]
         try:
             written = self._hold(lambda: self._store.end_many(request))
+        except gexc.InvalidArgument as exc:
+            # Firestore refused the write: a result over a document's 1 MiB, or a batch over a
+            # commit's limit. One at a time, and a result too large fails its job.
+            if len(ends) > 1:
+                for end in ends:
+                    self._write_ends([end], size, inference_ms)
+                return
+            item, status, _fields, _text = ends[0]
+            if status is not JobStatus.SUCCEEDED:
+                raise
+            text = f"the result cannot be stored: {exc.message}"
+            error = {"error": {"code": "result_too_large", "message": text}}
+            self._write_ends(
+                [(item, JobStatus.FAILED, error, "job failed: result_too_large")],
+                size,
+                inference_ms,
+            )
+            return
         except StoreUnavailable as exc:
             logger.warning("Firestore unavailable at shutdown; %d nacked: %s", len(ends), exc)
             for item, *_ in ends:

@@ -429,3 +429,68 @@ def test_a_drain_nacks_deliveries_waiting_for_a_live_lease_at_once() -> None:
         assert not handling.is_alive() and message.settled == ["nack"]
     finally:
         worker.close()
+
+
+class BrokenEndStore(BatchStore):
+    """Terminal writes fail: with a bug-like error, or as Firestore refusing the write."""
+
+    def __init__(self, error: Exception, fail_batches_only: bool = False) -> None:
+        super().__init__()
+        self.error = error
+        self.fail_batches_only = fail_batches_only
+
+    def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]:
+        if not self.fail_batches_only or len(ends) > 1 or ends[0][1] is JobStatus.SUCCEEDED:
+            if not (self.fail_batches_only and ends[0][1] is JobStatus.FAILED):
+                raise self.error
+        return super().end_many(ends)
+
+
+def test_an_unexpected_error_while_writing_nacks_the_batch_instead_of_hanging() -> None:
+    store = BrokenEndStore(RuntimeError("bug"))
+    worker = batched(store, TextModel())
+    worker.start()
+    try:
+        received = messages("job-0", "job-1")
+        worker.handle(received)  # returns: every message is settled
+    finally:
+        worker.close()
+    assert all(m.settled == ["nack"] for m in received)
+
+
+def test_a_result_firestore_refuses_fails_its_job_as_too_large() -> None:
+    from google.api_core import exceptions as gexc
+
+    store = BrokenEndStore(gexc.InvalidArgument("document too large"), fail_batches_only=True)
+    worker = batched(store, TextModel())
+    worker.start()
+    try:
+        received = messages("job-0", "job-1")
+        worker.handle(received)
+    finally:
+        worker.close()
+    assert all(m.settled == ["ack"] for m in received)
+    assert store.writes == [("failed", "result_too_large")] * 2
+
+
+def test_a_message_routed_to_another_task_than_its_job_is_not_run() -> None:
+    store, model = FakeStore([claim(task="forecast")]), FakeModel()
+    assert run(store, model).settled == ["ack"]
+    assert store.writes == [("failed", "unsupported_task")] and model.calls == 0
+
+
+def test_an_adapter_returning_too_few_results_fails_nothing_else() -> None:
+    class Short(TextModel):
+        def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
+            return super().run(inputs, stop)[:1]
+
+    store, model = BatchStore(), Short()
+    worker = batched(store, model)
+    worker.start()
+    try:
+        received = messages("job-0", "job-1")
+        worker.handle(received)
+    finally:
+        worker.close()
+    # The batch broke as a whole, so each job ran alone and succeeded.
+    assert all(m.settled == ["ack"] for m in received) and model.sizes == [2, 1, 1]
