@@ -432,17 +432,18 @@ def test_a_drain_nacks_deliveries_waiting_for_a_live_lease_at_once() -> None:
 
 
 class BrokenEndStore(BatchStore):
-    """Terminal writes fail: with a bug-like error, or as Firestore refusing the write."""
+    """Terminal writes raise ``error``; with ``refuse_results``, only writes holding a result do
+    (Firestore refusing a document over 1 MiB), and failures are written."""
 
-    def __init__(self, error: Exception, fail_batches_only: bool = False) -> None:
+    def __init__(self, error: Exception, refuse_results: bool = False) -> None:
         super().__init__()
         self.error = error
-        self.fail_batches_only = fail_batches_only
+        self.refuse_results = refuse_results
 
     def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]:
-        if not self.fail_batches_only or len(ends) > 1 or ends[0][1] is JobStatus.SUCCEEDED:
-            if not (self.fail_batches_only and ends[0][1] is JobStatus.FAILED):
-                raise self.error
+        holds_result = any(status is JobStatus.SUCCEEDED for _, status, _ in ends)
+        if holds_result or not self.refuse_results:
+            raise self.error
         return super().end_many(ends)
 
 
@@ -461,7 +462,7 @@ def test_an_unexpected_error_while_writing_nacks_the_batch_instead_of_hanging() 
 def test_a_result_firestore_refuses_fails_its_job_as_too_large() -> None:
     from google.api_core import exceptions as gexc
 
-    store = BrokenEndStore(gexc.InvalidArgument("document too large"), fail_batches_only=True)
+    store = BrokenEndStore(gexc.InvalidArgument("document too large"), refuse_results=True)
     worker = batched(store, TextModel())
     worker.start()
     try:
