@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 # The peer bench needs Debian's redis-server (apt-get install redis-server).
 bench: $(STAMP)
-	$(PY) bench/e2e_latency.py
+	$(PY) -m bench.e2e_latency
 	$(PY) -m bench.throughput
 	$(PY) -m bench.peer_celery
 

@@ -5,7 +5,7 @@ then N sequential jobs, each timed from the client's POST to the moment its GET 
 finished. Then loads the same model in this process and times the same input N times. Prints a
 table; writes bench/results/e2e_latency.json.
 
-    .venv/bin/python bench/e2e_latency.py [--jobs 20] [--poll-ms 5]
+    .venv/bin/python -m bench.e2e_latency [--jobs 20] [--poll-ms 5]
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from typing import Any
 
 import requests
 
-from emulators.localrun import ROOT, StackConfig, local_stack
-from emulators.process import free_port
+from bench.common import KEYS, RESULTS, stack
 
 TEXTS = ["a cat", "a kitten", "the stock market"]
-KEY = "bench-key"
+KEY = KEYS["bench"]
 WARMUP_JOBS = 3
 
 
@@ -96,17 +95,8 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=5.0)
     args = parser.parse_args()
 
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    config = StackConfig(
-        project="omni-bench",
-        port=free_port(),
-        pubsub_port=free_port(),
-        firestore_port=free_port(),
-        worker_http_port=free_port(),
-        api_keys=f"bench:{KEY}",
-    )
-    with (results_dir / "e2e_latency.stack.log").open("w") as log, local_stack(config, log):
+    results_dir = RESULTS
+    with stack("embed", "e2e_latency") as config:
         for _ in range(WARMUP_JOBS):
             one_job(config.url, args.poll_ms / 1000)
         runs = [one_job(config.url, args.poll_ms / 1000) for _ in range(args.jobs)]

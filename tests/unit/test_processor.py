@@ -336,6 +336,17 @@ def messages(*job_ids: str) -> list[FakeMessage]:
     return out
 
 
+def handled(worker: Processor, *job_ids: str) -> list[FakeMessage]:
+    """Start the processor, hand it one message per job id at once, close it once all settle."""
+    received = messages(*job_ids)
+    worker.start()
+    try:
+        worker.handle(received)
+    finally:
+        worker.close()
+    return received
+
+
 def batched(store: FakeStore, model: FakeModel, wait_s: float = 0.05) -> Processor:
     return processor(store, model, batch_policy=lambda _task: (8, wait_s))
 
@@ -343,12 +354,7 @@ def batched(store: FakeStore, model: FakeModel, wait_s: float = 0.05) -> Process
 def test_messages_that_arrive_together_share_one_claim_one_call_and_one_write() -> None:
     store, model = BatchStore(), TextModel()
     worker = batched(store, model)
-    worker.start()
-    try:
-        received = messages(*[f"job-{i}" for i in range(6)])
-        worker.handle(received)
-    finally:
-        worker.close()
+    received = handled(worker, *[f"job-{i}" for i in range(6)])
     assert all(m.settled == ["ack"] for m in received)
     assert store.claim_batches == [6] and model.sizes == [6]
     assert store.batch_sizes == [6] * 6
@@ -357,24 +363,14 @@ def test_messages_that_arrive_together_share_one_claim_one_call_and_one_write() 
 
 def test_a_batch_is_cut_at_its_maximum_size() -> None:
     store, model = BatchStore(), TextModel()
-    worker = batched(store, model)
-    worker.start()
-    try:
-        worker.handle(messages(*[f"job-{i}" for i in range(20)]))
-    finally:
-        worker.close()
+    handled(batched(store, model), *[f"job-{i}" for i in range(20)])
     assert sum(model.sizes) == 20 and max(model.sizes) == 8
 
 
 def test_one_bad_job_does_not_fail_its_batch() -> None:
     store, model = BatchStore(), TextModel()
     worker = batched(store, model)
-    worker.start()
-    try:
-        received = messages("ok-1", "bad", "ok-2")
-        worker.handle(received)
-    finally:
-        worker.close()
+    received = handled(worker, "ok-1", "bad", "ok-2")
     assert all(m.settled == ["ack"] for m in received)
     assert model.sizes == [3, 1, 1, 1]  # the batch failed as a whole, then each ran alone
     assert sorted(status for status, _ in store.writes) == ["failed", "succeeded", "succeeded"]
@@ -386,12 +382,7 @@ def test_a_cancelled_job_does_not_stop_its_batch() -> None:
         c.token: ("cancelled" if c.job_id == "job-1" else "ok") for c in claims
     }
     worker = processor(store, model, batch_policy=lambda _task: (8, 0.05), watch_interval_s=0.05)
-    worker.start()
-    try:
-        received = messages("job-0", "job-1", "job-2")
-        worker.handle(received)
-    finally:
-        worker.close()
+    received = handled(worker, "job-0", "job-1", "job-2")
     assert all(m.settled == ["ack"] for m in received)
     assert model.sizes == [3] and len(store.writes) == 2  # no result for the cancelled job
 
@@ -464,12 +455,7 @@ def test_a_result_firestore_refuses_fails_its_job_as_too_large() -> None:
 
     store = BrokenEndStore(gexc.InvalidArgument("document too large"), refuse_results=True)
     worker = batched(store, TextModel())
-    worker.start()
-    try:
-        received = messages("job-0", "job-1")
-        worker.handle(received)
-    finally:
-        worker.close()
+    received = handled(worker, "job-0", "job-1")
     assert all(m.settled == ["ack"] for m in received)
     assert store.writes == [("failed", "result_too_large")] * 2
 
@@ -487,11 +473,6 @@ def test_an_adapter_returning_too_few_results_fails_nothing_else() -> None:
 
     store, model = BatchStore(), Short()
     worker = batched(store, model)
-    worker.start()
-    try:
-        received = messages("job-0", "job-1")
-        worker.handle(received)
-    finally:
-        worker.close()
+    received = handled(worker, "job-0", "job-1")
     # The batch broke as a whole, so each job ran alone and succeeded.
     assert all(m.settled == ["ack"] for m in received) and model.sizes == [2, 1, 1]
