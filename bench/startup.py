@@ -7,6 +7,7 @@ parallel (``WORKER_LOAD_THREADS``), and its resident memory once ready. One run,
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -30,7 +31,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     rows = []
     with temp_repository() as repository:
-        build_predict_model(__import__("pathlib").Path(repository))
+        build_predict_model(Path(repository))
         for threads in args.threads.split(","):
             for run in range(args.runs):
                 env = {"WORKER_LOAD_THREADS": threads, "MODEL_REPOSITORY": repository}

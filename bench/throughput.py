@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -65,7 +66,7 @@ def main() -> None:
     results: dict[str, Any] = {"device": device, "tasks": {}}
     rows = []
     with temp_repository() as repository:
-        build_predict_model(__import__("pathlib").Path(repository))
+        build_predict_model(Path(repository))
         for task in tasks:
             raw = raw_table(task, repository)
             largest = BATCHING[task][0]

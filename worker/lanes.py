@@ -16,7 +16,6 @@ wait, and a worker that dies strands little.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -28,8 +27,6 @@ from schemas.messages import JobMessage
 
 if TYPE_CHECKING:
     from worker.processor import InFlight, Message
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)  # identity: each delivery is its own, and kept in sets
@@ -155,24 +152,14 @@ class Lane:
         return batch
 
     def _gather_loop(self) -> None:
+        # ``claim`` and ``run`` settle their own messages whatever fails (the processor's
+        # _claim_batch and _run_batch): nothing raised here could strand a callback.
         while (batch := self.gather()) is not None:
-            try:
-                claimed = self._claim(self, batch)
-            except Exception:
-                logger.exception("claiming a %s batch failed; its messages nacked", self.task)
-                for delivery in batch:
-                    delivery.nack()
-                continue
+            claimed = self._claim(self, batch)
             if claimed:
                 self._next.put(claimed)  # blocks while a claimed batch waits: back-pressure
         self._next.put(_CLOSE)
 
     def _run_loop(self) -> None:
         while (batch := self._next.get()) is not _CLOSE:
-            try:
-                self._run(self.task, batch)
-            except Exception:
-                # A bug here must not strand the batch's callbacks forever.
-                logger.exception("running a %s batch failed; its messages nacked", self.task)
-                for item in batch:
-                    item.delivery.nack()
+            self._run(self.task, batch)

@@ -367,12 +367,8 @@ class Processor:
         outcomes: list[Outcome | None] = [None] * len(batch)
         together: list[tuple[int, BaseModel]] = []
         alone: list[tuple[int, BaseModel]] = []
-        adapter = self._adapters.get(task)
+        adapter = self._adapters[task]  # lanes exist only for the tasks with an adapter
         for i, item in enumerate(batch):
-            if adapter is None:
-                text = f"no worker serves task {task!r}"
-                outcomes[i] = PermanentError("unsupported_task", text)
-                continue
             if item.claim.task != task:
                 # The message named another task than the job's own document: never run it
                 # on the wrong model.
@@ -389,13 +385,12 @@ class Processor:
                 continue
             faulted = self._fault_injection and faults.FAULT_KEY in item.claim.metadata
             (alone if faulted else together).append((i, task_input))
-        if adapter is not None:
-            if together:
-                results = self._call(adapter, task, [(batch[i], x) for i, x in together])
-                for (i, _), outcome in zip(together, results, strict=True):
-                    outcomes[i] = outcome
-            for i, task_input in alone:
-                (outcomes[i],) = self._call(adapter, task, [(batch[i], task_input)])
+        if together:
+            results = self._call(adapter, task, [(batch[i], x) for i, x in together])
+            for (i, _), outcome in zip(together, results, strict=True):
+                outcomes[i] = outcome
+        for i, task_input in alone:
+            (outcomes[i],) = self._call(adapter, task, [(batch[i], task_input)])
         return [self._stopped_since(item, o) for item, o in zip(batch, outcomes, strict=True)]
 
     @staticmethod

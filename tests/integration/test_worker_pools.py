@@ -116,11 +116,10 @@ def test_a_forecast_worker_never_receives_an_embed_job(
     assert all(doc["worker"] != pool["worker"] for doc in docs.values())
     # The emulator handed the forecast pool embed messages (its share: the session worker pulls
     # the same subscription); it dropped them unread.
-    foreign = wait_for(
+    wait_for(
         lambda: readiness(forecast_worker)["tasks"]["forecast"]["foreign_acked"] or None,
         30,
         "the forecast worker to ack the embed messages it was handed",
     )
-    assert foreign
     logged = forecast_worker.log_path.read_text()
     assert not [job_id for job_id in embed_ids if job_id in logged]
