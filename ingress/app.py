@@ -7,7 +7,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from ingress import health, jobs, tasks
+from ingress import events, health, jobs, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.errors import Unauthorized, register_error_handlers
 from ingress.idempotency import IdempotencyStore
@@ -15,6 +15,7 @@ from ingress.publisher import JobPublisher
 from ingress.services import EXTENSION, Services, services
 from ingress.settings import Settings
 from ingress.store import JobStore
+from ingress.watch import JobWatcher
 from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             publisher_client.topic_path(settings.project, settings.jobs_topic),
             settings.publish_timeout_s,
         ),
+        # Listeners get clients of their own (see ingress/watch.py), not the request path's.
+        watcher=JobWatcher(
+            lambda: firestore.Client(project=settings.project), settings.jobs_collection
+        ),
     )
 
     register_error_handlers(app)
@@ -61,6 +66,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(events.bp)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
     return app
 

@@ -1,8 +1,11 @@
 """gunicorn settings for the ingress: ``gunicorn -c ingress/gunicorn.conf.py``.
 
 gthread workers: requests are I/O-bound (Firestore, Pub/Sub) and the Google clients are thread-safe;
-gevent and gRPC have a long history of hangs. No ``preload_app``: gRPC channels must be created
-after the fork, which the app factory does in each worker.
+gevent and gRPC have a long history of hangs. An open event stream or long poll holds one thread
+for its whole life, so a worker's ``threads`` is its cap on open streams: the default is sized for
+1,000 of them (threads start only when needed). docs/streaming.md has the measurements behind it.
+No ``preload_app``: gRPC channels must be created after the fork, which the app factory does in
+each worker.
 """
 
 import os
@@ -11,8 +14,10 @@ wsgi_app = "ingress:create_app()"
 # Containers set HOST=0.0.0.0; anything else stays on loopback unless told otherwise.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "1100"))
+# gthread stops accepting at worker_connections: room for every thread plus idle keep-alives.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(threads + 100)))
 # With gthread, timeout is the worker heartbeat, not a per-request limit.
 timeout = 60
 graceful_timeout = 20
@@ -58,3 +63,27 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     except ConfigError as exc:
         server.log.error("configuration error: %s", exc)
         sys.exit(3)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """On SIGTERM, also end this worker's open event streams and long polls.
+
+    gunicorn's graceful stop waits for every request in flight, and an event stream never ends by
+    itself: without this, each shutdown would hold until ``graceful_timeout`` and then cut the
+    streams mid-event. Ended here, each client resumes elsewhere with ``Last-Event-ID``.
+    """
+    import signal
+    import threading
+
+    from ingress.services import EXTENSION
+
+    watcher = worker.wsgi.extensions[EXTENSION].watcher
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):  # type: ignore[no-untyped-def]
+        # In a signal handler: closing takes the watcher's lock, so it runs on a thread of its own.
+        threading.Thread(target=watcher.close, name="omni-close-streams", daemon=True).start()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)

@@ -1,4 +1,5 @@
-"""``/v1/jobs``: submit a job (optionally idempotent), read it back, cancel it."""
+"""``/v1/jobs``: submit a job (optionally idempotent, optionally waiting for it), read it back
+(optionally as a long poll), cancel it. The event stream is in ``ingress/events.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError
 
 from ingress.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_until_terminal
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.publisher import PublishFailed
@@ -16,7 +18,6 @@ from ingress.requests import json_body
 from ingress.services import Services, services
 from ingress.store import AlreadyFinished, StoreRejected, StoreUnavailable
 from schemas import (
-    JOB_ID_PATTERN,
     TASKS,
     Job,
     JobMessage,
@@ -25,7 +26,7 @@ from schemas import (
     UnknownTaskError,
     get_task,
 )
-from schemas.jobs import new_job_document, new_job_id
+from schemas.jobs import TERMINAL_STATUSES, new_job_document, new_job_id
 from schemas.jsonlog import bind_log_context
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,14 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         _release(svc, reservation)
         raise _unavailable("job queue", svc) from exc
     logger.info("job queued")
+    headers = {"Location": f"/v1/jobs/{job_id}"}
+    wait_s = prefer_wait(request.headers.get("Prefer"))
+    if wait_s is not None:
+        # Prefer: wait=N: hold the answer until the job ends (200) or N runs out (202).
+        doc = wait_until_terminal(svc.watcher, job_id, doc, wait_s)
+        headers["Preference-Applied"] = f"wait={wait_s:g}"
     job = Job.from_document(job_id, doc)
-    return jsonify(job.to_json_dict()), 202, {"Location": job.links.self}
+    return jsonify(job.to_json_dict()), 200 if job.status in TERMINAL_STATUSES else 202, headers
 
 
 def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dict[str, str]] | None:
@@ -130,25 +137,14 @@ def _release(svc: Services, reservation: Reservation | None) -> None:
         svc.idempotency.release(reservation)
 
 
-def _checked_id(job_id: str) -> str:
-    # An id that cannot exist answers exactly like one that does not: 404, no store read.
-    if not JOB_ID_PATTERN.match(job_id):
-        raise NotFound("no such job")
-    bind_log_context(job_id=job_id)
-    return job_id
-
-
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
-    svc = services()
-    _checked_id(job_id)
-    try:
-        doc = svc.store.get(job_id)
-    except StoreUnavailable as exc:
-        raise _unavailable("job store", svc) from exc
-    # Another tenant's job is indistinguishable from a missing one.
-    if doc is None or doc.get("tenant") != g.tenant:
-        raise NotFound("no such job")
+    """The job; with ``?wait=N``, a long poll that answers as soon as the job is terminal, or
+    with its state as it is after N seconds."""
+    wait_s = wait_param(request.args.get("wait"))
+    doc = owned_job(job_id)
+    if wait_s:
+        doc = wait_until_terminal(services().watcher, job_id, doc, wait_s)
     return jsonify(Job.from_document(job_id, doc).to_json_dict())
 
 
@@ -157,7 +153,7 @@ def cancel_job(job_id: str) -> Response:
     """A queued job is ``cancelled`` at once and never runs; a running one is ``cancelled`` at once
     too and its worker stops at its next safe point, writing nothing. 409 when already terminal."""
     svc = services()
-    _checked_id(job_id)
+    checked_id(job_id)
     try:
         doc = svc.store.cancel(job_id, g.tenant)
     except AlreadyFinished as exc:

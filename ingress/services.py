@@ -1,4 +1,4 @@
-"""What a request needs beyond itself: settings, keys, the job store, the publisher.
+"""What a request needs beyond itself: settings, keys, the job store, the publisher, the watcher.
 
 Built once by ``create_app`` and kept on ``app.extensions`` (no module-level clients: gunicorn
 workers fork, and gRPC clients must be created after the fork).
@@ -15,6 +15,7 @@ from ingress.idempotency import IdempotencyStore
 from ingress.publisher import JobPublisher
 from ingress.settings import Settings
 from ingress.store import JobStore
+from ingress.watch import JobWatcher
 
 EXTENSION = "omni"
 
@@ -26,6 +27,7 @@ class Services:
     store: JobStore
     idempotency: IdempotencyStore
     publisher: JobPublisher
+    watcher: JobWatcher
 
 
 def services() -> Services:

@@ -20,6 +20,8 @@ PUBLISH_TIMEOUT_S = 10.0
 """Seconds a publish may take before the client gets 503 and the job is marked failed."""
 FIRESTORE_TIMEOUT_S = 10.0
 """Seconds one Firestore call may take, retries included, before the client gets 503."""
+SSE_PING_S = 15.0
+"""Seconds between ``: ping`` comments on a quiet event stream (they also reveal a gone client)."""
 RETRY_AFTER_S = 5
 """``Retry-After`` on a 503, seconds."""
 
@@ -39,6 +41,7 @@ class Settings:
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
     firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
     retry_after_s: int = RETRY_AFTER_S
+    sse_ping_s: float = SSE_PING_S
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     log_level: str = "INFO"
 
@@ -56,6 +59,7 @@ class Settings:
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
                 result_ttl_s=result_ttl_from_env(env),
+                sse_ping_s=float(env.get("SSE_PING_S") or SSE_PING_S),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             )
         except ValueError as exc:
@@ -66,6 +70,8 @@ class Settings:
             )
         if settings.max_body_bytes <= 0 or settings.publish_timeout_s <= 0:
             raise ConfigError("MAX_BODY_BYTES and PUBLISH_TIMEOUT_S must be positive")
+        if not 0 < settings.sse_ping_s <= 60:
+            raise ConfigError("SSE_PING_S must be more than 0 and at most 60 seconds")
         return settings
 
     def __repr__(self) -> str:

@@ -117,7 +117,7 @@ class JobStore:
             now = datetime.now(UTC)
             changes = jobstate.terminal(JobStatus.CANCELLED, now, "cancel", self._result_ttl_s)
             transaction.update(ref, changes)
-            return {**doc, **changes, "terminal_writes": int(doc.get("terminal_writes", 0)) + 1}
+            return jobstate.applied(doc, changes)
 
         try:
             outcome: dict[str, Any] | None = _cancel(self._client.transaction())

@@ -190,5 +190,7 @@ def new_job_document(
         "input": input,
         "metadata": metadata or {},
         "terminal_writes": 0,
+        # The first record of the event log (schemas/jobstate.py); event id 1.
+        "events": [{"status": JobStatus.QUEUED.value, "at": now}],
         "expire_at": now + timedelta(seconds=result_ttl_s),
     }

@@ -19,7 +19,16 @@ Firestore transaction or under an update-time precondition, so the rules hold wh
 Fields kept in the document beside the resource's own (never shown by the API): ``tenant``,
 ``attempt_token``, ``lease_expires_at``, ``terminal_writes``, ``finished_by``, ``last_error``,
 ``expire_at`` (Firestore TTL), ``dispatch_count`` (reconciler re-publishes), ``worker`` (the
-process that claimed the last attempt), ``batch_size`` (how many jobs shared its forward pass).
+process that claimed the last attempt), ``batch_size`` (how many jobs shared its forward pass),
+``events`` (the job's event log, below).
+
+Every status change appends one record to ``events`` in the same commit as the change (an
+``ArrayUnion``, so no writer needs to read the log first): ``{"status", "at"}`` plus ``attempts`` on
+a claim. Because every change is fenced, the records are in the order the changes happened, and a
+record's place in the array (1-based) is its event id: what ``GET /v1/jobs/ID/events`` sends as
+``id:`` and takes back in ``Last-Event-ID``. The log lives in the job's own document, so a replay
+needs no extra read and a listener's snapshot always carries every event, even when it coalesces
+several changes into one snapshot.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.cloud.firestore import Increment
+from google.cloud.firestore import ArrayUnion, Increment
 
 from schemas.jobs import TERMINAL_STATUSES, JobStatus
 
@@ -49,6 +58,25 @@ class Refused:
 
     reason: str
     busy_until: datetime | None = None
+
+
+def logged(status: JobStatus, now: datetime, **fields: Any) -> ArrayUnion:
+    """The transform that appends one status change to the job's event log."""
+    return ArrayUnion([{"status": status.value, "at": now, **fields}])
+
+
+def applied(doc: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The document as it reads once ``changes`` commit, their transforms resolved locally."""
+    out = dict(doc)
+    for field, value in changes.items():
+        if isinstance(value, Increment):
+            out[field] = (out.get(field) or 0) + value.value
+        elif isinstance(value, ArrayUnion):
+            present = list(out.get(field) or [])
+            out[field] = present + [item for item in value.values if item not in present]
+        else:
+            out[field] = value
+    return out
 
 
 def status_of(doc: dict[str, Any]) -> JobStatus | None:
@@ -86,6 +114,7 @@ def claim(
         "attempt_token": token,
         "lease_expires_at": now + timedelta(seconds=lease_s),
         "updated_at": now,
+        "events": logged(JobStatus.RUNNING, now, attempts=attempt),
     }
     if worker:
         changes["worker"] = worker  # which process runs it: for operators, and the tests
@@ -115,6 +144,7 @@ def terminal(
         "finished_at": now,
         "finished_by": by,
         "terminal_writes": Increment(1),
+        "events": logged(status, now),
         "lease_expires_at": None,
         # Kept RESULT_TTL after it finished, then Firestore's TTL policy deletes it.
         "expire_at": now + timedelta(seconds=result_ttl_s),
@@ -133,6 +163,7 @@ def released(
         "attempt_token": None,
         "lease_expires_at": None,
         "updated_at": now,
+        "events": logged(JobStatus.QUEUED, now),
     }
     if not started:
         changes["attempts"] = Increment(-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,3 +73,23 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 def python_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python process of the project."""
     return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Server-sent events framed by ``text/event-stream`` rules, from decoded lines.
+
+    Each message is ``{"id", "event", "data"}`` (``data`` parsed as JSON), or ``{"comment": ...}``
+    for a comment line such as ``: ping``."""
+    message: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if message:
+                if "data" in message:
+                    message["data"] = json.loads(message["data"])
+                yield message
+            message = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            field, _, value = line.partition(":")
+            message[field] = value[1:] if value.startswith(" ") else value

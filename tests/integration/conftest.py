@@ -83,9 +83,23 @@ def worker(emulators: Emulators, log_dir: Path, model_repository: Path) -> Itera
 @pytest.fixture(scope="session")
 def ingress(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
     """gunicorn serving ``ingress:create_app()`` from its config file, two tenants' keys set."""
-    port = free_port()
-    env = python_env(**emulators.env(), API_KEYS=API_KEYS, HOST="127.0.0.1", PORT=str(port))
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
-    service = _start("ingress", argv, env, "/health", port, log_dir, 60)
+    service = start_ingress(emulators, log_dir, "ingress")
     yield service
     stop_group(service.process, 30)
+
+
+SSE_PING_S = 1.0
+"""The test ingress pings quiet event streams every second, so the tests see pings quickly."""
+
+
+def start_ingress(emulators: Emulators, log_dir: Path, name: str) -> Service:
+    port = free_port()
+    env = python_env(
+        **emulators.env(),
+        API_KEYS=API_KEYS,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        SSE_PING_S=str(SSE_PING_S),
+    )
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
+    return _start(name, argv, env, "/health", port, log_dir, 60)

@@ -1,0 +1,174 @@
+"""Results as they happen: ``GET /v1/jobs/ID/events`` (server-sent events), and the wait that
+long polls (``?wait=N``) and ``Prefer: wait=N`` share.
+
+Both follow the job through the shared listener (``ingress/watch.py``), never by re-reading
+Firestore in a loop. Events come from the job's stored event log (``schemas/jobevents.py``), so the
+ids are the same on every ingress instance and after a restart: a client that lost its stream
+resumes anywhere with ``Last-Event-ID`` and gets exactly what it missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+from ingress.errors import BadRequest, NotFound, ServiceUnavailable
+from ingress.services import services
+from ingress.store import StoreUnavailable
+from ingress.watch import CLOSED, Feed, JobWatcher, WatcherClosed
+from schemas import JOB_ID_PATTERN
+from schemas.jobevents import job_events, latest_event
+from schemas.jobstate import is_terminal
+from schemas.jsonlog import bind_log_context
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
+
+MAX_WAIT_S = 60.0
+"""Longest ``?wait=`` or ``Prefer: wait=``, seconds (the contract's limit)."""
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Proxies (nginx, Cloud Run's front end with some setups) must pass each event on at once.
+    "X-Accel-Buffering": "no",
+}
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def checked_id(job_id: str) -> str:
+    """The id, bound to the request's log lines. An id that cannot exist answers exactly like one
+    that does not: 404, no store read."""
+    if not JOB_ID_PATTERN.match(job_id):
+        raise NotFound("no such job")
+    bind_log_context(job_id=job_id)
+    return job_id
+
+
+def owned_job(job_id: str) -> dict[str, Any]:
+    """The tenant's job document; 404 for an id that is malformed, unknown or another tenant's
+    (another tenant's job is indistinguishable from a missing one)."""
+    svc = services()
+    checked_id(job_id)
+    try:
+        doc = svc.store.get(job_id)
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(
+            "the job store is unavailable; try again", svc.settings.retry_after_s
+        ) from exc
+    if doc is None or doc.get("tenant") != g.tenant:
+        raise NotFound("no such job")
+    return doc
+
+
+def wait_param(raw: str | None) -> float | None:
+    """``?wait=N`` as seconds, None when absent; 400 unless 0 ≤ N ≤ 60."""
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_S:
+        raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}")
+    return seconds
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """``Prefer: wait=N`` (RFC 7240) as seconds, capped at 60; None when absent or unreadable.
+
+    A preference the server cannot honour is ignored, not refused (RFC 7240 §2)."""
+    match = _PREFER_WAIT.search(header or "")
+    return min(float(match.group(1)), MAX_WAIT_S) if match else None
+
+
+def wait_until_terminal(
+    watcher: JobWatcher, job_id: str, doc: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    """The job's document once it is terminal, or as it is when ``timeout_s`` runs out.
+
+    Answers the moment the listener shows a terminal state; shutdown ends the wait early."""
+    if is_terminal(doc) or timeout_s <= 0:
+        return doc
+    try:
+        feed = watcher.feed(job_id)
+    except WatcherClosed:
+        return doc
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            item = feed.get(min(left, 15.0))
+            if item is CLOSED:
+                break
+            if item is None:
+                watcher.revive(feed)
+                continue
+            assert isinstance(item, dict)
+            doc = item
+            if is_terminal(doc):
+                break
+    finally:
+        watcher.release(feed)
+    return doc
+
+
+def _last_event_id(raw: str | None) -> int:
+    if raw is None or raw.strip() == "":
+        return 0
+    if not raw.strip().isdigit():
+        raise BadRequest("Last-Event-ID must be an event id this stream sent (a whole number)")
+    return int(raw)
+
+
+@bp.get("/<job_id>/events")
+def stream_events(job_id: str) -> Response:
+    """The job's current state, then one event per change; closes after the terminal event."""
+    svc = services()
+    doc = owned_job(job_id)
+    after = _last_event_id(request.headers.get("Last-Event-ID"))
+    stream = _stream(svc.watcher, job_id, doc, after, svc.settings.sse_ping_s)
+    logger.info("event stream opened", extra={"last_event_id": after})
+    return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def _stream(
+    watcher: JobWatcher, job_id: str, doc: dict[str, Any], after: int, ping_s: float
+) -> Iterator[str]:
+    # Runs after the view returned, outside the request context: everything it needs is passed in.
+    # A client that went away is seen at the next write (an event or a ping): the generator is
+    # closed there and the finally below releases the listener.
+    first = [latest_event(job_id, doc)] if after == 0 else job_events(job_id, doc, after)
+    sent = after
+    for event in first:
+        yield event.to_sse()
+        sent = event.id
+        if event.terminal:
+            return
+    feed: Feed | None = None
+    try:
+        try:
+            feed = watcher.feed(job_id)
+        except WatcherClosed:
+            return
+        while True:
+            item = feed.get(ping_s)
+            if item is None:
+                yield ": ping\n\n"
+                watcher.revive(feed)
+                continue
+            if item is CLOSED:
+                return  # this instance is shutting down: the client resumes with Last-Event-ID
+            assert isinstance(item, dict)
+            for event in job_events(job_id, item, sent):
+                yield event.to_sse()
+                sent = event.id
+                if event.terminal:
+                    return
+    finally:
+        if feed is not None:
+            watcher.release(feed)
