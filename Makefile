@@ -14,12 +14,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The console's browser test runs Debian's chromium; install it when it is missing (as root, or
+# through sudo). Playwright never downloads a browser of its own here.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
 # exec: make's shell is replaced, so a signal to make's process group reaches the supervisor,
 # which forwards it once to every child it started.
 run: $(STAMP)
 	exec $(PY) -m emulators.localrun
 
-test: $(STAMP) lint
+test: $(STAMP) $(CHROMIUM) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)

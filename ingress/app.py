@@ -7,7 +7,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from ingress import events, health, jobs, tasks
+from ingress import console, events, health, jobs, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.errors import Unauthorized, register_error_handlers
 from ingress.idempotency import IdempotencyStore
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(console.bp)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
     return app
 
