@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from flask import Flask, Response, g, request
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if configure_logs:
         configure_logging(settings.log_level)
 
+    _cooperate_with_gevent()
     # Imported here, not at module level: building these opens gRPC channels, which must happen
     # in the process that serves (after gunicorn's fork), never at import.
     from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
@@ -70,6 +72,17 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(console.bp)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
     return app
+
+
+def _cooperate_with_gevent() -> None:
+    """Under gunicorn's gevent worker (measured against gthread in bench/sse_fanout.py), gRPC's
+    own threads must yield to the gevent hub, or the first blocking call hangs the worker. Does
+    nothing in the default gthread worker."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("socket"):
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
 
 
 def _start_request() -> None:
