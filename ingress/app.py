@@ -12,6 +12,7 @@ from ingress import console, events, health, jobs, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.errors import Unauthorized, register_error_handlers
 from ingress.idempotency import IdempotencyStore
+from ingress.listen import MultiListen
 from ingress.publisher import JobPublisher
 from ingress.services import EXTENSION, Services, services
 from ingress.settings import Settings
@@ -55,9 +56,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             publisher_client.topic_path(settings.project, settings.jobs_topic),
             settings.publish_timeout_s,
         ),
-        # Listeners get clients of their own (see ingress/watch.py), not the request path's.
         watcher=JobWatcher(
-            lambda: firestore.Client(project=settings.project), settings.jobs_collection
+            lambda deliver: MultiListen(firestore_client, settings.jobs_collection, deliver)
         ),
     )
 

@@ -1,19 +1,15 @@
 """Job documents watched through Firestore real-time listeners, shared by every reader in process.
 
-Open event streams and long polls all learn of a job's changes here. One listener per watched job
-(``on_snapshot`` on its document), however many streams follow that job: a listener costs two
-threads and a gRPC stream, so a second reader of the same job costs a queue, not a listener. The
-listener goes when the last reader leaves.
+Open event streams and long polls all learn of a job's changes here. One listen target per watched
+job, however many readers follow it, and many targets on one Listen stream (``ingress/listen.py``):
+a thousand open streams cost a few threads, not three thousand. The target goes when the last
+reader of its job leaves.
 
-    Firestore ──on_snapshot──▶ _Watch (one per job) ──put(doc)──▶ Feed (one per reader) ──▶ view
+    Firestore ──Listen stream (≤ TARGETS_PER_STREAM jobs)──▶ _Watch (per job) ──▶ Feed (per reader)
 
-Listener callbacks run on the listener's own thread: a slow or failing callback would stall or
-silently kill the stream, so the callback only hands the document to each reader's queue and
-catches everything. A listener that stopped (its RPC ended for good) is started again the next
-time a reader's wait times out (``revive``, called on every ping).
-
-Clients: listeners are spread over several Firestore clients, ``listeners_per_client`` each,
-because one client's gRPC connection carries about 100 concurrent streams in production.
+Documents arrive on the stream's reader thread: the callback only hands each one to its readers'
+queues and catches everything, so a slow or failing reader cannot stall the stream. A stream that
+stopped is opened again by its reader, or by ``revive`` on a reader's next ping.
 """
 
 from __future__ import annotations
@@ -22,14 +18,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-LISTENERS_PER_CLIENT = 100
-"""Job listeners one Firestore client carries before the watcher opens another client."""
+TARGETS_PER_STREAM = 500
+"""Jobs one Listen stream carries before the watcher opens another stream."""
 
 
 class WatcherClosed(RuntimeError):
@@ -64,55 +59,50 @@ class Feed:
 @dataclass(eq=False)
 class _Watch:
     job_id: str
-    client_index: int
+    stream: Any
     feeds: set[Feed] = field(default_factory=set)
     last: dict[str, Any] | None = None
-    listener: Any = None
 
 
 class JobWatcher:
-    """Hands out ``Feed``s of job documents, one shared listener per job."""
+    """Hands out ``Feed``s of job documents, one listen target per job.
+
+    ``open_stream(on_document)`` opens a multiplexed listen stream (``MultiListen`` in production;
+    a fake in unit tests)."""
 
     def __init__(
         self,
-        make_client: Callable[[], Any],
-        collection: str,
-        listeners_per_client: int = LISTENERS_PER_CLIENT,
+        open_stream: Callable[[Callable[[str, dict[str, Any]], None]], Any],
+        targets_per_stream: int = TARGETS_PER_STREAM,
     ):
-        self._make_client = make_client
-        self._collection = collection
-        self._per_client = listeners_per_client
-        # Guards _watches, _clients, _load and _closed. Never held while a listener is opened
-        # or closed elsewhere than in feed()/revive(), never taken by a listener callback for
-        # longer than a dict lookup.
+        self._open_stream = open_stream
+        self._per_stream = targets_per_stream
+        # Guards _watches, _streams and _closed; held only for dict and set updates (stream
+        # add/remove only queue a request), never while a reader's queue is fed.
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
-        self._clients: list[Any] = []
-        self._load: list[int] = []
+        self._streams: list[Any] = []
         self._closed = False
-        # Closing a listener joins its threads: done here, so a finished response returns at once.
-        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-unwatch")
 
     def feed(self, job_id: str) -> Feed:
         """Start following a job. The feed's first document is the job as it is now (or as the
-        shared listener last saw it); release it with ``release``."""
+        stream last delivered it); release it with ``release``."""
         feed = Feed(job_id)
         with self._lock:
             if self._closed:
                 raise WatcherClosed("the ingress is shutting down")
             watch = self._watches.get(job_id)
             if watch is None:
-                watch = _Watch(job_id, self._pick_client())
-                watch.listener = self._listen(watch)
+                watch = _Watch(job_id, self._pick_stream())
                 self._watches[job_id] = watch
+                watch.stream.add(job_id)
             watch.feeds.add(feed)
             if watch.last is not None:
                 feed.put(watch.last)
         return feed
 
     def release(self, feed: Feed) -> None:
-        """Stop following; the job's listener goes with its last reader."""
-        listener = None
+        """Stop following; the job's listen target goes with its last reader."""
         with self._lock:
             watch = self._watches.get(feed.job_id)
             if watch is None or feed not in watch.feeds:
@@ -120,79 +110,55 @@ class JobWatcher:
             watch.feeds.discard(feed)
             if not watch.feeds:
                 del self._watches[feed.job_id]
-                self._load[watch.client_index] -= 1
-                listener = watch.listener
-        if listener is not None:
-            self._unsubscribe(listener)
+                watch.stream.remove(feed.job_id)
 
     def revive(self, feed: Feed) -> bool:
-        """Start the job's listener again if it stopped; whether it had to."""
+        """Open the job's stream again if it stopped; whether it had to."""
         with self._lock:
             watch = self._watches.get(feed.job_id)
-            if watch is None or self._closed or watch.listener.is_active:
-                return False
-            logger.warning("job listener stopped; listening again", extra={"job_id": feed.job_id})
-            old, watch.listener = watch.listener, self._listen(watch)
-        self._unsubscribe(old)
-        return True
+            stream = None if watch is None or self._closed else watch.stream
+        return stream is not None and bool(stream.revive())
 
     def close(self) -> None:
-        """End every reader (each gets ``CLOSED``) and every listener; refuse new readers."""
+        """End every reader (each gets ``CLOSED``) and every stream; refuse new readers."""
         with self._lock:
             self._closed = True
             watches = list(self._watches.values())
             self._watches.clear()
+            streams, self._streams = self._streams, []
         for watch in watches:
             for feed in watch.feeds:
                 feed.put(CLOSED)
-            self._unsubscribe(watch.listener)
-        self._closer.shutdown(wait=False)
+        for stream in streams:
+            stream.close()
 
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {
                 "watched_jobs": len(self._watches),
                 "readers": sum(len(w.feeds) for w in self._watches.values()),
-                "firestore_clients": len(self._clients),
+                "listen_streams": len(self._streams),
             }
 
-    def _pick_client(self) -> int:
-        # Called with the lock held. Fill the least-loaded client; open another when all are full.
-        if self._load:
-            index = min(range(len(self._load)), key=self._load.__getitem__)
-            if self._load[index] < self._per_client:
-                self._load[index] += 1
-                return index
-        self._clients.append(self._make_client())
-        self._load.append(1)
-        return len(self._clients) - 1
+    def _pick_stream(self) -> Any:
+        # Called with the lock held. Fill the least-loaded stream; open another when all are full.
+        if self._streams:
+            stream = min(self._streams, key=len)
+            if len(stream) < self._per_stream:
+                return stream
+        self._streams.append(self._open_stream(self._deliver))
+        return self._streams[-1]
 
-    def _listen(self, watch: _Watch) -> Any:
-        ref = self._clients[watch.client_index].collection(self._collection).document(watch.job_id)
-
-        def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
-            try:
-                docs = [s.to_dict() for s in snapshots if s.exists]
-                if not docs:
-                    return  # not written yet, or deleted by the TTL policy: nothing to tell
-                with self._lock:
-                    watch.last = docs[-1]
-                    feeds = list(watch.feeds)
-                for feed in feeds:
-                    feed.put(docs[-1])
-            except Exception:  # noqa: BLE001 - an exception here would kill the listener silently
-                logger.exception("job listener callback failed", extra={"job_id": watch.job_id})
-
-        return ref.on_snapshot(on_snapshot)
-
-    def _unsubscribe(self, listener: Any) -> None:
-        def close() -> None:
-            try:
-                listener.unsubscribe()
-            except Exception:  # noqa: BLE001 - a listener that fails to close is gone anyway
-                logger.debug("closing a job listener failed", exc_info=True)
-
+    def _deliver(self, job_id: str, doc: dict[str, Any]) -> None:
+        """A job's document as the stream received it: to each of its readers."""
         try:
-            self._closer.submit(close)
-        except RuntimeError:  # the closer is shut down: close here
-            close()
+            with self._lock:
+                watch = self._watches.get(job_id)
+                if watch is None:
+                    return
+                watch.last = doc
+                feeds = list(watch.feeds)
+            for feed in feeds:
+                feed.put(doc)
+        except Exception:  # noqa: BLE001 - an exception here would end the stream's reader
+            logger.exception("delivering a job change failed", extra={"job_id": job_id})

@@ -1,11 +1,12 @@
-"""The ingress's job watcher: one listener per job, shared by its readers, gone with the last.
+"""The ingress's job watcher: one listen target per job, shared by its readers, gone with the last.
 
-Firestore is faked here (a unit test of the fan-out only); tests/integration/test_events.py runs
-the same watcher on the real emulator's listeners.
+The listen stream is faked here (a unit test of the fan-out only); tests/integration/test_events.py
+runs the same watcher on the real emulator's Listen streams.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,110 +15,95 @@ from ingress.events import prefer_wait
 from ingress.watch import CLOSED, JobWatcher, WatcherClosed
 
 
-class FakeListener:
-    def __init__(self, callback: Any):
-        self.callback = callback
-        self.is_active = True
-        self.unsubscribed = False
+class FakeStream:
+    def __init__(self, deliver: Callable[[str, dict[str, Any]], None]):
+        self.deliver = deliver
+        self.targets: set[str] = set()
+        self.active = True
+        self.revived = 0
+        self.closed = False
 
-    def unsubscribe(self) -> None:
-        self.unsubscribed = True
+    def __len__(self) -> int:
+        return len(self.targets)
 
+    def add(self, job_id: str) -> None:
+        self.targets.add(job_id)
 
-class FakeSnapshot:
-    def __init__(self, doc: dict[str, Any] | None):
-        self._doc = doc
-        self.exists = doc is not None
+    def remove(self, job_id: str) -> None:
+        self.targets.discard(job_id)
 
-    def to_dict(self) -> dict[str, Any] | None:
-        return self._doc
+    def revive(self) -> bool:
+        if self.active:
+            return False
+        self.active, self.revived = True, self.revived + 1
+        return True
 
-
-class FakeClient:
-    def __init__(self) -> None:
-        self.listeners: dict[str, list[FakeListener]] = {}
-
-    def collection(self, _name: str) -> FakeClient:
-        return self
-
-    def document(self, job_id: str) -> Any:
-        client = self
-
-        class Ref:
-            def on_snapshot(self, callback: Any) -> FakeListener:
-                listener = FakeListener(callback)
-                client.listeners.setdefault(job_id, []).append(listener)
-                return listener
-
-        return Ref()
-
-    def push(self, job_id: str, doc: dict[str, Any] | None) -> None:
-        self.listeners[job_id][-1].callback([FakeSnapshot(doc)], [], None)
+    def close(self) -> None:
+        self.closed = True
 
 
-def watcher(per_client: int = 100) -> tuple[JobWatcher, list[FakeClient]]:
-    clients: list[FakeClient] = []
+def watcher(per_stream: int = 100) -> tuple[JobWatcher, list[FakeStream]]:
+    streams: list[FakeStream] = []
 
-    def make() -> FakeClient:
-        clients.append(FakeClient())
-        return clients[-1]
+    def open_stream(deliver: Callable[[str, dict[str, Any]], None]) -> FakeStream:
+        streams.append(FakeStream(deliver))
+        return streams[-1]
 
-    return JobWatcher(make, "jobs", per_client), clients
+    return JobWatcher(open_stream, per_stream), streams
 
 
-def test_readers_of_one_job_share_one_listener_and_each_get_every_change() -> None:
-    hub, clients = watcher()
+def test_readers_of_one_job_share_one_target_and_each_get_every_change() -> None:
+    hub, streams = watcher()
     first, second = hub.feed("j"), hub.feed("j")
-    assert len(clients[0].listeners["j"]) == 1
-    clients[0].push("j", {"status": "running"})
+    assert streams[0].targets == {"j"}
+    streams[0].deliver("j", {"status": "running"})
     assert first.get(1) == second.get(1) == {"status": "running"}
     third = hub.feed("j")  # a late reader starts from the last document seen
     assert third.get(1) == {"status": "running"}
 
 
-def test_the_listener_goes_with_the_last_reader() -> None:
-    hub, clients = watcher()
+def test_the_target_goes_with_the_last_reader() -> None:
+    hub, streams = watcher()
     first, second = hub.feed("j"), hub.feed("j")
     hub.release(first)
-    listener = clients[0].listeners["j"][0]
-    assert not listener.unsubscribed
+    assert streams[0].targets == {"j"}
     hub.release(second)
-    hub._closer.shutdown(wait=True)  # listeners close on the watcher's own thread
-    assert listener.unsubscribed
-    assert hub.stats() == {"watched_jobs": 0, "readers": 0, "firestore_clients": 1}
+    assert streams[0].targets == set()
+    assert hub.stats() == {"watched_jobs": 0, "readers": 0, "listen_streams": 1}
 
 
-def test_a_missing_document_and_a_failing_callback_do_not_reach_readers() -> None:
-    hub, clients = watcher()
+def test_changes_of_unwatched_jobs_and_failing_deliveries_reach_no_reader() -> None:
+    hub, streams = watcher()
     feed = hub.feed("j")
-    clients[0].push("j", None)
+    streams[0].deliver("other", {"status": "running"})
     assert feed.get(0.05) is None
-    clients[0].listeners["j"][0].callback(["not a snapshot"], [], None)  # logged, not raised
-    assert feed.get(0.05) is None
+    hub._watches["j"].feeds.add("not a feed")  # type: ignore[arg-type]
+    streams[0].deliver("j", {"status": "running"})  # logged, not raised into the stream
 
 
-def test_a_stopped_listener_is_revived() -> None:
-    hub, clients = watcher()
+def test_a_stopped_stream_is_revived() -> None:
+    hub, streams = watcher()
     feed = hub.feed("j")
     assert not hub.revive(feed)
-    clients[0].listeners["j"][0].is_active = False
+    streams[0].active = False
     assert hub.revive(feed)
-    assert len(clients[0].listeners["j"]) == 2
+    assert streams[0].revived == 1
 
 
-def test_listeners_spread_over_clients() -> None:
-    hub, clients = watcher(per_client=2)
+def test_jobs_spread_over_streams() -> None:
+    hub, streams = watcher(per_stream=2)
     for job in "abcde":
         hub.feed(job)
-    assert len(clients) == 3
+    assert [len(s) for s in streams] == [2, 2, 1]
     assert hub.stats()["watched_jobs"] == 5
 
 
-def test_close_ends_every_reader_and_refuses_new_ones() -> None:
-    hub, _ = watcher()
+def test_close_ends_every_reader_and_stream_and_refuses_new_readers() -> None:
+    hub, streams = watcher()
     feed = hub.feed("j")
     hub.close()
     assert feed.get(1) is CLOSED
+    assert streams[0].closed
     with pytest.raises(WatcherClosed):
         hub.feed("k")
 
