@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m bench.e2e_latency
 	$(PY) -m bench.throughput
 	$(PY) -m bench.peer_celery
+	$(PY) -m bench.sse_fanout
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -21,7 +21,7 @@ import requests
 
 from emulators.localrun import ROOT
 from emulators.process import free_port, stop_group, wait_until_answers
-from tests.chaos.conftest import HEADERS, ChaosStack, embed
+from tests.chaos.conftest import HEADERS, ChaosStack, Proc, embed
 from tests.support import sse_messages
 
 pytestmark = [
@@ -30,13 +30,23 @@ pytestmark = [
 ]
 
 
-def test_sigterm_lets_a_request_in_flight_finish(clean: ChaosStack) -> None:
-    stack = clean
+def spawn_ingress(stack: ChaosStack, name: str) -> Proc:
+    """A gunicorn ingress of this test's own (the module's is left alone), answering /health."""
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
-    ingress = stack.spawn("ingress-2", argv, stack.env(HOST="127.0.0.1", PORT=str(port)), port)
+    ingress = stack.spawn(name, argv, stack.env(HOST="127.0.0.1", PORT=str(port)), port)
     try:
         wait_until_answers(ingress.url + "/health", ingress.process, 60, "ingress")
+    except BaseException:
+        stop_group(ingress.process, 10)
+        raise
+    return ingress
+
+
+def test_sigterm_lets_a_request_in_flight_finish(clean: ChaosStack) -> None:
+    stack = clean
+    ingress = spawn_ingress(stack, "ingress-2")
+    try:
         answer: dict[str, Any] = {}
 
         def submit() -> None:
@@ -71,12 +81,8 @@ GRACEFUL_TIMEOUT_S = 20
 def test_sigterm_ends_open_event_streams_and_exits_well_within_the_grace(
     clean: ChaosStack,
 ) -> None:
-    stack = clean
-    port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
-    ingress = stack.spawn("ingress-3", argv, stack.env(HOST="127.0.0.1", PORT=str(port)), port)
+    ingress = spawn_ingress(clean, "ingress-3")
     try:
-        wait_until_answers(ingress.url + "/health", ingress.process, 60, "ingress")
         # No worker runs in this module: the job stays queued and its stream stays open.
         job = requests.post(
             ingress.url + "/v1/jobs", json=embed("streamed"), headers=HEADERS, timeout=30

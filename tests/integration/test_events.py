@@ -177,6 +177,16 @@ def test_a_failed_jobs_stream_ends_with_failed(
     assert [int(e["id"]) for e in events] == sorted(int(e["id"]) for e in events)
 
 
+def test_a_cancelled_jobs_stream_ends_with_cancelled(ingress: Service, stream_factory: Any) -> None:
+    job = DrivenJob()
+    stream = stream_factory(ingress, job.id)
+    assert brief(stream.next_event()) == (1, "queued", "queued")
+    cancel = requests.post(f"{ingress.url}/v1/jobs/{job.id}/cancel", headers=A, timeout=TIMEOUT)
+    assert cancel.status_code == 200
+    assert brief(stream.next_event()) == (2, "cancelled", "cancelled")
+    assert [m for m in stream.rest() if "comment" not in m] == []
+
+
 def test_a_stream_opened_on_a_finished_job_carries_only_its_terminal_event(
     ingress: Service, stream_factory: Any
 ) -> None:
