@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError
@@ -25,8 +26,9 @@ from schemas import (
     ProblemItem,
     UnknownTaskError,
     get_task,
+    jobstate,
 )
-from schemas.jobs import TERMINAL_STATUSES, new_job_document, new_job_id
+from schemas.jobs import new_job_document, new_job_id
 from schemas.jsonlog import bind_log_context
 
 logger = logging.getLogger(__name__)
@@ -106,14 +108,21 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         _release(svc, reservation)
         raise _unavailable("job queue", svc) from exc
     logger.info("job queued")
-    headers = {"Location": f"/v1/jobs/{job_id}"}
+    return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
+
+
+def _accepted(
+    svc: Services, job_id: str, doc: dict[str, Any], headers: dict[str, str]
+) -> tuple[Response, int, dict[str, str]]:
+    """202 with the job; with ``Prefer: wait=N``, held until the job ends (then 200) or N runs
+    out (still 202). A replayed idempotent request waits the same way as the first one did."""
     wait_s = prefer_wait(request.headers.get("Prefer"))
+    status = 202
     if wait_s is not None:
-        # Prefer: wait=N: hold the answer until the job ends (200) or N runs out (202).
         doc = wait_until_terminal(svc.watcher, job_id, doc, wait_s)
         headers["Preference-Applied"] = f"wait={wait_s:g}"
-    job = Job.from_document(job_id, doc)
-    return jsonify(job.to_json_dict()), 200 if job.status in TERMINAL_STATUSES else 202, headers
+        status = 200 if jobstate.is_terminal(doc) else 202
+    return jsonify(Job.from_document(job_id, doc).to_json_dict()), status, headers
 
 
 def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dict[str, str]] | None:
@@ -127,9 +136,9 @@ def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dic
     if doc is None or doc.get("tenant") != tenant:
         return None
     logger.info("idempotent replay")
-    job = Job.from_document(job_id, doc)
-    headers = {"Location": job.links.self, "Idempotent-Replayed": "true"}
-    return jsonify(job.to_json_dict()), 202, headers
+    return _accepted(
+        svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"}
+    )
 
 
 def _release(svc: Services, reservation: Reservation | None) -> None:

@@ -61,8 +61,9 @@ class MultiListen:
 
     @property
     def is_active(self) -> bool:
+        """False when documents are watched but no reader thread is receiving them."""
         reader = self._reader
-        return self._closed or reader is None or reader.is_alive()
+        return self._closed or not self._ids or (reader is not None and reader.is_alive())
 
     def add(self, doc_id: str) -> None:
         """Start receiving this document (its current state first)."""
@@ -73,7 +74,7 @@ class MultiListen:
             self._targets[target_id] = doc_id
             self._ids[doc_id] = target_id
             if self._rpc is None:
-                self._open()
+                self._try_open()
             else:
                 self._send(self._add_request(target_id, doc_id))
 
@@ -92,7 +93,7 @@ class MultiListen:
             if self.is_active or not self._ids:
                 return False
             logger.warning("job listen stream stopped; opening it again")
-            self._open()
+            self._try_open()
             return True
 
     def close(self) -> None:
@@ -124,6 +125,12 @@ class MultiListen:
             self._rpc.send(request)
         except Exception:  # noqa: BLE001 - the stream is ending; the reader reopens it with all
             logger.debug("listen request not sent; the stream will reopen", exc_info=True)
+
+    def _try_open(self) -> None:
+        try:
+            self._open()
+        except Exception:  # noqa: BLE001 - revive() tries again on a reader's next ping
+            logger.exception("could not open the job listen stream")
 
     def _open(self) -> None:
         from google.api_core.bidi import BidiRpc
@@ -157,10 +164,7 @@ class MultiListen:
             time.sleep(REOPEN_PAUSE_S)
             with self._lock:
                 if not self._closed and self._rpc is None and self._ids:
-                    try:
-                        self._open()
-                    except Exception:  # noqa: BLE001 - revive() tries again on the next ping
-                        logger.exception("could not reopen the job listen stream")
+                    self._try_open()
 
     def _handle(self, response: Any) -> None:
         if "document_change" not in response:

@@ -323,3 +323,19 @@ def test_prefer_wait_answers_202_when_the_job_is_not_done_in_time(
     # The job was not lost by answering early: it finishes once the worker runs again.
     url = f"{ingress.url}{response.headers['Location']}?wait=60"
     assert requests.get(url, headers=A, timeout=90).json()["status"] == "succeeded"
+
+
+def test_an_idempotent_replay_waits_as_the_first_request_did(
+    ingress: Service, worker: Service
+) -> None:
+    body = {"task": "embed", "input": {"texts": ["replayed and waited for"]}}
+    headers = {**A, "Prefer": "wait=30", "Idempotency-Key": f"replay-{new_job_id()}"}
+    url = f"{ingress.url}/v1/jobs"
+    first = requests.post(url, json=body, headers=headers, timeout=60)
+    again = requests.post(url, json=body, headers=headers, timeout=60)
+    plain = requests.post(url, json=body, headers={**headers, "Prefer": ""}, timeout=60)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json() and again.json()["status"] == "succeeded"
+    # Without the preference, a replay answers 202 with the job as it is, as before.
+    assert plain.status_code == 202 and plain.json()["id"] == first.json()["id"]
