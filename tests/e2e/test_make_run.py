@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -122,12 +123,25 @@ def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> No
 
 
 def free_port_pair() -> int:
-    """A port p such that p and p + 1 are both free now."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65535 and not listening(port + 1):
+    """A port p such that p and p + 1 can both be bound now.
+
+    Taken below the kernel's ephemeral range (32768 and up here): a port from that range can be
+    taken as the local end of any outgoing connection between this check and the worker's bind,
+    which once made ``make run`` exit with "WORKER_HTTP_PORT+1 is in use"."""
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
+        if bindable(port) and bindable(port + 1):
             return port
     raise AssertionError("no two adjacent free ports")
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def listening(port: int) -> bool:
