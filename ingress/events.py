@@ -22,7 +22,7 @@ from ingress.services import services
 from ingress.store import StoreUnavailable
 from ingress.watch import CLOSED, Feed, JobWatcher, WatcherClosed
 from schemas import JOB_ID_PATTERN
-from schemas.jobevents import job_events, latest_event
+from schemas.jobevents import JobEvent, event_count, job_events, latest_event
 from schemas.jobstate import is_terminal
 from schemas.jsonlog import bind_log_context
 
@@ -38,6 +38,7 @@ SSE_HEADERS = {
     # Proxies (nginx, Cloud Run's front end with some setups) must pass each event on at once.
     "X-Accel-Buffering": "no",
 }
+_DIGITS = re.compile(r"[0-9]+")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
 
@@ -117,34 +118,42 @@ def wait_until_terminal(
     return doc
 
 
-def _last_event_id(raw: str | None) -> int:
+def _last_event_id(raw: str | None) -> int | None:
+    """The id the client last saw; None when it sent none (then it gets the current state)."""
     if raw is None or raw.strip() == "":
-        return 0
-    if not raw.strip().isdigit():
+        return None
+    if not _DIGITS.fullmatch(raw.strip()):
         raise BadRequest("Last-Event-ID must be an event id this stream sent (a whole number)")
-    return int(raw)
+    return int(raw.strip())
 
 
 @bp.get("/<job_id>/events")
 def stream_events(job_id: str) -> Response:
-    """The job's current state, then one event per change; closes after the terminal event."""
+    """The job's current state, then one event per change; closes after the terminal event.
+
+    With ``Last-Event-ID: N``, the events after N instead of the current state (0: all of them).
+    A client that already has the terminal event gets 204, which tells ``EventSource`` to stop
+    reconnecting."""
     svc = services()
     doc = owned_job(job_id)
     after = _last_event_id(request.headers.get("Last-Event-ID"))
+    if after is not None:
+        after = min(after, event_count(doc))  # no client can have seen an id beyond the log
+        if is_terminal(doc) and after == event_count(doc):
+            return Response(status=204)
     stream = _stream(svc.watcher, job_id, doc, after, svc.settings.sse_ping_s)
     logger.info("event stream opened", extra={"last_event_id": after})
     return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
 def _stream(
-    watcher: JobWatcher, job_id: str, doc: dict[str, Any], after: int, ping_s: float
+    watcher: JobWatcher, job_id: str, doc: dict[str, Any], after: int | None, ping_s: float
 ) -> Iterator[str]:
     # Runs after the view returned, outside the request context: everything it needs is passed in.
     # A client that went away is seen at the next write (an event or a ping): the generator is
     # closed there and the finally below releases the listener.
-    first = [latest_event(job_id, doc)] if after == 0 else job_events(job_id, doc, after)
-    sent = after
-    for event in first:
+    sent = 0 if after is None else after
+    for event in _new_events(job_id, doc, after):
         yield event.to_sse()
         sent = event.id
         if event.terminal:
@@ -155,20 +164,37 @@ def _stream(
             feed = watcher.feed(job_id)
         except WatcherClosed:
             return
+        # Pings go out every ping_s of silence on the wire, however many documents arrive that
+        # carry no event (a lease renewal writes the job every few seconds while it runs).
+        last_write = time.monotonic()
         while True:
-            item = feed.get(ping_s)
-            if item is None:
-                yield ": ping\n\n"
-                watcher.revive(feed)
-                continue
+            item = feed.get(ping_s - (time.monotonic() - last_write))
             if item is CLOSED:
                 return  # this instance is shutting down: the client resumes with Last-Event-ID
-            assert isinstance(item, dict)
-            for event in job_events(job_id, item, sent):
-                yield event.to_sse()
-                sent = event.id
-                if event.terminal:
-                    return
+            if isinstance(item, dict):
+                for event in _new_events(job_id, item, sent):
+                    yield event.to_sse()
+                    last_write = time.monotonic()
+                    sent = event.id
+                    if event.terminal:
+                        return
+            if time.monotonic() - last_write >= ping_s:
+                yield ": ping\n\n"
+                last_write = time.monotonic()
+                watcher.revive(feed)
     finally:
         if feed is not None:
             watcher.release(feed)
+
+
+def _new_events(job_id: str, doc: dict[str, Any], after: int | None) -> list[JobEvent]:
+    """What a stream that has sent up to ``after`` (None: nothing yet) sends for ``doc``: the
+    current state first, else the events after ``after``. A terminal job always yields its
+    terminal event, even when its log has no record of it (written by a writer that keeps no
+    log), so that no stream waits forever on a finished job."""
+    if after is None:
+        return [latest_event(job_id, doc)]
+    events = job_events(job_id, doc, after)
+    if is_terminal(doc) and not any(e.terminal for e in events):
+        events.append(latest_event(job_id, doc))
+    return events

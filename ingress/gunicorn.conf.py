@@ -72,6 +72,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     itself: without this, each shutdown would hold until ``graceful_timeout`` and then cut the
     streams mid-event. Ended here, each client resumes elsewhere with ``Last-Event-ID``.
     """
+    import queue
     import signal
     import threading
 
@@ -79,11 +80,20 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
     watcher = worker.wsgi.extensions[EXTENSION].watcher
     previous = signal.getsignal(signal.SIGTERM)
+    stop: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    def close_streams() -> None:
+        stop.get()
+        watcher.close()
+
+    # Started now, not from the handler: a signal handler should only do what cannot fail or block.
+    threading.Thread(target=close_streams, name="omni-close-streams", daemon=True).start()
 
     def on_term(signum, frame):  # type: ignore[no-untyped-def]
-        # In a signal handler: closing takes the watcher's lock, so it runs on a thread of its own.
-        threading.Thread(target=watcher.close, name="omni-close-streams", daemon=True).start()
-        if callable(previous):
-            previous(signum, frame)
+        try:
+            if callable(previous):
+                previous(signum, frame)  # gunicorn's own graceful stop comes first
+        finally:
+            stop.put(None)  # SimpleQueue.put is safe in a signal handler
 
     signal.signal(signal.SIGTERM, on_term)

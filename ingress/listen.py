@@ -127,6 +127,9 @@ class MultiListen:
             logger.debug("listen request not sent; the stream will reopen", exc_info=True)
 
     def _try_open(self) -> None:
+        old, self._rpc = self._rpc, None
+        if old is not None:
+            old.close()
         try:
             self._open()
         except Exception:  # noqa: BLE001 - revive() tries again on a reader's next ping
@@ -142,15 +145,43 @@ class MultiListen:
             metadata=self._client._rpc_metadata,
         )
         rpc.open()
-        for request in requests[1:]:
-            rpc.send(request)
-        self._rpc = rpc
-        self._reader = threading.Thread(
-            target=self._read, args=(rpc,), name="omni-listen", daemon=True
-        )
-        self._reader.start()
+        try:
+            for request in requests[1:]:
+                rpc.send(request)
+            self._rpc = rpc
+            reader = threading.Thread(
+                target=self._read, args=(rpc,), name="omni-listen", daemon=True
+            )
+            reader.start()
+        except BaseException:
+            self._rpc = None
+            rpc.close()
+            raise
+        self._reader = reader
 
     # -- the reader thread -----------------------------------------------------------------------
+    def _on_target_change(self, change: Any) -> None:
+        """The server dropped targets (it says why in ``cause``): add each one still watched
+        again, under a new id, so its readers are not left waiting on a target that is gone."""
+        from google.cloud.firestore_v1.types import TargetChange
+
+        if change.target_change_type != TargetChange.TargetChangeType.REMOVE:
+            return
+        with self._lock:
+            for target_id in change.target_ids:
+                doc_id = self._targets.pop(target_id, None)
+                if doc_id is None or self._rpc is None:
+                    continue
+                logger.warning(
+                    "listen target removed by the server (%s); adding it again",
+                    change.cause.message or "no cause given",
+                    extra={"job_id": doc_id},
+                )
+                new_id = self._new_id()
+                self._targets[new_id] = doc_id
+                self._ids[doc_id] = new_id
+                self._send(self._add_request(new_id, doc_id))
+
     def _read(self, rpc: Any) -> None:
         try:
             while True:
@@ -167,8 +198,11 @@ class MultiListen:
                     self._try_open()
 
     def _handle(self, response: Any) -> None:
+        if "target_change" in response:
+            self._on_target_change(response.target_change)
+            return
         if "document_change" not in response:
-            return  # target changes, deletes (the TTL policy), filters: nothing to tell readers
+            return  # deletes (the TTL policy), filters: nothing to tell readers
         document = response.document_change.document
         if not document.name.startswith(self._prefix):
             return

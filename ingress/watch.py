@@ -146,15 +146,20 @@ class JobWatcher:
             stream = min(self._streams, key=len)
             if len(stream) < self._per_stream:
                 return stream
-        self._streams.append(self._open_stream(self._deliver))
-        return self._streams[-1]
+        opened: list[Any] = []
+        stream = self._open_stream(lambda job_id, doc: self._deliver(job_id, doc, opened[0]))
+        opened.append(stream)
+        self._streams.append(stream)
+        return stream
 
-    def _deliver(self, job_id: str, doc: dict[str, Any]) -> None:
-        """A job's document as the stream received it: to each of its readers."""
+    def _deliver(self, job_id: str, doc: dict[str, Any], source: Any) -> None:
+        """A job's document as ``source`` received it: to each of its readers. A document from
+        another stream than the job's own (it was released and followed again meanwhile) may be
+        older than what the readers have: dropped."""
         try:
             with self._lock:
                 watch = self._watches.get(job_id)
-                if watch is None:
+                if watch is None or watch.stream is not source:
                     return
                 watch.last = doc
                 feeds = list(watch.feeds)

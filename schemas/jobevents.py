@@ -76,6 +76,11 @@ def job_events(job_id: str, doc: dict[str, Any], after: int = 0) -> list[JobEven
     return events
 
 
+def event_count(doc: dict[str, Any]) -> int:
+    """How many events the job has had: the id of its latest."""
+    return len(_records(doc))
+
+
 def latest_event(job_id: str, doc: dict[str, Any]) -> JobEvent:
     """The job's last event: its current state, with the id a client resumes from."""
     return job_events(job_id, doc, after=len(_records(doc)) - 1)[0]

@@ -61,8 +61,11 @@ class Refused:
 
 
 def logged(status: JobStatus, now: datetime, **fields: Any) -> ArrayUnion:
-    """The transform that appends one status change to the job's event log."""
-    return ArrayUnion([{"status": status.value, "at": now, **fields}])
+    """The transform that appends one status change to the job's event log.
+
+    ``ArrayUnion`` skips an element equal to one already present, and two records may share a
+    status and a microsecond (clocks differ between hosts): a random ``n`` keeps each distinct."""
+    return ArrayUnion([{"status": status.value, "at": now, "n": secrets.token_hex(4), **fields}])
 
 
 def applied(doc: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

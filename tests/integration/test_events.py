@@ -210,6 +210,30 @@ def test_resuming_with_last_event_id_gets_only_the_later_events(
     assert [brief(m) for m in elsewhere] == [(3, "succeeded", "succeeded")]
 
 
+def test_a_client_that_has_the_terminal_event_gets_204_and_stops(
+    ingress: Service, stream_factory: Any
+) -> None:
+    job = DrivenJob()
+    job.run()
+    job.succeed()
+    url = f"{ingress.url}/v1/jobs/{job.id}/events"
+    # EventSource reconnects after the server closes a stream, sending the last id it saw: 204
+    # tells it to stop. An id beyond the log counts as the last one.
+    for seen in ("3", "99"):
+        response = requests.get(url, headers={**A, "Last-Event-ID": seen}, timeout=TIMEOUT)
+        assert response.status_code == 204 and response.content == b""
+
+
+def test_an_id_beyond_the_log_resumes_from_the_latest_event(
+    ingress: Service, stream_factory: Any
+) -> None:
+    job = DrivenJob()
+    job.run()
+    stream = stream_factory(ingress, job.id, **{"Last-Event-ID": "99"})
+    job.succeed()
+    assert brief(stream.next_event()) == (3, "succeeded", "succeeded")
+
+
 def test_a_resumed_stream_goes_on_live_on_another_instance(
     ingress: Service, second_ingress: Service, stream_factory: Any
 ) -> None:
@@ -238,6 +262,34 @@ def test_pings_arrive_while_nothing_changes(ingress: Service, stream_factory: An
     assert time.monotonic() - started >= 2 * SSE_PING_S
 
 
+def test_pings_keep_coming_while_the_job_is_written_without_a_new_event(
+    ingress: Service, stream_factory: Any
+) -> None:
+    job = DrivenJob()
+    job.run()
+    stream = stream_factory(ingress, job.id)
+    assert brief(stream.next_event()) == (2, "running", "running")
+    stop = threading.Event()
+
+    def renew_lease() -> None:  # what a worker does every few seconds while a job runs
+        while not stop.wait(0.3):
+            job.ref.update({"lease_expires_at": datetime.now(UTC)}, timeout=TIMEOUT)
+
+    renewer = threading.Thread(target=renew_lease)
+    renewer.start()
+    try:
+        started = time.monotonic()
+        for pings, message in enumerate(stream._messages, start=1):
+            assert message == {"comment": "ping"}, message
+            if pings == 3:
+                break
+    finally:
+        stop.set()
+        renewer.join(TIMEOUT)
+    # Writes every 0.3 s did not hold the pings back beyond their interval.
+    assert time.monotonic() - started < 3 * SSE_PING_S + 2
+
+
 def test_the_stream_needs_a_key_and_hides_other_tenants_jobs(
     ingress: Service, stream_factory: Any
 ) -> None:
@@ -248,8 +300,9 @@ def test_the_stream_needs_a_key_and_hides_other_tenants_jobs(
     unknown = requests.get(f"{ingress.url}/v1/jobs/{new_job_id()}/events", headers=A, timeout=5)
     assert other.status_code == unknown.status_code == 404
     assert other.json()["detail"] == unknown.json()["detail"]
-    bad = requests.get(url, headers={**A, "Last-Event-ID": "x1"}, timeout=TIMEOUT)
-    assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["detail"]
+    for bad_id in ("x1", "-1", "²"):
+        bad = requests.get(url, headers={**A, "Last-Event-ID": bad_id}, timeout=TIMEOUT)
+        assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["detail"]
 
 
 # -- long poll and Prefer: wait ------------------------------------------------------------------

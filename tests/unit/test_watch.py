@@ -81,6 +81,17 @@ def test_changes_of_unwatched_jobs_and_failing_deliveries_reach_no_reader() -> N
     streams[0].deliver("j", {"status": "running"})  # logged, not raised into the stream
 
 
+def test_a_document_from_a_stream_the_job_has_left_is_dropped() -> None:
+    hub, streams = watcher(per_stream=1)
+    hub.release(hub.feed("j"))  # j leaves stream 0 ...
+    hub.feed("x")  # ... x takes its place ...
+    feed = hub.feed("j")  # ... and j is followed again on a new stream
+    streams[0].deliver("j", {"status": "queued"})  # late, from the old stream: may be stale
+    assert feed.get(0.05) is None
+    streams[1].deliver("j", {"status": "running"})
+    assert feed.get(1) == {"status": "running"}
+
+
 def test_a_stopped_stream_is_revived() -> None:
     hub, streams = watcher()
     feed = hub.feed("j")

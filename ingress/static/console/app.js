@@ -121,16 +121,20 @@ function setStatus(status) {
 }
 
 // Reads the job's event stream; on a dropped connection, resumes after the last event seen.
+// Gives up after 10 failures in a row; a 503 (the ingress is busy or restarting) is retried.
 async function follow(jobId) {
   if (following) following.abort();
   const controller = new AbortController();
   following = controller;
   let lastId = null;
   let done = false;
-  for (let tries = 0; !done && tries < 20 && !controller.signal.aborted; tries++) {
+  let failures = 0;
+  while (!done && failures < 10 && !controller.signal.aborted) {
     try {
       const headers = lastId === null ? {} : { "Last-Event-ID": String(lastId) };
       const response = await api(`/v1/jobs/${jobId}/events`, { headers, signal: controller.signal });
+      if (response.status === 204) return; // we already have the terminal event
+      failures = 0;
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -150,7 +154,8 @@ async function follow(jobId) {
       }
     } catch (error) {
       if (controller.signal.aborted) return;
-      if (error instanceof ApiError) { showError(error); return; }
+      failures += 1;
+      if (error instanceof ApiError && !error.message.startsWith("503")) { showError(error); return; }
     }
     if (!done) await new Promise((resolve) => setTimeout(resolve, 1000));
   }
