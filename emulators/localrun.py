@@ -211,7 +211,10 @@ def main() -> int:
             start_stack(config, supervisor, data_dir)
             example = curl_example(config)
             supervisor.log(
-                f"Omni is up at {config.url}. Try: {example}", url=config.url, curl=example
+                f"Omni is up at {config.url}. Try: {example} — or open {config.url}/console",
+                url=config.url,
+                curl=example,
+                console=f"{config.url}/console",
             )
             reason = supervisor.wait()
         except InterruptedError:

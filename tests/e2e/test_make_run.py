@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 
 import pytest
+import requests
 
 from emulators.localrun import ROOT
 from emulators.process import free_port
@@ -90,6 +91,13 @@ def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> No
             assert len(vectors) == 3 and all(len(v) == 384 for v in vectors)
             for vector in vectors:
                 assert math.isclose(math.hypot(*vector), 1.0, abs_tol=1e-4)
+            # The session followed the job's event stream to its end.
+            assert "event: succeeded" in session.stdout, session.stdout
+            # make run points at the console, and it is served.
+            log.seek(0)
+            assert f"{url}/console" in log.read()
+            page = requests.get(f"{url}/console", timeout=10)
+            assert page.status_code == 200 and "Omni console" in page.text
         finally:
             tree.update(descendants(make.pid))
             os.killpg(make.pid, signal.SIGTERM)  # what Ctrl-C or `kill -TERM -PGID` does
