@@ -148,7 +148,7 @@ def drive(
                 written[(job_id, seq)] = at
 
 
-async def follow(host: str, port: int, state: StreamState, everyone: asyncio.Event) -> None:
+async def follow(host: str, port: int, state: StreamState) -> None:
     """One stream over a raw HTTP/1.1 connection (chunked), recording when each event arrives."""
     writer = None
     try:
@@ -179,7 +179,6 @@ async def follow(host: str, port: int, state: StreamState, everyone: asyncio.Eve
                         state.received[seq] = at
                         if state.connected_at is None:
                             state.connected_at = at
-                            everyone.set()
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         state.error = type(exc).__name__
     finally:
@@ -190,8 +189,7 @@ async def follow(host: str, port: int, state: StreamState, everyone: asyncio.Eve
 async def fan_out(url: str, pid: int, docs: dict[str, Any], rate: float, db: Any) -> dict[str, Any]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     states = [StreamState(job_id) for job_id in docs]
-    poke = asyncio.Event()
-    tasks = [asyncio.create_task(follow(host, int(port), s, poke)) for s in states]
+    tasks = [asyncio.create_task(follow(host, int(port), s)) for s in states]
     opened = time.monotonic()
     while time.monotonic() - opened < CONNECT_TIMEOUT_S:
         if all(s.connected_at or s.error or (s.status and s.status != 200) for s in states):

@@ -33,6 +33,9 @@ bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 MAX_WAIT_S = 60.0
 """Longest ``?wait=`` or ``Prefer: wait=``, seconds (the contract's limit)."""
 
+REVIVE_CHECK_S = 15.0
+"""How often a long poll checks that the job's Listen stream still runs, seconds."""
+
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
     # Proxies (nginx, Cloud Run's front end with some setups) must pass each event on at once.
@@ -103,7 +106,7 @@ def wait_until_terminal(
     deadline = time.monotonic() + timeout_s
     try:
         while (left := deadline - time.monotonic()) > 0:
-            item = feed.get(min(left, 15.0))
+            item = feed.get(min(left, REVIVE_CHECK_S))
             if item is CLOSED:
                 break
             if item is None:

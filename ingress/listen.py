@@ -23,6 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from google.api_core.bidi import BidiRpc
+from google.cloud.firestore_v1 import _helpers
+from google.cloud.firestore_v1.types import ListenRequest, TargetChange
+
 logger = logging.getLogger(__name__)
 
 # A stream ended by the server or the network is opened again after this pause (seconds).
@@ -112,8 +116,6 @@ class MultiListen:
         return target_id
 
     def _listen_request(self, **fields: Any) -> Any:
-        from google.cloud.firestore_v1.types import ListenRequest
-
         return ListenRequest(database=self._database, **fields)
 
     def _add_request(self, target_id: int, doc_id: str) -> Any:
@@ -136,8 +138,6 @@ class MultiListen:
             logger.exception("could not open the job listen stream")
 
     def _open(self) -> None:
-        from google.api_core.bidi import BidiRpc
-
         requests = [self._add_request(t, d) for t, d in self._targets.items()]
         rpc: Any = BidiRpc(  # type: ignore[no-untyped-call]
             start_rpc=self._client._firestore_api._transport.listen,
@@ -163,8 +163,6 @@ class MultiListen:
     def _on_target_change(self, change: Any) -> None:
         """The server dropped targets (it says why in ``cause``): add each one still watched
         again, under a new id, so its readers are not left waiting on a target that is gone."""
-        from google.cloud.firestore_v1.types import TargetChange
-
         if change.target_change_type != TargetChange.TargetChangeType.REMOVE:
             return
         with self._lock:
@@ -211,8 +209,6 @@ class MultiListen:
             watched = doc_id in self._ids
         if not watched:
             return
-        from google.cloud.firestore_v1 import _helpers
-
         try:
             data: dict[str, Any] = _helpers.decode_dict(document.fields, self._client)  # type: ignore[assignment]
         except Exception:  # noqa: BLE001 - one undecodable document must not end the stream

@@ -23,12 +23,13 @@ process that claimed the last attempt), ``batch_size`` (how many jobs shared its
 ``events`` (the job's event log, below).
 
 Every status change appends one record to ``events`` in the same commit as the change (an
-``ArrayUnion``, so no writer needs to read the log first): ``{"status", "at"}`` plus ``attempts`` on
-a claim. Because every change is fenced, the records are in the order the changes happened, and a
-record's place in the array (1-based) is its event id: what ``GET /v1/jobs/ID/events`` sends as
-``id:`` and takes back in ``Last-Event-ID``. The log lives in the job's own document, so a replay
-needs no extra read and a listener's snapshot always carries every event, even when it coalesces
-several changes into one snapshot.
+``ArrayUnion``, so no writer needs to read the log first): ``{"status", "at", "n"}`` (``n`` a
+random nonce, so two records are never equal and merged) plus ``attempts`` on a claim. Because
+every change is fenced, the records are in the order the changes happened, and a record's place
+in the array (1-based) is its event id: what ``GET /v1/jobs/ID/events`` sends as ``id:`` and
+takes back in ``Last-Event-ID``. The log lives in the job's own document, so a replay needs no
+extra read and a listener's snapshot always carries every event, even when it coalesces several
+changes into one snapshot.
 """
 
 from __future__ import annotations
