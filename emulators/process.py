@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,11 +32,30 @@ STOP_GRACE_S = 10.0
 _POLL_S = 0.1
 
 
+PORT_RANGE = (20000, 32000)
+"""Where ``free_port`` draws from: below Linux's ephemeral range (32768-60999 by default).
+
+A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, which outgoing
+connections also draw from: between our pick and the emulator's bind, a client socket (the
+ingress's Listen streams, a bench's thousand SSE clients) could take it, and a JVM emulator that
+cannot bind exits 0. Ports below that range are only ever taken by explicit binds.
+"""
+START_ATTEMPTS = 3
+"""Starts of an emulator on a port we chose, each on a fresh port, before giving up."""
+
+
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port below the ephemeral range that nothing listens on right now."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {PORT_RANGE}")
 
 
 def _answers(url: str, status: int = 200) -> bool:
@@ -215,9 +235,37 @@ def running_emulators(
     try:
         started.append(start_pubsub(pubsub_port or free_port(), project, output=output))
         started.append(start_firestore(firestore_port or free_port(), output=output))
-        for emulator in started:
-            emulator.wait_ready()
-        yield started[0], started[1]
+        pubsub = _ready(
+            started, 0, pubsub_port is None, lambda port: start_pubsub(port, project, output=output)
+        )
+        firestore = _ready(
+            started, 1, firestore_port is None, lambda port: start_firestore(port, output=output)
+        )
+        yield pubsub, firestore
     finally:
         for emulator in reversed(started):
             emulator.stop()
+
+
+def _ready(
+    started: list[Emulator], index: int, port_is_ours: bool, restart: Callable[[int], Emulator]
+) -> Emulator:
+    """Wait for ``started[index]``; if it exits early on a port we chose, start it on another.
+
+    An emulator that exits before answering has almost always lost its port to another process
+    (see ``PORT_RANGE``); a port the caller named is theirs to fix, so that fails at once.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            started[index].wait_ready()
+            return started[index]
+        except RuntimeError:
+            if not port_is_ours or attempt == START_ATTEMPTS:
+                raise
+            logger.warning(
+                "%s emulator exited before answering on %s; starting it on another port",
+                started[index].name,
+                started[index].address,
+            )
+            started[index] = restart(free_port())
+    raise AssertionError("unreachable")

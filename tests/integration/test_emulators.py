@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1
 
+from emulators import process
 from emulators.process import running_emulators
 from emulators.provision import ACK_DEADLINE_S, MAX_DELIVERY_ATTEMPTS, Resources, provision
 from emulators.reset import reset_firestore, reset_pubsub
@@ -76,3 +78,29 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         assert not doc.get(timeout=10).exists
 
     assert not [pid for pid in pids if alive(pid)], "an emulator process outlived stop()"
+
+
+def test_an_emulator_whose_chosen_port_was_taken_starts_on_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race that failed CI once: another process binds the port between our pick and the JVM's
+    # bind, and the emulator exits 0. Here the first pick is a port that is already listening.
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    taken = taker.getsockname()[1]
+    picks = iter([process.free_port(), taken])
+    real_free_port = process.free_port
+    monkeypatch.setattr(process, "free_port", lambda: next(picks, None) or real_free_port())
+    try:
+        with running_emulators(PROJECT) as (_pubsub, fs):
+            assert fs.port != taken
+            assert fs.process.poll() is None
+        # A port the caller named is theirs: no silent move.
+        with (
+            pytest.raises(RuntimeError, match="exited"),
+            running_emulators(PROJECT, firestore_port=taken),
+        ):
+            pass
+    finally:
+        taker.close()
