@@ -38,6 +38,7 @@ from cloudevents.http import CloudEvent
 from google.cloud import firestore
 
 from schemas import jobstate
+from schemas.batches import CountDeltas
 from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus, result_ttl_from_env
 from schemas.jsonlog import configure_logging, log_context
@@ -109,6 +110,9 @@ class DeadLetterStore:
                 JobStatus.FAILED, now, "dead-letter", self._result_ttl_s, error=error
             )
             transaction.update(ref, {**changes, "dead_letters": dead_letters})
+            deltas = CountDeltas()
+            deltas.move(doc, JobStatus.FAILED)
+            deltas.write(transaction, self._client, now)
             return "failed"
 
         outcome: str = _fail(self._client.transaction())

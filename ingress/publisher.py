@@ -33,6 +33,27 @@ class JobPublisher:
         except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
             raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
+    def publish_many(self, messages: list[JobMessage]) -> list[futures.Future[str]]:
+        """Hand every message to the client's batching publisher at once; the caller waits on
+        the futures (``confirmed``), so many batches of messages are in flight together."""
+        out = []
+        for message in messages:
+            data, attributes = message.to_pubsub()
+            out.append(
+                self._client.publish(
+                    self._topic_path, data, retry=self._retry, timeout=self._timeout_s, **attributes
+                )
+            )
+        return out
+
+    def confirmed(self, pending: list[futures.Future[str]]) -> None:
+        """Wait until Pub/Sub confirmed every message; ``PublishFailed`` if any was not."""
+        try:
+            for future in pending:
+                future.result(timeout=self._timeout_s)
+        except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
+            raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
+
     def ping(self) -> bool:
         """Whether the topic answers now."""
         try:

@@ -41,13 +41,13 @@ def json_body(request: Request, max_bytes: int) -> Any:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
-    if _has_lone_surrogate(body):
+    if has_lone_surrogate(body):
         # JSON may spell one ("\ud800"), but no store can encode it as UTF-8.
         raise BadRequest("body contains an unpaired UTF-16 surrogate escape")
     return body
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -55,7 +55,7 @@ def _has_lone_surrogate(value: Any) -> bool:
             return True
         return False
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_lone_surrogate(item) for item in value)
+        return any(has_lone_surrogate(item) for item in value)
     return False

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from ingress.auth import KeyRing
+from ingress.batchstore import BatchStore
 from ingress.idempotency import IdempotencyStore
 from ingress.publisher import JobPublisher
 from ingress.settings import Settings
@@ -28,6 +29,7 @@ class Services:
     idempotency: IdempotencyStore
     publisher: JobPublisher
     watcher: JobWatcher
+    batches: BatchStore
 
 
 def services() -> Services:

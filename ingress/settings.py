@@ -16,6 +16,10 @@ from schemas.messages import DEFAULT_TOPIC
 DEFAULT_PROJECT = "omni-local"
 MAX_BODY_BYTES = 1024 * 1024
 """Largest ``POST /v1/jobs`` body, bytes: a job and its input live in one Firestore document."""
+MAX_BATCH_BODY_BYTES = 32 * 1024 * 1024
+"""Largest ``POST /v1/batches`` body, bytes: Cloud Run's HTTP/1 request limit."""
+MAX_BATCH_ITEMS = 100_000
+"""Most items in one batch (the contract asks for at least 100,000)."""
 PUBLISH_TIMEOUT_S = 10.0
 """Seconds a publish may take before the client gets 503 and the job is marked failed."""
 FIRESTORE_TIMEOUT_S = 10.0
@@ -35,9 +39,12 @@ class Settings:
     project: str = DEFAULT_PROJECT
     jobs_topic: str = DEFAULT_TOPIC
     jobs_collection: str = "jobs"
+    batches_collection: str = "batches"
     api_keys: str = ""
     api_keys_file: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    max_batch_body_bytes: int = MAX_BATCH_BODY_BYTES
+    max_batch_items: int = MAX_BATCH_ITEMS
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
     firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
     retry_after_s: int = RETRY_AFTER_S
@@ -53,9 +60,12 @@ class Settings:
                 project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
                 jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
+                batches_collection=env.get("BATCHES_COLLECTION") or "batches",
                 api_keys=env.get("API_KEYS", ""),
                 api_keys_file=env.get("API_KEYS_FILE") or None,
                 max_body_bytes=int(env.get("MAX_BODY_BYTES") or MAX_BODY_BYTES),
+                max_batch_body_bytes=int(env.get("MAX_BATCH_BODY_BYTES") or MAX_BATCH_BODY_BYTES),
+                max_batch_items=int(env.get("MAX_BATCH_ITEMS") or MAX_BATCH_ITEMS),
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
                 result_ttl_s=result_ttl_from_env(env),
@@ -68,8 +78,13 @@ class Settings:
             raise ConfigError(
                 "set API_KEYS (tenant:key,...) or API_KEYS_FILE (tenant:sha256hex lines)"
             )
-        if settings.max_body_bytes <= 0 or settings.publish_timeout_s <= 0:
-            raise ConfigError("MAX_BODY_BYTES and PUBLISH_TIMEOUT_S must be positive")
+        if min(settings.max_body_bytes, settings.max_batch_body_bytes) <= 0 or (
+            settings.max_batch_items <= 0 or settings.publish_timeout_s <= 0
+        ):
+            raise ConfigError(
+                "MAX_BODY_BYTES, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS and PUBLISH_TIMEOUT_S "
+                "must be positive"
+            )
         if not 0 < settings.sse_ping_s <= 60:
             raise ConfigError("SSE_PING_S must be more than 0 and at most 60 seconds")
         return settings

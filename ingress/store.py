@@ -13,6 +13,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from schemas import jobstate
+from schemas.batches import CountDeltas
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 
@@ -117,6 +118,9 @@ class JobStore:
             now = datetime.now(UTC)
             changes = jobstate.terminal(JobStatus.CANCELLED, now, "cancel", self._result_ttl_s)
             transaction.update(ref, changes)
+            deltas = CountDeltas()
+            deltas.move(doc, JobStatus.CANCELLED)  # an item of a batch: counted with the change
+            deltas.write(transaction, self._client, now)
             return jobstate.applied(doc, changes)
 
         try:

@@ -27,6 +27,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
 from schemas import jobstate
+from schemas.batches import CountDeltas
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
 
@@ -87,7 +88,7 @@ class Reconciler:
         if doc.get("status") == JobStatus.QUEUED.value and now - created > timedelta(
             seconds=self._settings.give_up_after_s
         ):
-            if self._give_up(job_id, snapshot.update_time, now):
+            if self._give_up(job_id, doc, snapshot.update_time, now):
                 report.failed.append(job_id)
             return
         count = int(doc.get("dispatch_count") or 0)
@@ -110,19 +111,26 @@ class Reconciler:
         )
         report.republished.append(job_id)
 
-    def _give_up(self, job_id: str, update_time: datetime, now: datetime) -> bool:
+    def _give_up(
+        self, job_id: str, doc: dict[str, Any], update_time: datetime, now: datetime
+    ) -> bool:
         error = {
             "code": "not_dispatched",
             "message": "the job could not be handed to a worker; submit it again",
         }
+        writes = self._client.batch()
+        writes.update(
+            self._jobs.document(job_id),
+            jobstate.terminal(
+                JobStatus.FAILED, now, "reconciler", self._settings.result_ttl_s, error=error
+            ),
+            option=self._client.write_option(last_update_time=update_time),
+        )
+        deltas = CountDeltas()
+        deltas.move(doc, JobStatus.FAILED)  # an item of a batch: counted in the same commit
+        deltas.write(writes, self._client, now)
         try:
-            self._jobs.document(job_id).update(
-                jobstate.terminal(
-                    JobStatus.FAILED, now, "reconciler", self._settings.result_ttl_s, error=error
-                ),
-                option=self._client.write_option(last_update_time=update_time),
-                timeout=TIMEOUT_S,
-            )
+            writes.commit(timeout=TIMEOUT_S)
         except gexc.FailedPrecondition:
             return False  # it moved meanwhile (claimed, cancelled): leave it
         logger.warning("gave up on a job that stayed queued", extra={"job_id": job_id})

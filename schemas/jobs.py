@@ -77,27 +77,34 @@ class JobRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_within_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return None
-        if len(value) > MAX_METADATA_ITEMS:
-            raise ValueError(f"at most {MAX_METADATA_ITEMS} metadata items")
-        for key, item in value.items():
-            if not 0 < len(key) <= MAX_METADATA_KEY_CHARS:
-                raise ValueError(f"metadata keys are 1..{MAX_METADATA_KEY_CHARS} characters")
-            if len(item) > MAX_METADATA_VALUE_CHARS:
-                raise ValueError(
-                    f"metadata values are at most {MAX_METADATA_VALUE_CHARS} characters"
-                )
-        return value
+        return checked_metadata(value)
 
     @field_validator("webhook")
     @classmethod
     def _webhooks_not_yet(cls, value: str | None) -> str | None:
-        # Accepting a webhook we would never call is worse than refusing it: the client would wait
-        # for a POST that does not come. Signed delivery lands with the hardened-edge issue.
-        if value is not None:
-            raise ValueError("webhook delivery is not available yet; poll the job instead")
-        return value
+        return refused_webhook(value)
+
+
+def checked_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """``metadata`` within its limits (jobs and batches carry the same kind)."""
+    if value is None:
+        return None
+    if len(value) > MAX_METADATA_ITEMS:
+        raise ValueError(f"at most {MAX_METADATA_ITEMS} metadata items")
+    for key, item in value.items():
+        if not 0 < len(key) <= MAX_METADATA_KEY_CHARS:
+            raise ValueError(f"metadata keys are 1..{MAX_METADATA_KEY_CHARS} characters")
+        if len(item) > MAX_METADATA_VALUE_CHARS:
+            raise ValueError(f"metadata values are at most {MAX_METADATA_VALUE_CHARS} characters")
+    return value
+
+
+def refused_webhook(value: str | None) -> str | None:
+    # Accepting a webhook we would never call is worse than refusing it: the client would wait
+    # for a POST that does not come. Signed delivery lands with the hardened-edge issue.
+    if value is not None:
+        raise ValueError("webhook delivery is not available yet; poll the job instead")
+    return value
 
 
 class JobError(BaseModel):

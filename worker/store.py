@@ -17,6 +17,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from schemas import jobstate
+from schemas.batches import CountDeltas
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 from worker.errors import StoreUnavailable
@@ -39,6 +40,8 @@ class Claim:
     tenant: str
     input: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
+    batch_path: str | None = None
+    """The batch document of an item's job: its outcome is counted there."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ class JobStore:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore claim read failed: {type(exc).__name__}") from exc
         docs = {i: s.to_dict() or {} for i, s in snapshots.items() if s.exists}
-        decisions, writes = self._decide(jobs, first, docs, worker)
+        cancelled = self._cancelled_batches(docs)
+        decisions, writes, deltas = self._decide(jobs, first, docs, worker, cancelled)
         if not writes:
             return decisions
         batch = self._client.batch()
@@ -111,6 +115,7 @@ class JobStore:
             batch.update(
                 refs[job_id], changes, option=self._client.write_option(last_update_time=when)
             )
+        deltas.write(batch, self._client, datetime.now(UTC))
         try:
             results = batch.commit(retry=self._retry, timeout=self._timeout_s)
         except gexc.FailedPrecondition:
@@ -120,9 +125,34 @@ class JobStore:
         tokens = {c.job_id: c.token for c in decisions if isinstance(c, Claim)}
         if len(self._versions) > MAX_VERSIONS:
             self._versions.clear()  # only makes later writes take the transactional path
-        for (job_id, _), result in zip(writes, results, strict=True):
-            self._versions[tokens[job_id]] = result.update_time
+        for (job_id, _), result in zip(writes, results, strict=False):
+            if job_id in tokens:  # not the jobs a cancelled batch ended here
+                self._versions[tokens[job_id]] = result.update_time
         return decisions
+
+    def _cancelled_batches(
+        self, docs: dict[str, dict[str, Any]], transaction: firestore.Transaction | None = None
+    ) -> set[str]:
+        """The batch paths among ``docs``' jobs whose batch was cancelled.
+
+        Read with the jobs, at every claim: an item of a cancelled batch must never start, even
+        while the ingress is still marking the batch's queued items ``cancelled``."""
+        paths = {doc["batch_path"] for doc in docs.values() if doc.get("batch_path")}
+        if not paths:
+            return set()
+        refs = [self._client.document(path) for path in sorted(paths)]
+        try:
+            if transaction is not None:
+                snapshots = self._client.get_all(refs, transaction=transaction)
+            else:
+                snapshots = self._client.get_all(refs, retry=self._retry, timeout=self._timeout_s)
+            return {
+                s.reference.path
+                for s in snapshots
+                if s.exists and (s.to_dict() or {}).get("cancel_requested")
+            }
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Firestore batch read failed: {type(exc).__name__}") from exc
 
     def _claim_in_transaction(
         self,
@@ -134,9 +164,11 @@ class JobStore:
         @firestore.transactional
         def _claim(transaction: firestore.Transaction) -> list[Claim | Skip | Busy]:
             docs = self._read(refs, transaction)
-            decisions, writes = self._decide(jobs, first, docs, worker)
+            cancelled = self._cancelled_batches(docs, transaction)
+            decisions, writes, deltas = self._decide(jobs, first, docs, worker, cancelled)
             for job_id, changes in writes:
                 transaction.update(refs[job_id], changes)
+            deltas.write(transaction, self._client, datetime.now(UTC))
             return decisions
 
         # @transactional erases the function's type; name it again here.
@@ -149,17 +181,35 @@ class JobStore:
         first: dict[str, int],
         docs: dict[str, dict[str, Any]],
         worker: str,
-    ) -> tuple[list[Claim | Skip | Busy], list[tuple[str, dict[str, Any]]]]:
-        """Each job's claim decision, and the updates the claims need."""
+        cancelled_batches: set[str],
+    ) -> tuple[list[Claim | Skip | Busy], list[tuple[str, dict[str, Any]]], CountDeltas]:
+        """Each job's claim decision, the updates the claims need and their count changes.
+
+        An item of a cancelled batch that has not started is ended ``cancelled`` here instead of
+        claimed: it never runs."""
         now = datetime.now(UTC)
         out: list[Claim | Skip | Busy] = []
         writes: list[tuple[str, dict[str, Any]]] = []
+        deltas = CountDeltas()
         for i, (job_id, tenant) in enumerate(jobs):
             if first[job_id] != i:
                 # The same job twice in one batch (a duplicate delivery): one claim runs it.
                 out.append(Skip(job_id, "duplicate delivery in the same batch"))
                 continue
             doc = docs.get(job_id)
+            if (
+                doc is not None
+                and doc.get("batch_path") in cancelled_batches
+                and doc.get("status") == JobStatus.QUEUED.value
+                and doc.get("tenant") == tenant
+            ):
+                changes = jobstate.terminal(
+                    JobStatus.CANCELLED, now, "batch-cancel", self._result_ttl_s
+                )
+                writes.append((job_id, changes))
+                deltas.move(doc, JobStatus.CANCELLED)
+                out.append(Skip(job_id, "its batch was cancelled"))
+                continue
             decision = jobstate.claim(doc, tenant, now, self.lease_s, worker)
             if isinstance(decision, jobstate.Refused):
                 if decision.busy_until is not None:
@@ -169,6 +219,7 @@ class JobStore:
                 continue
             assert doc is not None
             writes.append((job_id, decision.changes))
+            deltas.move(doc, JobStatus.RUNNING)  # nothing when a lapsed attempt is taken over
             out.append(
                 Claim(
                     job_id,
@@ -178,9 +229,10 @@ class JobStore:
                     doc["tenant"],
                     doc["input"],
                     dict(doc.get("metadata") or {}),
+                    doc.get("batch_path") or None,
                 )
             )
-        return out, writes
+        return out, writes, deltas
 
     def claim(self, job_id: str, tenant: str) -> Claim | Skip | Busy:
         """``claim_many`` for one job."""
@@ -200,12 +252,17 @@ class JobStore:
             if all(v is not None for v in versions):
                 now = datetime.now(UTC)
                 batch = self._client.batch()
+                deltas = CountDeltas()
                 for (claim, status, fields), version in zip(ends, versions, strict=True):
                     changes = jobstate.terminal(
                         status, now, claim.token, self._result_ttl_s, **fields
                     )
                     option = self._client.write_option(last_update_time=version)
                     batch.update(refs[claim.job_id], changes, option=option)
+                    # The precondition holds the job at this worker's running attempt.
+                    running = {"batch_path": claim.batch_path, "status": JobStatus.RUNNING.value}
+                    deltas.move(running, status)
+                deltas.write(batch, self._client, now)
                 try:
                     batch.commit(retry=self._retry, timeout=self._timeout_s)
                     return [True] * len(ends)
@@ -228,6 +285,7 @@ class JobStore:
             docs = self._read(refs, transaction)
             now = datetime.now(UTC)
             written = []
+            deltas = CountDeltas()
             for claim, status, fields in ends:
                 owned = jobstate.owned_by(docs.get(claim.job_id), claim.token)
                 if owned:
@@ -235,7 +293,9 @@ class JobStore:
                         status, now, claim.token, self._result_ttl_s, **fields
                     )
                     transaction.update(refs[claim.job_id], changes)
+                    deltas.move(docs.get(claim.job_id), status)
                 written.append(owned)
+            deltas.write(transaction, self._client, now)
             return written
 
         ids = _ids([(claim.job_id, "") for claim, _, _ in ends])
@@ -268,7 +328,7 @@ class JobStore:
             return jobstate.released(now, error, started)
 
         self._versions.pop(claim.token, None)
-        return self._fenced(claim, "release", changes)
+        return self._fenced(claim, "release", changes, JobStatus.QUEUED)
 
     def _read(
         self, refs: dict[str, Any], transaction: firestore.Transaction
@@ -281,16 +341,25 @@ class JobStore:
         return docs
 
     def _fenced(
-        self, claim: Claim, what: str, changes: Callable[[datetime], dict[str, Any]]
+        self,
+        claim: Claim,
+        what: str,
+        changes: Callable[[datetime], dict[str, Any]],
+        to: JobStatus,
     ) -> bool:
         ref = self._jobs.document(claim.job_id)
 
         @firestore.transactional
         def _write(transaction: firestore.Transaction) -> bool:
             snapshot = ref.get(transaction=transaction)
-            if not jobstate.owned_by(snapshot.to_dict() if snapshot.exists else None, claim.token):
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if not jobstate.owned_by(doc, claim.token):
                 return False
-            transaction.update(ref, changes(datetime.now(UTC)))
+            now = datetime.now(UTC)
+            transaction.update(ref, changes(now))
+            deltas = CountDeltas()
+            deltas.move(doc, to)
+            deltas.write(transaction, self._client, now)
             return True
 
         written: bool = self._run(_write, what, claim.job_id)

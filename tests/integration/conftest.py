@@ -92,7 +92,7 @@ SSE_PING_S = 1.0
 """The test ingress pings quiet event streams every second, so the tests see pings quickly."""
 
 
-def start_ingress(emulators: Emulators, log_dir: Path, name: str) -> Service:
+def start_ingress(emulators: Emulators, log_dir: Path, name: str, **extra: str) -> Service:
     port = free_port()
     env = python_env(
         **emulators.env(),
@@ -100,6 +100,7 @@ def start_ingress(emulators: Emulators, log_dir: Path, name: str) -> Service:
         HOST="127.0.0.1",
         PORT=str(port),
         SSE_PING_S=str(SSE_PING_S),
+        **extra,
     )
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
     return _start(name, argv, env, "/health", port, log_dir, 60)
