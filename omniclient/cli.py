@@ -1,0 +1,318 @@
+"""``omni``: submit, follow and fetch jobs and batches from a shell (docs/cli.md).
+
+Results and resources go to stdout as JSON (NDJSON for batch results), progress and errors to
+stderr, so ``omni ... > out.json`` keeps only the answer. Exit codes: 0 done (job or batch
+succeeded); 1 an API error, no connection, or a job or batch that ended failed or cancelled;
+2 a usage error, a missing API key among them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+import click
+
+from omniclient.client import (
+    DEFAULT_URL,
+    TERMINAL,
+    UPLOAD_CHUNK_BYTES,
+    BatchEvent,
+    MissingApiKey,
+    OmniClient,
+    OmniClientError,
+    OmniError,
+)
+from omniclient.progress import BatchProgress, Tally
+
+EXIT_FAILED = 1
+"""A job or batch that ended failed or cancelled, an API error, or no connection."""
+EXIT_USAGE = 2
+"""A usage error (click's own code for them), a missing API key among them."""
+
+
+def build_client(url: str, api_key: str) -> OmniClient:
+    """The one place the CLI makes its client (tests replace it to inject a transport)."""
+    return OmniClient(url, api_key)
+
+
+class _Session:
+    """The global options, and the client made from them on first use."""
+
+    def __init__(self, ctx: click.Context, url: str, api_key: str | None) -> None:
+        self._ctx = ctx
+        self.url = url
+        self.api_key = api_key
+        self._client: OmniClient | None = None
+
+    def client(self) -> OmniClient:
+        if self._client is None:
+            if not self.api_key:
+                raise MissingApiKey("no API key: set OMNI_API_KEY or pass --api-key")
+            self._client = self._ctx.with_resource(build_client(self.url, self.api_key))
+        return self._client
+
+
+class _Cli(click.Group):
+    """Turns the client's errors into a readable message on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MissingApiKey as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except OmniError as exc:
+            click.echo(f"error: {exc}", err=True)
+            for item in exc.errors:
+                click.echo(f"  {_location(item.get('loc'))}: {item.get('msg', '')}", err=True)
+            ctx.exit(EXIT_FAILED)
+        except OmniClientError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_FAILED)
+        except BrokenPipeError:
+            # The reader went away (``omni batch results ID | head``): stop quietly, and keep
+            # Python from complaining again when it flushes stdout at exit.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_FAILED)
+
+
+def _location(loc: object) -> str:
+    """``["body", "input", "texts"]`` → ``input.texts``; ``["line", 3, "texts"]`` → ``line 3 →
+    texts``."""
+    parts = list(loc) if isinstance(loc, list | tuple) else [loc] if loc is not None else []
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+    if len(parts) >= 2 and parts[0] == "line" and isinstance(parts[1], int):
+        rest = ".".join(str(p) for p in parts[2:])
+        return f"line {parts[1]} → {rest}" if rest else f"line {parts[1]}"
+    return ".".join(str(p) for p in parts) or "(request)"
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
+    """``--input``: a JSON object inline, or ``@file.json`` (``@-``: stdin)."""
+    text = value
+    if value.startswith("@"):
+        try:
+            with click.open_file(value[1:], encoding="utf-8") as file:
+                text = file.read()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object")
+    return data
+
+
+def _pairs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for pair in value:
+        key, sep, val = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}")
+        pairs[key] = val
+    return pairs
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url", envvar="OMNI_URL", default=DEFAULT_URL, show_default=True, show_envvar=True,
+    help="Base URL of the Omni API.",
+)  # fmt: skip
+@click.option("--api-key", envvar="OMNI_API_KEY", show_envvar=True, help="API key (X-API-Key).")
+@click.pass_context
+def main(ctx: click.Context, url: str, api_key: str | None) -> None:
+    """Submit and follow Omni inference jobs and batches."""
+    ctx.obj = _Session(ctx, url, api_key)
+
+
+# Jobs
+
+
+@main.command()
+@click.argument("task")
+@click.option(
+    "--input", "-i", "input_", required=True, callback=_json_object, metavar="JSON|@FILE",
+    help="The task's input: a JSON object, or @file.json (@- reads stdin).",
+)  # fmt: skip
+@click.option("--metadata", "-m", multiple=True, callback=_pairs, metavar="KEY=VALUE")
+@click.option("--webhook", metavar="URL", help="POSTed to when the job ends.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the job until it ends; exit 1 unless it succeeded."
+)
+@click.pass_obj
+def submit(
+    session: _Session,
+    task: str,
+    input_: dict[str, Any],
+    metadata: dict[str, str],
+    webhook: str | None,
+    wait: bool,
+) -> None:
+    """Submit a job of TASK and print it (with --wait: print it once it ended)."""
+    client = session.client()
+    job = client.submit(task, input_, metadata=metadata or None, webhook=webhook)
+    if not wait:
+        _echo_json(job)
+        return
+    _note(f"job {job['id']} {job.get('status', 'queued')}")
+    _finish_job(client, job["id"])
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_obj
+def watch(session: _Session, job_id: str) -> None:
+    """Follow a job's status changes; print it once it ended (exit 1 unless it succeeded)."""
+    _finish_job(session.client(), job_id)
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_obj
+def get(session: _Session, job_id: str) -> None:
+    """Print a job."""
+    _echo_json(session.client().get_job(job_id))
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_obj
+def cancel(session: _Session, job_id: str) -> None:
+    """Cancel a job that has not ended, and print it."""
+    _echo_json(session.client().cancel_job(job_id))
+
+
+def _finish_job(client: OmniClient, job_id: str) -> None:
+    job: dict[str, Any] | None = None
+    for event in client.job_events(job_id):
+        job = event.data
+        _note(f"#{event.id} {event.name}{_reason(job)}")
+    if job is None or job.get("status") not in TERMINAL:
+        job = client.get_job(job_id)
+    _echo_json(job)
+    if job.get("status") != "succeeded":
+        click.get_current_context().exit(EXIT_FAILED)
+
+
+def _reason(job: dict[str, Any]) -> str:
+    error = job.get("error")
+    if not isinstance(error, dict):
+        return ""
+    return f": {error.get('code', 'error')}: {error.get('message', '')}"
+
+
+# Batches
+
+
+@main.group()
+def batch() -> None:
+    """Submit and follow batches of inputs."""
+
+
+@batch.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--task", "-t", required=True, help="The task every line is an input of.")
+@click.option("--wait", is_flag=True, help="Show progress until it ends; exit 1 unless succeeded.")
+@click.pass_obj
+def batch_submit(session: _Session, file: str, task: str, wait: bool) -> None:
+    """Submit FILE (NDJSON: one input per line; - reads stdin) as a batch of TASK."""
+    client = session.client()
+    with contextlib.ExitStack() as stack:
+        source: str | IO[bytes] = file
+        if file == "-":
+            source = stack.enter_context(_spooled_stdin())
+        created = client.submit_batch(task, source)
+    total = (created.get("counts") or {}).get("total", "?")
+    _note(f"batch {created['id']} accepted: {total} items of {task}")
+    if wait:
+        _finish_batch(client, created["id"])
+    else:
+        _echo_json(created)
+
+
+@batch.command("status")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_status(session: _Session, batch_id: str) -> None:
+    """Print a batch: its status and counts."""
+    _echo_json(session.client().get_batch(batch_id))
+
+
+@batch.command("watch")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_watch(session: _Session, batch_id: str) -> None:
+    """Show a batch's progress until it ends; print it (exit 1 unless it succeeded)."""
+    _finish_batch(session.client(), batch_id)
+
+
+@batch.command("results")
+@click.argument("batch_id")
+@click.option("--status", "-s", help="Only items that ended so (e.g. failed).")
+@click.pass_obj
+def batch_results(session: _Session, batch_id: str, status: str | None) -> None:
+    """Write the results to stdout as NDJSON, one line per item in input order."""
+    for line in session.client().batch_results(batch_id, status=status):
+        click.echo(line)
+
+
+@batch.command("cancel")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_cancel(session: _Session, batch_id: str) -> None:
+    """Cancel every item not yet started, and print the batch."""
+    _echo_json(session.client().cancel_batch(batch_id))
+
+
+@batch.command("retry")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_retry(session: _Session, batch_id: str) -> None:
+    """Give each failed item a new job, and print the batch."""
+    _echo_json(session.client().retry_batch(batch_id))
+
+
+def _finish_batch(client: OmniClient, batch_id: str) -> None:
+    tally = Tally()
+    final: dict[str, Any] | None = None
+    with BatchProgress(tally) as progress:
+        for event in client.batch_events(batch_id):
+            progress.update(event)
+            if event.name == "done":
+                final = event.data
+        if final is None:  # a stream that ended without ``done`` (the server had nothing more)
+            final = client.get_batch(batch_id)
+            progress.update(BatchEvent("done", final))
+    _note(tally.summary())
+    _echo_json(final)
+    if final.get("status") != "succeeded":
+        click.get_current_context().exit(EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def _spooled_stdin() -> Iterator[IO[bytes]]:
+    """stdin copied to a temporary file, so the upload has a length and a retry can re-read it."""
+    with tempfile.TemporaryFile() as spool:
+        stdin = sys.stdin.buffer
+        while chunk := stdin.read(UPLOAD_CHUNK_BYTES):
+            spool.write(chunk)
+        spool.seek(0)
+        yield spool
