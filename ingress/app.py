@@ -36,17 +36,11 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     # in the process that serves (after gunicorn's fork), never at import.
     from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
-    # A batch hands the client 100,000 messages at once: up to 1,000 go in one publish call
-    # (the default is 100). A single job's message still leaves within max_latency.
-    batching = pubsub_v1.types.BatchSettings(
-        max_messages=1000, max_bytes=4 * 1024 * 1024, max_latency=0.01
-    )
-
     app = Flask(__name__)
     # Flask's own limit is a backstop for every route; json_body() enforces the per-route one.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    publisher_client = pubsub_v1.PublisherClient(batch_settings=batching)
+    publisher_client = pubsub_v1.PublisherClient()
     firestore_client = firestore.Client(project=settings.project)
     publisher = JobPublisher(
         publisher_client,

@@ -57,6 +57,8 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 ITEM_OVERHEAD_BYTES = 64 * 1024
 """Room a job document needs beside its input: an item may be ``MAX_BODY_BYTES`` less this."""
+READ_BYTES = 1024 * 1024
+"""How much of an NDJSON body is read at a time."""
 MAX_REPORTED_ERRORS = 20
 """Invalid items named in a 422; the detail says how many there were in all."""
 PROGRESS_EVERY_S = 0.25
@@ -173,23 +175,12 @@ def _ndjson_items(req: Request, svc: Services) -> tuple[TaskSpec, Items, str]:
     max_item = settings.max_body_bytes - ITEM_OVERHEAD_BYTES
     digest = hashlib.sha256(f"{req.path}\x00{spec.name}\x00".encode())
     items = Items()
-    read = 0
-    for number in itertools.count(1):
-        raw = req.stream.readline(max_item + 2)
-        if not raw:
-            break
-        read += len(raw)
-        if read > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        digest.update(raw)
+    for number, raw in enumerate(_body_lines(req, limit, digest), start=1):
         loc: list[str | int] = ["body", "line", number]
-        if len(raw) > max_item + 1 or (len(raw) == max_item + 1 and not raw.endswith(b"\n")):
-            while raw and not raw.endswith(b"\n"):  # skip the rest of the line
-                raw = req.stream.readline(64 * 1024)
-                read += len(raw)
-                digest.update(raw)
+        if len(raw) > max_item:
             items.fail(
-                [ProblemItem(loc=loc, msg=f"an item is at most {max_item} bytes")], f"line {number}"
+                [ProblemItem(loc=loc, msg=f"an item is at most {max_item} bytes")],
+                f"line {number}",
             )
             continue
         text = raw.strip()
@@ -210,6 +201,24 @@ def _ndjson_items(req: Request, svc: Services) -> tuple[TaskSpec, Items, str]:
         raise ValidationFailed([ProblemItem(loc=["body"], msg="the batch has no items")])
     items.raise_if_bad("line")
     return spec, items, digest.hexdigest()
+
+
+def _body_lines(req: Request, limit: int, digest: Any) -> Iterator[bytes]:
+    """The body's lines, read a megabyte at a time (werkzeug's ``readline`` reads its input in
+    small pieces: 2.5 s for 20,000 lines here); 413 as soon as more than ``limit`` bytes came.
+    A line is held whole, so the longest one costs at most ``limit`` bytes of memory."""
+    read = 0
+    rest = b""
+    while chunk := req.stream.read(READ_BYTES):
+        read += len(chunk)
+        if read > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        digest.update(chunk)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
 
 
 def _json_items(req: Request, svc: Services) -> tuple[TaskSpec, Items, str, dict[str, str] | None]:

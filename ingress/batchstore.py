@@ -1,11 +1,15 @@
 """Batch documents and their items' jobs in Firestore, as the ingress reads and writes them.
 
 Creating a batch writes its document (``state: creating``), then its jobs in atomic batched writes
-of ``CHUNK`` documents from ``WRITERS`` threads at once, handing each chunk's messages to the
-publisher's own batching as soon as the chunk is durable, and marks the batch ``accepted`` only
-when Pub/Sub confirmed every message. Any failure on the way abandons the batch: it is marked
-cancelled (so no worker starts one of its items) and its queued items are swept, and the client
-gets 503 and may retry. Counts: ``schemas/batches.py``.
+of up to ``CHUNK`` documents from ``WRITERS`` threads at once, each thread publishing its chunk's
+messages as soon as the chunk is durable, and marks the batch ``accepted`` only when Pub/Sub
+confirmed every message. Documents and messages are built as protobufs directly
+(``ItemDocuments``, ``JobPublisher.publish_all``): through the clients' wrappers, Python alone
+took ~40 s of CPU for 100,000 items on this machine.
+
+Any failure on the way abandons the batch: it is marked cancelled (so no worker starts one of its
+items) and its queued items are swept, and the client gets 503 and may retry.
+Counts: ``schemas/batches.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,29 +126,33 @@ class BatchStore:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore batch create failed: {type(exc).__name__}") from exc
 
-        def write_chunk(bounds: tuple[int, int]) -> list[Future[str]]:
+        template = new_job_document(
+            tenant=tenant,
+            task=task,
+            input={},
+            metadata=None,
+            now=now,
+            result_ttl_s=self._result_ttl_s,
+        )
+        documents = ItemDocuments(self._jobs, {**template, **item_fields(batch_id, ref.path, 0)})
+
+        def write_chunk(bounds: tuple[int, int]) -> None:
+            job_ids = [new_job_id() for _ in range(*bounds)]
             writes = self._client.batch()
-            messages = []
-            for index in range(*bounds):
-                job_id = new_job_id()
-                job = new_job_document(
-                    tenant=tenant,
-                    task=task,
-                    input=inputs[index],
-                    metadata=None,
-                    now=now,
-                    result_ttl_s=self._result_ttl_s,
-                )
-                job.update(item_fields(batch_id, ref.path, index))
-                writes.set(self._jobs.document(job_id), job)
-                messages.append(JobMessage(job_id=job_id, task=task, tenant=tenant))
+            writes._add_write_pbs(  # the protected hook WriteBatch offers for ready-made writes
+                [
+                    documents.write(job_id, index, inputs[index])
+                    for job_id, index in zip(job_ids, range(*bounds), strict=True)
+                ]
+            )
             writes.commit(retry=self._retry, timeout=self._timeout_s)
-            return self._publisher.publish_many(messages)
+            self._publisher.publish_all(
+                [JobMessage(job_id=job_id, task=task, tenant=tenant) for job_id in job_ids]
+            )
 
         try:
             with ThreadPoolExecutor(WRITERS, thread_name_prefix="batch-create") as pool:
-                pending = [f for chunk in pool.map(write_chunk, chunks(sizes)) for f in chunk]
-            self._publisher.confirmed(pending)
+                list(pool.map(write_chunk, chunks(sizes)))
             ref.update(
                 {"state": "accepted", "updated_at": datetime.now(UTC)},
                 retry=self._retry,
@@ -421,7 +429,7 @@ class BatchStore:
             for _, job_id, job, _ in chosen
         ]
         try:
-            self._publisher.confirmed(self._publisher.publish_many(messages))
+            self._publisher.publish_all(messages)
         except PublishFailed:
             logger.warning(
                 "retried items not published; the reconciler will",
@@ -444,6 +452,54 @@ class BatchStore:
             deltas.move(old, JobStatus.QUEUED)  # the item: failed → queued again
         deltas.write(writes, self._client, now)
         writes.commit(retry=self._retry, timeout=self._timeout_s)
+
+
+class ItemDocuments:
+    """The job documents of one batch's items, as ready-made protobuf writes.
+
+    The Firestore client encodes every value through proto-plus wrappers, ~300 µs a document
+    here. Every item's document is the same but for its input and index, so the shared fields
+    are encoded once, from ``template`` (built by ``new_job_document``, the one definition of a
+    job document), and copied; only the input is encoded per item."""
+
+    def __init__(self, jobs: Any, template: dict[str, Any]):
+        from google.cloud.firestore_v1 import _helpers
+        from google.cloud.firestore_v1.types import document, write
+
+        self._encode_value = _helpers.encode_value
+        self._document_pb = document.Document.pb()
+        self._write_pb = write.Write.pb()
+        self._template = document.Document(fields=_helpers.encode_dict(template))._pb
+        self._prefix = jobs.document("-")._document_path[:-1]
+
+    def write(self, job_id: str, index: int, item_input: dict[str, Any]) -> Any:
+        doc = self._document_pb()
+        doc.CopyFrom(self._template)
+        doc.name = self._prefix + job_id
+        doc.fields["batch_index"].integer_value = index
+        self._encode(item_input, doc.fields["input"])
+        return self._write_pb(update=doc)
+
+    def _encode(self, value: Any, out: Any) -> None:
+        """``value`` into the protobuf ``Value`` ``out``, as the client would encode it."""
+        if isinstance(value, str):
+            out.string_value = value
+        elif isinstance(value, bool):
+            out.boolean_value = value
+        elif isinstance(value, int):
+            out.integer_value = value
+        elif isinstance(value, float):
+            out.double_value = value
+        elif isinstance(value, dict):
+            out.map_value.SetInParent()
+            for key, item in value.items():
+                self._encode(item, out.map_value.fields[key])
+        elif isinstance(value, list):
+            out.array_value.SetInParent()
+            for item in value:
+                self._encode(item, out.array_value.values.add())
+        else:  # None, bytes, timestamps: rare in an input, left to the client's own encoder
+            out.CopyFrom(self._encode_value(value)._pb)
 
 
 def chunks(sizes: list[int]) -> list[tuple[int, int]]:

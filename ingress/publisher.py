@@ -10,6 +10,9 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from schemas.googleapi import bounded_retry
 from schemas.messages import JobMessage
 
+MAX_PER_CALL = 1000
+"""Messages per publish call (Pub/Sub takes at most 1,000 and 10 MB)."""
+
 
 class PublishFailed(RuntimeError):
     """The message was not confirmed by Pub/Sub in time (it may still arrive later)."""
@@ -33,26 +36,32 @@ class JobPublisher:
         except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
             raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
-    def publish_many(self, messages: list[JobMessage]) -> list[futures.Future[str]]:
-        """Hand every message to the client's batching publisher at once; the caller waits on
-        the futures (``confirmed``), so many batches of messages are in flight together."""
-        out = []
-        for message in messages:
-            data, attributes = message.to_pubsub()
-            out.append(
-                self._client.publish(
-                    self._topic_path, data, retry=self._retry, timeout=self._timeout_s, **attributes
-                )
-            )
-        return out
+    def publish_all(self, messages: list[JobMessage]) -> None:
+        """Publish many messages, ``MAX_PER_CALL`` to a call, and wait for each call's answer.
 
-    def confirmed(self, pending: list[futures.Future[str]]) -> None:
-        """Wait until Pub/Sub confirmed every message; ``PublishFailed`` if any was not."""
-        try:
-            for future in pending:
-                future.result(timeout=self._timeout_s)
-        except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
-            raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
+        A batch's items go this way, not through ``publish``: the client's batching publisher
+        spends ~100 µs of Python a message on its wrappers and futures, 10 s of CPU for a
+        100,000-item batch on this machine. Here the messages are built as protobufs directly
+        and sent with the underlying generated client's ``publish`` (the same RPC)."""
+        from google.pubsub_v1 import PublisherClient as GeneratedPublisher
+        from google.pubsub_v1.types import PubsubMessage
+
+        message_pb = PubsubMessage.pb()
+        for start in range(0, len(messages), MAX_PER_CALL):
+            pbs = []
+            for message in messages[start : start + MAX_PER_CALL]:
+                data, attributes = message.to_pubsub()
+                pbs.append(message_pb(data=data, attributes=attributes))
+            try:
+                GeneratedPublisher.publish(
+                    self._client,
+                    topic=self._topic_path,
+                    messages=pbs,
+                    retry=self._retry,
+                    timeout=self._timeout_s,
+                )
+            except gexc.GoogleAPIError as exc:
+                raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
     def ping(self) -> bool:
         """Whether the topic answers now."""

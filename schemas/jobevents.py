@@ -1,7 +1,9 @@
 """A job's events, as ``GET /v1/jobs/ID/events`` sends them, read from its stored event log.
 
 The log is the ``events`` array of the job document (see ``schemas/jobstate.py``): one record per
-status change, in order, its 1-based place being the event id. Each event carries the job as it was
+status change, in order. Event 1 is the job's creation (``queued`` at ``created_at``), which is not
+stored (documents written before that choice hold it as a first record without a nonce ``n``);
+the record at place k of the array is then event k + 1. Each event carries the job as it was
 at that change: the current resource with the record's status, time and attempt, and ``result``,
 ``error`` and ``finished_at`` only on the terminal event (nothing else about a job changes before it
 ends). The last event is always the job exactly as it reads now.
@@ -35,6 +37,8 @@ class JobEvent:
 
 def _records(doc: dict[str, Any]) -> list[dict[str, Any]]:
     records = [r for r in doc.get("events") or [] if isinstance(r, dict) and "status" in r]
+    if not records or "n" in records[0]:
+        records.insert(0, {"status": JobStatus.QUEUED.value, "at": doc.get("created_at")})
     # A document written before the log existed, or whose log lost its last record to a writer
     # that does not keep one, still ends with its current state.
     if not records or records[-1].get("status") != doc.get("status"):

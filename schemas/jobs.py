@@ -197,7 +197,8 @@ def new_job_document(
         "input": input,
         "metadata": metadata or {},
         "terminal_writes": 0,
-        # The first record of the event log (schemas/jobstate.py); event id 1.
-        "events": [{"status": JobStatus.QUEUED.value, "at": now}],
+        # No ``events`` yet: event 1, the creation, is implied by ``created_at`` (see
+        # schemas/jobevents.py). An array of maps is the costliest value to index, and a batch
+        # writes 100,000 of these documents at once.
         "expire_at": now + timedelta(seconds=result_ttl_s),
     }

@@ -20,6 +20,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from emulators.process import stop_group
+from schemas.batches import item_fields
+from schemas.jobs import new_job_document
 from tests.conftest import Emulators
 from tests.integration.conftest import KEYS, Service, start_ingress
 from tests.support import python_env, sse_messages, wait_for
@@ -224,10 +226,8 @@ def test_cancel_stops_every_item_not_yet_started(
     assert len(stored) == 300
     for _, job in stored:
         assert job["status"] == "cancelled" and job["attempts"] == 0
-        assert "result" not in job and [e["status"] for e in job["events"]] == [
-            "queued",
-            "cancelled",
-        ]
+        # The stored log after the (implicit) creation: the cancel alone, never a claim.
+        assert "result" not in job and [e["status"] for e in job["events"]] == ["cancelled"]
     assert {line["status"] for line in results(ingress, batch["id"])} == {"cancelled"}
     again = requests.post(f"{ingress.url}/v1/batches/{batch['id']}/cancel", headers=A, timeout=30)
     assert again.status_code == 409
@@ -415,6 +415,19 @@ def test_a_hundred_thousand_item_batch_is_accepted(
             .where(filter=FieldFilter("batch_id", "==", batch["id"]))
         )
         assert query.count().get()[0][0].value == 100_000
+        # Item documents are built as protobufs directly: each must read back exactly as the
+        # one definition of a job document (new_job_document) makes it.
+        first_item = next(iter(query.where(filter=FieldFilter("batch_index", "==", 7)).stream()))
+        stored = first_item.to_dict() or {}
+        expected = new_job_document(
+            tenant="tenant-a",
+            task="embed",
+            input={"texts": ["item 7 of a large batch"]},
+            metadata=None,
+            now=stored["created_at"],
+        )
+        expected.update(item_fields(batch["id"], f"batches/{batch['id']}", 7))
+        assert stored == expected
         lines = requests.get(
             f"{sink.url}/v1/batches/{batch['id']}/results", headers=A, stream=True, timeout=300
         )

@@ -62,10 +62,23 @@ def test_after_skips_what_the_client_has_and_latest_is_the_current_state() -> No
     assert (latest.id, latest.status) == (5, JobStatus.SUCCEEDED)
 
 
-def test_a_document_without_a_log_still_has_its_current_state_as_an_event() -> None:
+def test_a_document_without_a_log_still_has_its_creation_and_current_state_as_events() -> None:
     doc = history()
     del doc["events"]
-    assert [(e.id, e.status.value) for e in job_events(JOB_ID, doc)] == [(1, "succeeded")]
+    statuses = [(e.id, e.status.value) for e in job_events(JOB_ID, doc)]
+    assert statuses == [(1, "queued"), (2, "succeeded")]
+
+
+def test_a_stored_creation_record_keeps_the_same_ids() -> None:
+    # Documents written before the creation event became implicit hold it as a first record
+    # without a nonce; their ids must not shift.
+    doc = history()
+    assert "events" not in new_job_document(
+        tenant="t", task="entities", input={"text": "x"}, metadata=None, now=T0
+    )
+    doc["events"] = [{"status": "queued", "at": T0}, *doc["events"]]
+    assert [e.id for e in job_events(JOB_ID, doc)] == [1, 2, 3, 4, 5]
+    assert latest_event(JOB_ID, doc).id == 5
 
 
 def test_sse_framing_is_id_event_and_one_data_line() -> None:
