@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m bench.throughput
 	$(PY) -m bench.peer_celery
 	$(PY) -m bench.sse_fanout
+	$(PY) -m bench.batch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

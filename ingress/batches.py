@@ -61,6 +61,8 @@ READ_BYTES = 1024 * 1024
 """How much of an NDJSON body is read at a time."""
 MAX_REPORTED_ERRORS = 20
 """Invalid items named in a 422; the detail says how many there were in all."""
+CREATING_STALE_S = 300.0
+"""A batch still being accepted this long after it was created never will be: its request died."""
 PROGRESS_EVERY_S = 0.25
 """Least time between two ``progress`` events of a batch stream (item events are not held)."""
 CLOCK_SLACK_S = 5.0
@@ -297,10 +299,20 @@ def _replayed(
     batch_id: str, doc: dict[str, Any], tenant: str, headers: dict[str, str]
 ) -> tuple[Response, int, dict[str, str]]:
     """A second request with the same Idempotency-Key and body."""
+    failed = Conflict(
+        f"the request first sent with this {IDEMPOTENCY_HEADER} failed; use a new key"
+    )
     if doc.get("tenant") != tenant or doc.get("state") == "abandoned":
-        raise Conflict(
-            f"the request first sent with this {IDEMPOTENCY_HEADER} failed; use a new key"
-        )
+        raise failed
+    created = doc.get("created_at")
+    if (
+        doc.get("state") != "accepted"
+        and created is not None
+        and (datetime.now(UTC) - created > timedelta(seconds=CREATING_STALE_S))
+    ):
+        # Its request died mid-way (the instance went down): no answer will come for it.
+        services().batches.abandon(batch_id)
+        raise failed
     if doc.get("state") != "accepted":
         raise Conflict(
             f"the request first sent with this {IDEMPOTENCY_HEADER} is still being accepted; "

@@ -159,15 +159,15 @@ class BatchStore:
                 timeout=self._timeout_s,
             )
         except PublishFailed:
-            self._abandon(batch_id)
+            self.abandon(batch_id)
             raise
         except UNAVAILABLE as exc:
-            self._abandon(batch_id)
+            self.abandon(batch_id)
             raise StoreUnavailable(f"Firestore batch write failed: {type(exc).__name__}") from exc
         doc["state"] = "accepted"
         return Batch(batch_id, doc, [])
 
-    def _abandon(self, batch_id: str) -> None:
+    def abandon(self, batch_id: str) -> None:
         """A batch whose creation failed: no item may run, the client was told 503."""
         try:
             self._batches.document(batch_id).update(

@@ -3,6 +3,7 @@ counts, ordered results, events, cancel, retry, tenancy."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -436,3 +437,36 @@ def test_a_hundred_thousand_item_batch_is_accepted(
         lines.close()
     finally:
         stop_group(sink.process, 30)
+
+
+def test_a_batch_whose_request_died_is_abandoned_on_an_idempotent_retry(
+    ingress: Service, clean_firestore: Emulators
+) -> None:
+    # As if an ingress had died while accepting: the key reserved, the batch still "creating"
+    # ten minutes later. The client's retry with the key must not wait forever on it.
+    from datetime import UTC, datetime, timedelta
+
+    from ingress.idempotency import IdempotencyStore
+
+    body = json.dumps({"texts": ["lost"]}) + "\n"
+    batch_id = "d" * 32
+    started = datetime.now(UTC) - timedelta(minutes=10)
+    db = firestore.Client()
+    digest = hashlib.sha256(b"/v1/batches\x00embed\x00" + body.encode()).hexdigest()
+    db.collection("idempotency").document(IdempotencyStore._doc_id("tenant-a", "died")).set(
+        {
+            "tenant": "tenant-a",
+            "fingerprint": digest,
+            "resource_id": batch_id,
+            "created_at": started,
+            "expire_at": started + timedelta(hours=24),
+        }
+    )
+    batch_doc = {"tenant": "tenant-a", "task": "embed", "state": "creating", "created_at": started}
+    db.collection("batches").document(batch_id).set(batch_doc)
+    retry = submit_ndjson(ingress, "embed", [body.strip()], {**A, "Idempotency-Key": "died"})
+    assert retry.status_code == 409 and "use a new key" in retry.json()["detail"]
+    stored = db.collection("batches").document(batch_id).get().to_dict() or {}
+    assert stored["state"] == "abandoned" and stored["cancel_requested"] is True
+    fresh = submit_ndjson(ingress, "embed", [body.strip()], {**A, "Idempotency-Key": "anew"})
+    assert fresh.status_code == 202

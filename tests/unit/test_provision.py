@@ -44,7 +44,11 @@ def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
     calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
     ttl_fields = [req["field"]["name"] for method, req in calls if method == "update_field"]
     base = "projects/p/databases/(default)/collectionGroups"
-    assert ttl_fields == [f"{base}/jobs/fields/expire_at", f"{base}/idempotency/fields/expire_at"]
+    assert ttl_fields == [
+        f"{base}/jobs/fields/expire_at",
+        f"{base}/idempotency/fields/expire_at",
+        f"{base}/batches/fields/expire_at",
+    ]
 
 
 def test_the_reconcilers_queries_have_their_composite_indexes() -> None:
@@ -56,3 +60,17 @@ def test_the_reconcilers_queries_have_their_composite_indexes() -> None:
     }
     assert ("status", "updated_at") in indexes
     assert ("status", "lease_expires_at") in indexes
+
+
+def test_the_batch_queries_have_their_composite_indexes() -> None:
+    # ingress/batchstore.py: results in input order (optionally by status), and the listener on
+    # items finishing behind GET /v1/batches/ID/events.
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    indexes = {
+        tuple(f["field_path"] for f in req["index"]["fields"])
+        for method, req in calls
+        if method == "create_index"
+    }
+    assert ("batch_id", "superseded_by", "batch_index") in indexes
+    assert ("batch_id", "superseded_by", "status", "batch_index") in indexes
+    assert ("batch_id", "finished_at") in indexes
