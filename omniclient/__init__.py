@@ -12,15 +12,8 @@ The ``cli`` extra installs what it needs: ``pip install -e '.[cli]'``.
 
 from __future__ import annotations
 
-from omniclient.client import (
-    BatchEvent,
-    JobEvent,
-    MissingApiKey,
-    OmniClient,
-    OmniClientError,
-    OmniConnectionError,
-    OmniError,
-)
+from omniclient.client import BatchEvent, JobEvent, OmniClient
+from omniclient.errors import MissingApiKey, OmniClientError, OmniConnectionError, OmniError
 
 __all__ = [
     "BatchEvent",

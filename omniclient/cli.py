@@ -18,17 +18,10 @@ from typing import IO, Any
 
 import click
 
-from omniclient.client import (
-    DEFAULT_URL,
-    TERMINAL,
-    UPLOAD_CHUNK_BYTES,
-    BatchEvent,
-    MissingApiKey,
-    OmniClient,
-    OmniClientError,
-    OmniError,
-)
+from omniclient.client import DEFAULT_URL, TERMINAL, BatchEvent, OmniClient
+from omniclient.errors import MissingApiKey, OmniClientError, OmniError
 from omniclient.progress import BatchProgress, Tally
+from omniclient.upload import UPLOAD_CHUNK_BYTES
 
 EXIT_FAILED = 1
 """A job or batch that ended failed or cancelled, an API error, or no connection."""

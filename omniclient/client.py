@@ -1,11 +1,7 @@
 """A synchronous client for Omni's public HTTP API (docs/cli.md; the contract is CONTRACT.md).
 
-    OmniClientError               anything this client raises on purpose
-    ├── MissingApiKey             no key given and none in OMNI_API_KEY
-    ├── OmniError                 the API answered non-2xx (parsed from problem+json)
-    └── OmniConnectionError       no answer: refused, reset, timed out, a stream that kept breaking
-
-Transport errors from httpx are translated at one place, ``OmniClient._send``, with
+``OmniClient`` and the events it yields. What it raises is drawn in omniclient/errors.py;
+transport errors from httpx are translated into those at one place, ``OmniClient._send``, with
 ``raise ... from``. Retries, in order of how safe they are:
 
 * 429 and 503 mean the request was not taken: every call retries them, honouring ``Retry-After``,
@@ -21,7 +17,6 @@ Transport errors from httpx are translated at one place, ``OmniClient._send``, w
 from __future__ import annotations
 
 import email.utils
-import io
 import math
 import os
 import time
@@ -33,6 +28,9 @@ from urllib.parse import quote
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
+
+from omniclient.errors import MissingApiKey, OmniClientError, OmniConnectionError, OmniError
+from omniclient.upload import upload_source
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
@@ -51,8 +49,6 @@ STREAM_RECONNECTS = 5
 """Reconnects of an event stream in a row without an event in between, before giving up."""
 UPLOAD_TIMEOUT_S = 300.0
 """How long a batch upload may wait for its answer (the server validates every line), seconds."""
-UPLOAD_CHUNK_BYTES = 64 * 1024
-"""Size of each piece of an NDJSON upload read from disk, bytes."""
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 """Job and batch statuses that never change again."""
 RETRY_STATUSES = frozenset({429, 503})
@@ -63,56 +59,6 @@ _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.
 """A request that went out and got no (whole) answer; ConnectError and SSEError are not here."""
 
 Json = dict[str, Any]
-
-
-class OmniClientError(Exception):
-    """Base of every error this client raises on purpose."""
-
-
-class MissingApiKey(OmniClientError):
-    """No API key was given and ``OMNI_API_KEY`` is unset."""
-
-
-class OmniConnectionError(OmniClientError):
-    """The API could not be reached, or a connection to it kept breaking."""
-
-
-class OmniError(OmniClientError):
-    """The API answered non-2xx. Fields come from its ``application/problem+json`` body."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str | None = None,
-        errors: list[Json] | None = None,
-        body: Any = None,
-    ) -> None:
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors or []
-        self.body = body
-        super().__init__(f"{status} {title}: {detail}" if detail else f"{status} {title}")
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> OmniError:
-        """Parse a problem+json body; any other body (a proxy's HTML page) keeps its raw text."""
-        title = response.reason_phrase or "Error"
-        try:
-            body: Any = response.json()
-        except ValueError:
-            return cls(response.status_code, title, body=response.text)
-        if not isinstance(body, dict):
-            return cls(response.status_code, title, body=body)
-        errors = body.get("errors")
-        return cls(
-            status=int(body.get("status") or response.status_code),
-            title=str(body.get("title") or title),
-            detail=body.get("detail"),
-            errors=[e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else [],
-            body=body,
-        )
 
 
 class JobEvent(NamedTuple):
@@ -128,12 +74,6 @@ class BatchEvent(NamedTuple):
 
     name: str
     data: Json
-
-
-class _Upload(NamedTuple):
-    chunks: Callable[[], Iterator[bytes]]  # a fresh iterator from the start, for each try
-    size: int | None
-    replayable: bool
 
 
 class OmniClient:
@@ -231,7 +171,7 @@ class OmniClient:
         if isinstance(items, str | os.PathLike) or hasattr(items, "read"):
             if metadata:
                 raise ValueError("metadata needs a JSON batch (a list of items), not NDJSON")
-            upload = _upload(items)  # type: ignore[arg-type]
+            upload = upload_source(items)  # type: ignore[arg-type]
             headers = {"Content-Type": "application/x-ndjson"}
             if upload.size is not None:
                 headers["Content-Length"] = str(upload.size)
@@ -458,30 +398,3 @@ def _retry_after(value: str | None, default: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _upload(source: str | os.PathLike[str] | IO[bytes] | IO[str]) -> _Upload:
-    if isinstance(source, str | os.PathLike):
-        path = os.fspath(source)
-
-        def from_path() -> Iterator[bytes]:
-            with open(path, "rb") as file:
-                while chunk := file.read(UPLOAD_CHUNK_BYTES):
-                    yield chunk
-
-        return _Upload(from_path, os.path.getsize(path), replayable=True)
-
-    file = source
-    start = file.tell() if file.seekable() else None
-    size = None
-    if start is not None and not isinstance(file, io.TextIOBase):
-        size = file.seek(0, io.SEEK_END) - start
-        file.seek(start)
-
-    def from_file() -> Iterator[bytes]:
-        if start is not None:
-            file.seek(start)
-        while chunk := file.read(UPLOAD_CHUNK_BYTES):
-            yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
-
-    return _Upload(from_file, size, replayable=start is not None)

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.cloud.firestore import Increment
 
-from ingress.batchstore import CHUNK, CHUNK_BYTES, chunks
+from ingress.itemdocs import CHUNK, CHUNK_BYTES, chunks
 from schemas.batches import Batch, BatchCounts, BatchStatus, CountDeltas, batch_status, counts_of
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)

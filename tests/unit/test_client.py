@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from omniclient import client as omniclient
-from omniclient.client import OmniClient, OmniConnectionError, OmniError
+from omniclient.client import OmniClient
+from omniclient.errors import MissingApiKey, OmniConnectionError, OmniError
+from omniclient.upload import UPLOAD_CHUNK_BYTES
 
 URL = "http://omni.test"
 KEY = "key-1"
@@ -421,7 +423,7 @@ def test_an_ndjson_file_is_streamed_in_pieces_with_its_type_and_task(tmp_path: P
     assert request.headers["Content-Type"] == "application/x-ndjson"
     assert request.headers["Content-Length"] == str(path.stat().st_size)
     assert "Idempotency-Key" in request.headers
-    assert len(chunks) > 1 and max(map(len, chunks)) <= omniclient.UPLOAD_CHUNK_BYTES
+    assert len(chunks) > 1 and max(map(len, chunks)) <= UPLOAD_CHUNK_BYTES
     assert b"".join(chunks) == path.read_bytes()
 
 
@@ -478,7 +480,7 @@ def test_batch_actions_post_to_their_paths() -> None:
 
 def test_a_client_needs_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMNI_API_KEY", raising=False)
-    with pytest.raises(omniclient.MissingApiKey, match="OMNI_API_KEY"):
+    with pytest.raises(MissingApiKey, match="OMNI_API_KEY"):
         OmniClient(URL)
     monkeypatch.setenv("OMNI_API_KEY", "from-env")
     monkeypatch.setenv("OMNI_URL", "http://env.test/")
