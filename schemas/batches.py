@@ -25,9 +25,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from google.cloud.firestore import Increment
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.jobs import JobStatus, checked_metadata, refused_webhook
+from schemas.jobs import JobStatus, Metadata, Webhook
 
 SHARDS = 16
 """Counter shards per batch: enough that no shard sees more than a write a second in
@@ -53,18 +53,8 @@ class BatchRequest(BaseModel):
 
     task: str = Field(min_length=1, max_length=64)
     items: list[dict[str, Any]] = Field(min_length=1)
-    metadata: dict[str, str] | None = None
-    webhook: str | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_within_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return checked_metadata(value)
-
-    @field_validator("webhook")
-    @classmethod
-    def _webhooks_not_yet(cls, value: str | None) -> str | None:
-        return refused_webhook(value)
+    metadata: Metadata = None
+    webhook: Webhook = None
 
 
 class BatchCounts(BaseModel):

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from schemas.tasks import get_task
 
@@ -64,27 +64,6 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-class JobRequest(BaseModel):
-    """Body of ``POST /v1/jobs``. ``input`` is checked against the task's own schema afterwards."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: str = Field(min_length=1, max_length=64)
-    input: dict[str, Any]
-    metadata: dict[str, str] | None = None
-    webhook: str | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_within_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return checked_metadata(value)
-
-    @field_validator("webhook")
-    @classmethod
-    def _webhooks_not_yet(cls, value: str | None) -> str | None:
-        return refused_webhook(value)
-
-
 def checked_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     """``metadata`` within its limits (jobs and batches carry the same kind)."""
     if value is None:
@@ -105,6 +84,23 @@ def refused_webhook(value: str | None) -> str | None:
     if value is not None:
         raise ValueError("webhook delivery is not available yet; poll the job instead")
     return value
+
+
+Metadata = Annotated[dict[str, str] | None, AfterValidator(checked_metadata)]
+"""``metadata`` of a job or a batch: at most 16 short string pairs."""
+Webhook = Annotated[str | None, AfterValidator(refused_webhook)]
+"""``webhook`` of a job or a batch (refused until webhooks are delivered)."""
+
+
+class JobRequest(BaseModel):
+    """Body of ``POST /v1/jobs``. ``input`` is checked against the task's own schema afterwards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any]
+    metadata: Metadata = None
+    webhook: Webhook = None
 
 
 class JobError(BaseModel):
