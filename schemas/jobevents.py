@@ -74,6 +74,7 @@ def job_events(job_id: str, doc: dict[str, Any], after: int = 0) -> list[JobEven
                     "finished_at": None,
                     "result": None,
                     "error": None,
+                    "timings": None,  # known once the job has ended
                 }
             )
         events.append(JobEvent(seq, status, job.to_json_dict()))

@@ -108,6 +108,35 @@ class JobError(BaseModel):
     message: str
 
 
+class JobTimings(BaseModel):
+    """Where a job's time went, in milliseconds: ``queued_ms`` from creation to its first start,
+    ``running_ms`` from that start to the end (retries and waits for the model included),
+    ``inference_ms`` the forward pass that produced its outcome, shared with ``batch_size`` - 1
+    other jobs (micro-batching). Each is absent until known."""
+
+    queued_ms: float | None = None
+    running_ms: float | None = None
+    inference_ms: float | None = None
+    batch_size: int | None = None
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> JobTimings | None:
+        created, started, finished = (
+            doc.get(k) for k in ("created_at", "started_at", "finished_at")
+        )
+        timings = cls(
+            queued_ms=_ms(started - created) if created and started else None,
+            running_ms=_ms(finished - started) if started and finished else None,
+            inference_ms=doc.get("inference_ms"),
+            batch_size=doc.get("batch_size"),
+        )
+        return timings if timings.model_dump(exclude_none=True) else None
+
+
+def _ms(delta: timedelta) -> float:
+    return round(delta.total_seconds() * 1000, 1)
+
+
 class JobLinks(BaseModel):
     self: str
     events: str
@@ -133,6 +162,7 @@ class Job(BaseModel):
     input: dict[str, Any]
     batch_id: str | None = None
     metadata: dict[str, str] | None = None
+    timings: JobTimings | None = None
     links: JobLinks
 
     @classmethod
@@ -162,6 +192,7 @@ class Job(BaseModel):
             input=spec.input_from_store(doc["input"]),
             batch_id=doc.get("batch_id"),
             metadata=doc.get("metadata") or None,
+            timings=JobTimings.from_document(doc),
             links=JobLinks.for_job(job_id),
         )
 

@@ -434,14 +434,16 @@ class Processor:
         """Write the batch's outcomes (one commit for the terminal ones), then settle messages."""
         ends: list[tuple[InFlight, JobStatus, dict[str, Any], str]] = []
         size = len(batch)
+        # The job's share of its timings (schemas/jobs.JobTimings): the forward pass it was in.
+        ran = {"batch_size": size, "inference_ms": round(inference_ms, 1)}
         for item, outcome in zip(batch, outcomes, strict=True):
             claim, message = item.claim, item.delivery.message
             extra = {"job_id": claim.job_id, "task": claim.task, "attempt": claim.attempt}
             if isinstance(outcome, dict):
-                fields = {"result": outcome, "batch_size": size}
+                fields = {"result": outcome, **ran}
                 ends.append((item, JobStatus.SUCCEEDED, fields, "job succeeded"))
             elif isinstance(outcome, PermanentError):
-                fields = {"error": {"code": outcome.code, "message": outcome.message}}
+                fields = {"error": {"code": outcome.code, "message": outcome.message}, **ran}
                 ends.append((item, JobStatus.FAILED, fields, f"job failed: {outcome.code}"))
             elif isinstance(outcome, Stopped) and outcome.reason == "timeout":
                 limit = self._timeout_for(claim.task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -57,6 +58,20 @@ def test_embed_job_succeeds_with_unit_vectors_that_mean_something(
         assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, abs_tol=1e-4)
     assert cosine(cat, kitten) > cosine(cat, market) + 0.1
     assert "error" not in job
+
+    # Timings agree with the job's own timestamps; the forward pass fits inside the run.
+    timings = job["timings"]
+    created, started, finished = (
+        datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at")
+    )
+    assert timings["queued_ms"] == pytest.approx(
+        (started - created).total_seconds() * 1000, abs=0.1
+    )
+    assert timings["running_ms"] == pytest.approx(
+        (finished - started).total_seconds() * 1000, abs=0.1
+    )
+    assert 0 < timings["inference_ms"] <= timings["running_ms"]
+    assert timings["batch_size"] >= 1
 
 
 def test_a_second_delivery_of_a_finished_job_is_acked_without_running_again(
