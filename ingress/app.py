@@ -8,7 +8,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from ingress import batches, console, events, health, jobs, tasks
+from ingress import batches, console, events, health, jobs, metrics, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.batchstore import BatchStore
 from ingress.errors import Unauthorized, register_error_handlers
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     )
 
     register_error_handlers(app)
+    metrics.instrument(app)  # first: its timing then covers the hooks below
     app.before_request(_start_request)
     app.after_request(_log_request)
     app.teardown_request(lambda _exc: clear_log_context())

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from ingress import metrics
 from ingress.batchevents import batch_stream, render_item
 from ingress.batchinput import NDJSON_TYPES, json_items, ndjson_items
 from ingress.batchstore import Batch as StoredBatch
@@ -111,6 +112,7 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
         _release(svc, reservation)
         raise _unavailable("job queue", svc) from exc
     logger.info("batch queued", extra={"items": len(items.inputs)})
+    metrics.batch_submitted(spec.name, len(items.inputs))
     return jsonify(_resource(batch)), 202, headers
 
 

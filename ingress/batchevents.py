@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ingress import metrics
 from ingress.batchstore import Batch as StoredBatch
 from ingress.batchstore import BatchStore
 from schemas import JobStatus, get_task
@@ -35,6 +36,7 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+@metrics.counted_stream
 def batch_stream(
     store: BatchStore, batch: StoredBatch, ping_s: float, with_results: bool
 ) -> Iterator[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
+from ingress import metrics
 from ingress.errors import BadRequest, NotFound, ServiceUnavailable
 from ingress.services import services
 from ingress.store import StoreUnavailable
@@ -149,6 +150,7 @@ def stream_events(job_id: str) -> Response:
     return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
+@metrics.counted_stream
 def _stream(
     watcher: JobWatcher, job_id: str, doc: dict[str, Any], after: int | None, ping_s: float
 ) -> Iterator[str]:

@@ -6,9 +6,16 @@ for its whole life, so a worker's ``threads`` is its cap on open streams: the de
 1,000 of them (threads start only when needed). docs/streaming.md has the measurements behind it.
 No ``preload_app``: gRPC channels must be created after the fork, which the app factory does in
 each worker.
+
+Metrics: every worker writes its Prometheus metrics to files in ``PROMETHEUS_MULTIPROC_DIR``, which
+the master empties (or creates) at start, before anything imports prometheus-client; a dead
+worker's live gauges are dropped in ``child_exit``. See ``ingress/metrics.py``.
 """
 
 import os
+from pathlib import Path
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 wsgi_app = "ingress:create_app()"
 # Containers set HOST=0.0.0.0; anything else stays on loopback unless told otherwise.
@@ -54,6 +61,9 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     """
     import sys
 
+    # First: the imports below load prometheus-client, which picks its mode from the environment.
+    server.omni_own_multiproc_dir = prepare_multiproc_dir(os.environ)
+
     from ingress.auth import KeyRing
     from ingress.settings import ConfigError, Settings
 
@@ -62,7 +72,48 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         KeyRing.from_files(settings.api_keys, settings.api_keys_file)
     except ConfigError as exc:
         server.log.error("configuration error: %s", exc)
+        on_exit(server)
         sys.exit(3)
+
+
+def prepare_multiproc_dir(environ):  # type: ignore[no-untyped-def]
+    """Make ``PROMETHEUS_MULTIPROC_DIR`` an existing directory with no metric files in it, and
+    return the directory if it was made here (None when the operator named it).
+
+    Files left by an earlier run would be merged into this one's metrics. Only ``*.db`` files
+    are removed from a directory the operator named (prometheus-client's documented practice);
+    when the variable is unset, a fresh temporary directory is made and exported, so the
+    workers forked later inherit it.
+    """
+    import tempfile
+
+    named = environ.get(MULTIPROC_ENV)
+    if not named:
+        made = tempfile.mkdtemp(prefix="omni-prometheus-")
+        environ[MULTIPROC_ENV] = made
+        return made
+    directory = Path(named)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return None
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker ended (however it ended): its live gauges (open event streams) stop counting.
+    Its counters and histograms stay: they are totals of what it served."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the metrics directory if ``on_starting`` made it (never one the operator named)."""
+    import shutil
+
+    made = getattr(server, "omni_own_multiproc_dir", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

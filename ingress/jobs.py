@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError
 
+from ingress import metrics
 from ingress.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_until_terminal
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -108,6 +109,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         _release(svc, reservation)
         raise _unavailable("job queue", svc) from exc
     logger.info("job queued")
+    metrics.job_submitted(spec.name)
     return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
 
 

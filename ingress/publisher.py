@@ -7,6 +7,7 @@ from concurrent import futures
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+from ingress import metrics
 from schemas.googleapi import bounded_retry
 from schemas.messages import JobMessage
 
@@ -25,6 +26,7 @@ class JobPublisher:
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
 
+    @metrics.timed_publish
     def publish(self, message: JobMessage) -> str:
         """Publish and wait for Pub/Sub's confirmation; returns the message id."""
         data, attributes = message.to_pubsub()
@@ -36,6 +38,7 @@ class JobPublisher:
         except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
             raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
+    @metrics.timed_publish
     def publish_all(self, messages: list[JobMessage]) -> None:
         """Publish many messages, ``MAX_PER_CALL`` to a call, and wait for each call's answer.
 

@@ -27,6 +27,7 @@ from typing import Any
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
+from worker import metrics
 from worker.processor import Processor
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Consumer:
             self.foreign += 1
             message.ack()
             return
+        metrics.received(self.task, message)
         try:
             self._processor.handle([message])
         except Exception:

@@ -1,6 +1,7 @@
-"""``/healthz`` (alive) and ``/readyz`` (models loaded and pulling) on ``WORKER_HTTP_PORT``.
+"""``/healthz`` (alive), ``/readyz`` (models loaded and pulling) and ``/metrics`` (Prometheus,
+``worker/metrics.py``) on ``WORKER_HTTP_PORT``.
 
-A stdlib server on a daemon thread: the worker has no web framework and needs none for two routes.
+A stdlib server on a daemon thread: the worker has no web framework and needs none for three routes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from worker import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +31,17 @@ class HealthServer:
                 elif self.path == "/readyz":
                     ready, details = readiness_fn()
                     self._answer(200 if ready else 503, {"ready": ready, **details})
+                elif self.path == "/metrics":
+                    self._send(200, *metrics.exposition())
                 else:
                     self._answer(404, {"title": "Not Found", "status": 404})
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
-                payload = json.dumps(body).encode()
+                self._send(status, json.dumps(body).encode(), "application/json")
+
+            def _send(self, status: int, payload: bytes, content_type: str) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from schemas.messages import task_subscription
+from worker import metrics
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
 from worker.processor import Processor
@@ -122,6 +123,7 @@ class Worker:
         adapter = ADAPTERS[name](self.settings)
         adapter.load()
         self._load_s[name] = round(time.perf_counter() - started, 3)
+        metrics.model_loaded(name, self._load_s[name])
         self._adapters[name] = adapter
         logger.info(
             "model %s loaded in %.2fs",

@@ -49,7 +49,7 @@ from schemas.jobs import JobStatus
 from schemas.jsonlog import log_context
 from schemas.messages import JobMessage
 from schemas.tasks import get_task
-from worker import faults
+from worker import faults, metrics
 from worker.attempts import BatchStop, StopToken, Watcher
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
 from worker.lanes import Delivery, Lane
@@ -230,6 +230,7 @@ class Processor:
     def _forget(self, delivery: Delivery) -> None:
         with self._outstanding_lock:
             self._outstanding.discard(delivery)
+        metrics.settled(delivery)
 
     def _timeout_for(self, task: str) -> float:
         try:
@@ -297,6 +298,7 @@ class Processor:
                     logger.info(
                         "delivery skipped: %s", decision.reason, extra={"skip": decision.reason}
                     )
+                    metrics.skipped(job.task)
                     delivery.ack()
                 elif isinstance(decision, Busy):
                     self._retry_when_free(lane, delivery, decision)
@@ -304,6 +306,7 @@ class Processor:
                     stop = StopToken(self._timeout_for(decision.task))
                     self.watcher.add(decision, stop)
                     claimed.append(InFlight(decision, delivery, stop))
+                    metrics.claimed(delivery, decision.task)
         return claimed
 
     def _retry_when_free(self, lane: Lane, delivery: Delivery, busy: Busy) -> None:
@@ -361,6 +364,7 @@ class Processor:
         stats.jobs += size
         stats.largest_batch = max(stats.largest_batch, size)
         stats.inference_s += inference_ms / 1000
+        metrics.batch_ran(task, size, inference_ms / 1000)
 
     def _run(self, task: str, batch: list[InFlight]) -> list[Outcome]:
         """One outcome per job: validated inputs run together; faulted jobs (tests) alone."""
@@ -499,7 +503,8 @@ class Processor:
             for item, *_ in ends:
                 item.delivery.nack()
             return
-        for (item, _status, _fields, text), ok in zip(ends, written, strict=True):
+        for (item, status, _fields, text), ok in zip(ends, written, strict=True):
+            metrics.outcome(item.delivery, status.value if ok else "lost")
             if ok:
                 extra = {
                     "job_id": item.claim.job_id,
@@ -515,6 +520,7 @@ class Processor:
     def _retry_later(self, item: InFlight, outcome: Outcome, extra: dict[str, Any]) -> None:
         error = {"code": "transient", "message": str(outcome)}
         message = item.delivery.message
+        metrics.outcome(item.delivery, "retried")
         try:
             self._hold(lambda: self._store.release(item.claim, error))
         except StoreUnavailable:
@@ -537,6 +543,7 @@ class Processor:
 
     def _settle_stopped(self, item: InFlight, reason: str, extra: dict[str, Any]) -> None:
         extra = {**extra, "stop": reason}
+        metrics.outcome(item.delivery, "released" if reason == "shutdown" else reason)
         if reason == "shutdown":
             with contextlib.suppress(StoreUnavailable):  # else its lease lapses; the next
                 self._hold(lambda: self._store.release(item.claim, None))  # claim takes over
@@ -551,6 +558,7 @@ class Processor:
         for item in batch:
             self.watcher.remove(item.claim)
             claim = item.claim
+            metrics.outcome(item.delivery, "released")
             with contextlib.suppress(StoreUnavailable):  # else its lease lapses (see above)
                 self._hold(lambda: self._store.release(claim, None, started=False))  # noqa: B023
             item.delivery.nack()
