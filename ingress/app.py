@@ -7,6 +7,8 @@ import sys
 import time
 
 from flask import Flask, Response, g, request
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from ingress import batches, console, events, health, jobs, metrics, tasks
 from ingress.auth import KeyRing, presented_key
@@ -19,10 +21,12 @@ from ingress.services import EXTENSION, Services, services
 from ingress.settings import Settings
 from ingress.store import JobStore
 from ingress.watch import JobWatcher
+from schemas import tracing
 from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ingress.access")
+_tracer = trace.get_tracer("omni.ingress")
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Flask:
@@ -31,6 +35,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if configure_logs:
         configure_logging(settings.log_level)
 
+    tracing.configure_tracing("omni-ingress", settings.traces_exporter)
     _cooperate_with_gevent()
     # Imported here, not at module level: building these opens gRPC channels, which must happen
     # in the process that serves (after gunicorn's fork), never at import.
@@ -40,7 +45,11 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     # Flask's own limit is a backstop for every route; json_body() enforces the per-route one.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    publisher_client = pubsub_v1.PublisherClient()
+    # The client's own tracing: a span per publish, and the trace context in each message's
+    # attributes (googclient_traceparent), which the worker continues (schemas/tracing.py).
+    publisher_client = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_open_telemetry_tracing=True)
+    )
     firestore_client = firestore.Client(project=settings.project)
     publisher = JobPublisher(
         publisher_client,
@@ -75,7 +84,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     metrics.instrument(app)  # first: its timing then covers the hooks below
     app.before_request(_start_request)
     app.after_request(_log_request)
-    app.teardown_request(lambda _exc: clear_log_context())
+    app.teardown_request(_end_request)
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(jobs.bp)
@@ -101,7 +110,19 @@ def _start_request() -> None:
     svc = services()
     g.started = time.perf_counter()
     clear_log_context()
-    bind_log_context(**trace_fields(svc.settings.project, request.headers))
+    # One span per request, continuing the caller's trace (W3C traceparent) if it sent one.
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    span = _tracer.start_span(
+        f"{request.method} {rule}",
+        context=tracing.from_headers(request.headers),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "http.route": rule},
+    )
+    g.span, g.trace_token = span, otel_context.attach(trace.set_span_in_context(span))
+    project = svc.settings.project
+    bind_log_context(
+        **(tracing.log_fields(project, span) or trace_fields(project, request.headers))
+    )
     if request.path.startswith("/v1/"):
         tenant = svc.keys.tenant_for(presented_key(request.headers))
         if tenant is None:
@@ -110,7 +131,18 @@ def _start_request() -> None:
         bind_log_context(tenant=tenant)
 
 
+def _end_request(_exc: BaseException | None) -> None:
+    span = g.pop("span", None)
+    if span is not None:
+        span.end()
+        otel_context.detach(g.pop("trace_token"))
+    clear_log_context()
+
+
 def _log_request(response: Response) -> Response:
+    span = g.get("span")
+    if span is not None:
+        span.set_attribute("http.response.status_code", response.status_code)
     elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     access_logger.info(
         "%s %s %s",

@@ -25,11 +25,12 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from opentelemetry import context as otel_context
 
 from ingress.itemdocs import ItemDocuments, chunks
 from ingress.publisher import JobPublisher, PublishFailed
 from ingress.store import AlreadyFinished, StoreUnavailable
-from schemas import jobstate
+from schemas import jobstate, tracing
 from schemas.batches import COUNTED, COUNTERS, SHARDS, CountDeltas, counts_of, item_fields
 from schemas.batches import batch_status as status_of_batch
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
@@ -114,6 +115,7 @@ class BatchStore:
             "counts": {"total": total, **{s: 0 for s in COUNTED}, "queued": total},
             "cancel_requested": False,
             "expire_at": now + timedelta(seconds=self._result_ttl_s),
+            "trace_id": tracing.trace_id(),
         }
         try:
             ref.create(doc, retry=self._retry, timeout=self._timeout_s)
@@ -131,6 +133,9 @@ class BatchStore:
             now=now,
             result_ttl_s=self._result_ttl_s,
         )
+        # Every item continues the batch request's trace: the writer threads get its context.
+        context = otel_context.get_current()
+        template["trace_id"] = doc["trace_id"]
         documents = ItemDocuments(self._jobs, {**template, **item_fields(batch_id, ref.path, 0)})
 
         def write_chunk(bounds: tuple[int, int]) -> None:
@@ -144,7 +149,8 @@ class BatchStore:
             )
             writes.commit(retry=self._retry, timeout=self._timeout_s)
             self._publisher.publish_all(
-                [JobMessage(job_id=job_id, task=task, tenant=tenant) for job_id in job_ids]
+                [JobMessage(job_id=job_id, task=task, tenant=tenant) for job_id in job_ids],
+                context,
             )
 
         try:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from ingress import metrics
@@ -28,11 +29,13 @@ from schemas import (
     UnknownTaskError,
     get_task,
     jobstate,
+    tracing,
 )
 from schemas.jobs import new_job_document, new_job_id
 from schemas.jsonlog import bind_log_context
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer("omni.ingress")
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -92,8 +95,10 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         now=datetime.now(UTC),
         result_ttl_s=svc.settings.result_ttl_s,
     )
+    doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
     try:
-        written_at = svc.store.create(job_id, doc)
+        with _tracer.start_as_current_span("firestore create job"):
+            written_at = svc.store.create(job_id, doc)
     except StoreRejected as exc:
         item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
         _release(svc, reservation)

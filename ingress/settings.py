@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
+from schemas.tracing import EXPORTERS
 
 DEFAULT_PROJECT = "omni-local"
 MAX_BODY_BYTES = 1024 * 1024
@@ -51,6 +52,7 @@ class Settings:
     sse_ping_s: float = SSE_PING_S
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     log_level: str = "INFO"
+    traces_exporter: str = "none"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +73,7 @@ class Settings:
                 result_ttl_s=result_ttl_from_env(env),
                 sse_ping_s=float(env.get("SSE_PING_S") or SSE_PING_S),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+                traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
             )
         except ValueError as exc:
             raise ConfigError(f"bad number in the environment: {exc}") from exc
@@ -85,6 +88,8 @@ class Settings:
                 "MAX_BODY_BYTES, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS and PUBLISH_TIMEOUT_S "
                 "must be positive"
             )
+        if settings.traces_exporter not in EXPORTERS:
+            raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
         if not 0 < settings.sse_ping_s <= 60:
             raise ConfigError("SSE_PING_S must be more than 0 and at most 60 seconds")
         return settings

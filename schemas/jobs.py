@@ -163,6 +163,7 @@ class Job(BaseModel):
     batch_id: str | None = None
     metadata: dict[str, str] | None = None
     timings: JobTimings | None = None
+    trace_id: str | None = None
     links: JobLinks
 
     @classmethod
@@ -193,6 +194,7 @@ class Job(BaseModel):
             batch_id=doc.get("batch_id"),
             metadata=doc.get("metadata") or None,
             timings=JobTimings.from_document(doc),
+            trace_id=doc.get("trace_id"),
             links=JobLinks.for_job(job_id),
         )
 

@@ -66,7 +66,13 @@ class Consumer:
             if self._future is not None:
                 return
             # A fresh client per start: the emulator keeps feeding a cancelled stream.
-            self._client = pubsub_v1.SubscriberClient()
+            # The client's own tracing continues each message's trace in a "subscribe" span,
+            # under which the worker records the job's spans (worker/jobtrace.py).
+            self._client = pubsub_v1.SubscriberClient(
+                subscriber_options=pubsub_v1.types.SubscriberOptions(
+                    enable_open_telemetry_tracing=True
+                )
+            )
             executor = ThreadPoolExecutor(
                 max_workers=self._callback_threads, thread_name_prefix="omni-callback"
             )

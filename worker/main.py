@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
+from schemas import tracing
 from schemas.messages import task_subscription
 from worker import metrics
 from worker.consumer import Consumer, stop_all
@@ -136,6 +137,7 @@ class Worker:
         """Serve until asked to stop; returns the process's exit code."""
         from google.cloud import firestore
 
+        tracing.configure_tracing("omni-worker", self.settings.traces_exporter)
         health = HealthServer(self.settings.http_host, self.settings.http_port, self._readiness)
         health.start()
         try:
@@ -156,6 +158,7 @@ class Worker:
                 task_timeout_s=settings.timeout_for,
                 batch_policy=settings.batch_policy,
                 worker_id=self.worker_id,
+                project=settings.project,
                 max_attempts=settings.max_attempts,
                 retry_backoff_s=settings.retry_backoff_s,
                 fault_injection=settings.fault_injection,

@@ -45,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 from google.api_core import exceptions as gexc
 from pydantic import BaseModel, ValidationError
 
+from schemas import tracing
 from schemas.jobs import JobStatus
 from schemas.jsonlog import log_context
 from schemas.messages import JobMessage
@@ -52,6 +53,7 @@ from schemas.tasks import get_task
 from worker import faults, metrics
 from worker.attempts import BatchStop, StopToken, Watcher
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
+from worker.jobtrace import JobTrace
 from worker.lanes import Delivery, Lane
 from worker.store import Busy, Claim, Skip
 from worker.tasks import Adapter
@@ -106,6 +108,7 @@ class InFlight:
     claim: Claim
     delivery: Delivery
     stop: StopToken
+    trace: JobTrace
 
 
 @dataclass
@@ -131,6 +134,7 @@ class Processor:
         fault_injection: bool = False,
         watch_interval_s: float = 1.0,
         worker_id: str = "",
+        project: str = "",
     ):
         self._store = store
         self._adapters = adapters
@@ -139,6 +143,7 @@ class Processor:
         self._retry_backoff_s = retry_backoff_s
         self._fault_injection = fault_injection
         self._worker_id = worker_id
+        self._project = project  # for Cloud Logging's trace field
         # One model call at a time across every task: torch, TensorFlow and spaCy each use every
         # core for one call, and two at once only thrash. Claims and writes happen outside it.
         self._model_lock = threading.Lock()
@@ -305,7 +310,8 @@ class Processor:
                 else:
                     stop = StopToken(self._timeout_for(decision.task))
                     self.watcher.add(decision, stop)
-                    claimed.append(InFlight(decision, delivery, stop))
+                    trace = JobTrace.of(delivery.message)
+                    claimed.append(InFlight(decision, delivery, stop, trace))
                     metrics.claimed(delivery, decision.task)
         return claimed
 
@@ -350,9 +356,12 @@ class Processor:
             deadline = time.monotonic() + self._timeout_for(task)
             for item in batch:
                 item.stop.deadline = deadline
-            started = time.perf_counter()
+            started, started_ns = time.perf_counter(), time.time_ns()
             outcomes = self._run(task, batch)
             inference_ms = (time.perf_counter() - started) * 1000
+            window = (started_ns, time.time_ns())
+            for item in batch:
+                item.trace.inference_ns = window
         for item in batch:
             self.watcher.remove(item.claim)
         self._record(task, len(batch), inference_ms)
@@ -479,7 +488,9 @@ class Processor:
     ) -> None:
         request = [(item.claim, status, fields) for item, status, fields, _ in ends]
         try:
+            write_started = time.time_ns()
             written = self._hold(lambda: self._store.end_many(request))
+            write_ns = (write_started, time.time_ns())
         except gexc.InvalidArgument as exc:
             # Firestore refused the write: a result over a document's 1 MiB, or a batch over a
             # commit's limit. One at a time, and a result too large fails its job.
@@ -506,8 +517,14 @@ class Processor:
         for (item, status, _fields, text), ok in zip(ends, written, strict=True):
             metrics.outcome(item.delivery, status.value if ok else "lost")
             if ok:
+                claim = item.claim
+                span = item.trace.record(
+                    claim.task, claim.job_id, claim.attempt, status.value, size, write_ns
+                )
                 extra = {
+                    **tracing.log_fields(self._project, span),
                     "job_id": item.claim.job_id,
+                    "tenant": item.claim.tenant,
                     "task": item.claim.task,
                     "attempt": item.claim.attempt,
                     "batch_size": size,

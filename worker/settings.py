@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX
+from schemas.tracing import EXPORTERS
 
 DEFAULT_PROJECT = "omni-local"
 MIN_LEASED_MESSAGES = 8
@@ -88,6 +89,7 @@ class WorkerSettings:
     fault_injection: bool = False
     model_repository: str | None = None
     log_level: str = "INFO"
+    traces_exporter: str = "none"
 
     def served_tasks(self) -> tuple[str, ...]:
         from schemas.tasks import TASKS
@@ -151,6 +153,7 @@ class WorkerSettings:
                 fault_injection=env.get("WORKER_FAULT_INJECTION", "") == "1",
                 model_repository=env.get("MODEL_REPOSITORY") or None,
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+                traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
             )
         except ConfigError:
             raise
@@ -158,6 +161,8 @@ class WorkerSettings:
             raise ConfigError(f"bad number in the environment: {exc}") from exc
         if settings.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("WORKER_DEVICE must be auto, cpu or cuda")
+        if settings.traces_exporter not in EXPORTERS:
+            raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
         if not 0 <= settings.http_port < 65536 or settings.max_leased_messages < 0:
             raise ConfigError("WORKER_HTTP_PORT or WORKER_MAX_MESSAGES is out of range")
         if min(settings.grace_s, settings.job_lease_s, settings.max_attempts) <= 0:

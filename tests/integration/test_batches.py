@@ -428,6 +428,8 @@ def test_a_hundred_thousand_item_batch_is_accepted(
             now=stored["created_at"],
         )
         expected.update(item_fields(batch["id"], f"batches/{batch['id']}", 7))
+        expected["trace_id"] = stored["trace_id"]  # the batch request's trace, every item alike
+        assert len(stored["trace_id"]) == 32
         assert stored == expected
         lines = requests.get(
             f"{sink.url}/v1/batches/{batch['id']}/results", headers=A, stream=True, timeout=300
