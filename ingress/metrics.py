@@ -1,5 +1,5 @@
 """Prometheus metrics of the ingress, served at ``GET /metrics`` (no key); listed in
-docs/metrics.md.
+docs/observability.md.
 
 gunicorn runs several worker processes, and each would count only what it served itself. Under
 gunicorn the metrics therefore use prometheus-client's multiprocess mode: each worker writes its

@@ -1,5 +1,5 @@
 """Prometheus metrics of the worker, served at ``GET /metrics`` on its health port
-(``worker/health.py``); docs/metrics.md lists them.
+(``worker/health.py``); docs/observability.md lists them.
 
 A worker is one process, so the metrics live in prometheus-client's default registry (which also
 carries its ``process_*`` and ``python_*`` metrics). The processor and the consumer call the
@@ -43,7 +43,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 JOBS = Counter(
     "omni_worker_jobs",
-    "Jobs this worker settled, by task and outcome (see docs/metrics.md for the outcomes).",
+    "Jobs this worker settled, by task and outcome (see docs/observability.md for the outcomes).",
     ["task", "outcome"],
 )
 QUEUE_SECONDS = Histogram(
