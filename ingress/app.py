@@ -22,6 +22,7 @@ from ingress.settings import Settings
 from ingress.store import JobStore
 from ingress.watch import JobWatcher
 from schemas import tracing
+from schemas.errortracking import init_error_tracking
 from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         configure_logging(settings.log_level)
 
     tracing.configure_tracing("omni-ingress", settings.traces_exporter)
+    init_error_tracking(settings.sentry_dsn, "omni-ingress")
     _cooperate_with_gevent()
     # Imported here, not at module level: building these opens gRPC channels, which must happen
     # in the process that serves (after gunicorn's fork), never at import.

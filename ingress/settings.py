@@ -53,6 +53,7 @@ class Settings:
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     log_level: str = "INFO"
     traces_exporter: str = "none"
+    sentry_dsn: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
                 sse_ping_s=float(env.get("SSE_PING_S") or SSE_PING_S),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
+                sentry_dsn=env.get("SENTRY_DSN") or None,
             )
         except ValueError as exc:
             raise ConfigError(f"bad number in the environment: {exc}") from exc

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from schemas import tracing
+from schemas.errortracking import init_error_tracking
 from schemas.messages import task_subscription
 from worker import metrics
 from worker.consumer import Consumer, stop_all
@@ -138,6 +139,7 @@ class Worker:
         from google.cloud import firestore
 
         tracing.configure_tracing("omni-worker", self.settings.traces_exporter)
+        init_error_tracking(self.settings.sentry_dsn, "omni-worker")
         health = HealthServer(self.settings.http_host, self.settings.http_port, self._readiness)
         health.start()
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX
@@ -90,6 +90,7 @@ class WorkerSettings:
     model_repository: str | None = None
     log_level: str = "INFO"
     traces_exporter: str = "none"
+    sentry_dsn: str | None = field(default=None, repr=False)  # holds a key: never printed
 
     def served_tasks(self) -> tuple[str, ...]:
         from schemas.tasks import TASKS
@@ -154,6 +155,7 @@ class WorkerSettings:
                 model_repository=env.get("MODEL_REPOSITORY") or None,
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
+                sentry_dsn=env.get("SENTRY_DSN") or None,
             )
         except ConfigError:
             raise
