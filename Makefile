@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-omni
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint bench clean
+.PHONY: install run test unit lint bench clean provision
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: $(STAMP)
 	$(PY) -m bench.peer_celery
 	$(PY) -m bench.sse_fanout
 	$(PY) -m bench.batch
+
+# A real project (docs/deploy.md): topics, subscriptions, Firestore indexes and TTL, and the
+# dead-letter function. Idempotent. make provision PROJECT=my-project REGION=europe-west1
+provision: $(STAMP)
+	$(PY) -m emulators.provision --project $(PROJECT) --region $(REGION) --deploy-deadletter
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -285,9 +285,20 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("DEADLETTER_ENDPOINT"),
         help="URL the dead-letter subscription pushes to (omit when an Eventarc trigger is used)",
     )
+    parser.add_argument(
+        "--deploy-deadletter",
+        action="store_true",
+        help="also create or update the dead-letter function (gcloud; needs --region)",
+    )
+    parser.add_argument("--region", default=os.environ.get("REGION"))
+    parser.add_argument(
+        "--deadletter-service-account", help="the identity the dead-letter function runs as"
+    )
     args = parser.parse_args(argv)
     if not args.project:
         parser.error("--project or GOOGLE_CLOUD_PROJECT is required")
+    if args.deploy_deadletter and (args.emulator or not args.region):
+        parser.error("--deploy-deadletter needs --region and a real project (no --emulator)")
     from schemas.jsonlog import configure_logging
 
     configure_logging("INFO")
@@ -300,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     provision(resources, emulator_host=args.emulator)
     if args.emulator is None:
         provision_firestore(args.project)
+    if args.deploy_deadletter:
+        from emulators.deadletter_deploy import deploy
+
+        deploy(
+            args.project, args.region, DEFAULT_DEAD_LETTER_TOPIC, args.deadletter_service_account
+        )
 
 
 if __name__ == "__main__":
