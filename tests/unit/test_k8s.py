@@ -1,0 +1,428 @@
+"""The GKE manifests (k8s/) render, are valid Kubernetes objects, and agree with the code they run.
+
+No cluster here: ``kubectl kustomize`` renders every kustomization offline, and kubernetes-validate
+checks each object against the OpenAPI schemas of one fixed Kubernetes version in strict mode, so
+an unknown (misspelt) field is an error rather than something the API server would silently drop.
+The rest reads the rendered objects the way the cluster would and checks them against the worker:
+its settings, its shutdown, its health server and the task catalogue.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from emulators.localrun import ROOT
+from schemas.messages import task_subscription
+from schemas.tasks import TASKS
+from worker.main import ABANDON_WAIT_S
+from worker.settings import FIRESTORE_TIMEOUT_S, WorkerSettings
+
+KUBERNETES_VERSION = "1.30"
+"""The oldest minor the manifests promise to work on (the preStop sleep action needs 1.30)."""
+K8S = ROOT / "k8s"
+POOLS = sorted(path.name for path in (K8S / "overlays").iterdir() if path.is_dir())
+BACKLOG_METRIC = "pubsub.googleapis.com|subscription|num_undelivered_messages"
+STARTUP_BUDGET_S = 300
+"""Seconds a pod may take to load its models before the kubelet restarts it, at least."""
+GPU_TASKS = {"embed", "similar"}
+"""Tasks whose model can use the CUDA image's GPU (torch). Both images carry tensorflow-cpu
+(worker/Dockerfile.cuda), so ``predict`` under WORKER_DEVICE=cuda would fail its start."""
+CUSTOM_KINDS = {("monitoring.googleapis.com/v1", "PodMonitoring")}
+"""Custom resources kubernetes-validate has no schema for; checked field by field below."""
+KUBECTL = shutil.which("kubectl")
+RENDER_TIMEOUT_S = 60
+
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None,
+    reason="kubectl is not installed (it comes with the Google Cloud CLI): "
+    "cannot render the kustomize overlays in k8s/",
+)
+
+Manifest = dict[str, Any]
+
+
+def render(directory: Path) -> list[Manifest]:
+    assert KUBECTL is not None
+    done = subprocess.run(
+        [KUBECTL, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=RENDER_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl kustomize {directory}: {done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Manifest]]:
+    """Each kustomization rendered once: every pool overlay, ``shared`` and ``all`` (k8s/)."""
+    out = {pool: render(K8S / "overlays" / pool) for pool in POOLS}
+    out["shared"] = render(K8S / "shared")
+    out["all"] = render(K8S)
+    return out
+
+
+def the(manifests: list[Manifest], kind: str) -> Manifest:
+    (found,) = [m for m in manifests if m["kind"] == kind]
+    return found
+
+
+def worker_container(deployment: Manifest) -> Manifest:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "worker"
+    return container
+
+
+def pod_environment(container: Manifest, shared: list[Manifest]) -> dict[str, str]:
+    """The literal environment the container starts with: its ConfigMaps, then its own ``env``."""
+    config_maps = {m["metadata"]["name"]: m for m in shared if m["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    env.update({item["name"]: item["value"] for item in container["env"] if "value" in item})
+    return env
+
+
+def pool_settings(rendered: dict[str, list[Manifest]], pool: str) -> WorkerSettings:
+    """The worker's own reading of the pool's environment (raises if it is not a valid one)."""
+    container = worker_container(the(rendered[pool], "Deployment"))
+    return WorkerSettings.from_env(pod_environment(container, rendered["shared"]))
+
+
+def cpu_cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def validation_errors(manifests: list[Manifest], *, strict: bool = True) -> list[str]:
+    errors = []
+    for manifest in manifests:
+        if (manifest["apiVersion"], manifest["kind"]) in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=strict)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(part) for part in exc.path)
+            errors.append(
+                f"{manifest['kind']}/{manifest['metadata']['name']} {where}: {exc.message}"
+            )
+    return errors
+
+
+# -- rendering and validity -----------------------------------------------------------------------
+
+
+def test_every_object_is_valid_for_the_fixed_kubernetes_version(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    # The whole deployment holds every pool's and the shared objects (checked below), so
+    # validating it once covers each kustomization.
+    assert validation_errors(rendered["all"]) == []
+
+
+def test_the_whole_deployment_is_shared_plus_every_pool_overlay(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["shared", *(f"overlays/{pool}" for pool in POOLS)]
+    parts = [m for name in ("shared", *POOLS) for m in rendered[name]]
+    assert sorted(map(yaml.safe_dump, rendered["all"])) == sorted(map(yaml.safe_dump, parts))
+
+
+def test_names_are_unique_and_every_reference_resolves(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    everything = rendered["all"]
+    keys = Counter((m["kind"], m["metadata"]["name"]) for m in everything)
+    assert [key for key, count in keys.items() if count > 1] == []
+    namespaced = [m for m in everything if m["kind"] != "Namespace"]
+    assert {m["metadata"]["namespace"] for m in namespaced} == {"omni"}
+    names = {kind: {n for k, n in keys if k == kind} for kind, _ in keys}
+
+    pods = [m["spec"]["template"]["spec"] for m in everything if m["kind"] == "Deployment"]
+    pods += [
+        m["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for m in everything
+        if m["kind"] == "CronJob"
+    ]
+    for pod in pods:
+        assert pod["serviceAccountName"] in names["ServiceAccount"]
+        for container in pod["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in names["ConfigMap"]
+            for item in container.get("env", []):
+                # Secrets are created by the operator, not here: a missing one must not stop a pod.
+                secret = item.get("valueFrom", {}).get("secretKeyRef")
+                assert secret is None or secret["optional"] is True, item
+
+    for hpa in (m for m in everything if m["kind"] == "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        assert target["name"] in names["Deployment"]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_pool_is_one_deployment_with_its_own_autoscaler_and_disruption_budget(
+    rendered: dict[str, list[Manifest]], pool: str
+) -> None:
+    manifests = rendered[pool]
+    assert sorted(m["kind"] for m in manifests) == [
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]
+    deployment = the(manifests, "Deployment")
+    assert deployment["metadata"]["name"] == f"omni-worker-{pool}"
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the count"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["pool"] == pool
+    # Selectors pick this pool's pods only, never another pool's.
+    for selector in (
+        deployment["spec"]["selector"]["matchLabels"],
+        the(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= labels.items()
+        assert selector["pool"] == pool
+    assert (
+        the(manifests, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"]
+        == (deployment["metadata"]["name"])
+    )
+
+
+# -- routing and autoscaling ----------------------------------------------------------------------
+
+
+def test_every_task_is_served_by_exactly_one_pool(rendered: dict[str, list[Manifest]]) -> None:
+    served: Counter[str] = Counter()
+    for pool in POOLS:
+        settings = pool_settings(rendered, pool)
+        # Explicit: an empty WORKER_TASKS would make a pool serve (and load) every task.
+        assert settings.tasks, f"{pool} does not set WORKER_TASKS"
+        served.update(settings.tasks)
+    assert served == Counter(list(TASKS))
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_pools_autoscaler_reads_the_backlog_of_exactly_its_subscriptions(
+    rendered: dict[str, list[Manifest]], pool: str
+) -> None:
+    settings = pool_settings(rendered, pool)
+    metrics = the(rendered[pool], "HorizontalPodAutoscaler")["spec"]["metrics"]
+
+    read: dict[str, int] = {}
+    for metric in metrics:
+        assert metric["type"] == "External"
+        assert metric["external"]["metric"]["name"] == BACKLOG_METRIC
+        (subscription,) = metric["external"]["metric"]["selector"]["matchLabels"].values()
+        target = metric["external"]["target"]
+        assert target["type"] == "AverageValue"
+        assert subscription not in read, "one metric per subscription"
+        read[subscription] = int(target["averageValue"])
+
+    expected = {task_subscription(t, settings.subscription_prefix): t for t in settings.tasks}
+    assert read.keys() == expected.keys()
+    for subscription, backlog_per_pod in read.items():
+        # The metric counts messages pods hold leased too: a target at or below what one busy pod
+        # leases would add pods with no backlog at all.
+        assert backlog_per_pod > settings.leased_messages(expected[subscription]), subscription
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_pool_keeps_one_warm_pod_as_gke_offers_no_scale_to_zero(
+    rendered: dict[str, list[Manifest]], pool: str
+) -> None:
+    """A HorizontalPodAutoscaler may go to 0 only with the alpha HPAScaleToZero feature gate,
+    which GKE does not offer, so every pool keeps minReplicas 1 (a lone job then waits for no
+    model load and no new node). Scale to zero for the GPU pools would take KEDA's ScaledObject
+    in place of their HPA (k8s/base/hpa.yaml)."""
+    spec = the(rendered[pool], "HorizontalPodAutoscaler")["spec"]
+    assert spec["minReplicas"] == 1
+    assert spec["maxReplicas"] > spec["minReplicas"]
+
+
+# -- the pod and the worker it runs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_the_grace_period_covers_the_workers_whole_shutdown(
+    rendered: dict[str, list[Manifest]], pool: str
+) -> None:
+    settings = pool_settings(rendered, pool)
+    pod = the(rendered[pool], "Deployment")["spec"]["template"]["spec"]
+    pre_stop_s = worker_container(the(rendered[pool], "Deployment"))["lifecycle"]["preStop"][
+        "sleep"
+    ]["seconds"]
+    # preStop runs inside the grace period; then WORKER_GRACE_S for jobs in hand, ABANDON_WAIT_S
+    # for the rest to release themselves and nack, and the last settle writes' Firestore timeout.
+    shutdown_s = pre_stop_s + settings.grace_s + ABANDON_WAIT_S + FIRESTORE_TIMEOUT_S
+    assert pod["terminationGracePeriodSeconds"] > shutdown_s
+    assert pre_stop_s <= 5, "a pull worker needs no traffic drain; keep the preStop short"
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_probes_reach_the_workers_health_server_and_allow_for_model_loading(
+    rendered: dict[str, list[Manifest]], pool: str
+) -> None:
+    settings = pool_settings(rendered, pool)
+    container = worker_container(the(rendered[pool], "Deployment"))
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert settings.http_host == "0.0.0.0"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert ports[container[probe]["httpGet"]["port"]] == settings.http_port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] in ("/readyz", "/healthz")
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= STARTUP_BUDGET_S
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_gpu_pools_request_a_gpu_and_insist_on_cuda_and_cpu_pools_stay_off_it(
+    rendered: dict[str, list[Manifest]], pool: str
+) -> None:
+    gpu = pool.startswith("gpu-")
+    settings = pool_settings(rendered, pool)
+    pod = the(rendered[pool], "Deployment")["spec"]["template"]["spec"]
+    container = worker_container(the(rendered[pool], "Deployment"))
+    resources = container["resources"]
+
+    assert settings.device == ("cuda" if gpu else "cpu")
+    assert ("nvidia.com/gpu" in resources["limits"]) is gpu
+    assert ("cloud.google.com/gke-accelerator" in pod.get("nodeSelector", {})) is gpu
+    assert container["image"].split(":")[0].endswith("/worker-cuda" if gpu else "/worker")
+    if gpu:
+        assert resources["limits"]["nvidia.com/gpu"] == 1
+        assert set(settings.tasks) <= GPU_TASKS
+    # Inside a container the worker would count the node's CPUs; it must use the pod's.
+    assert settings.torch_threads == cpu_cores(resources["requests"]["cpu"])
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
+
+
+def test_placeholders_are_whole_words_that_a_word_bounded_substitution_fills(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """``PROJECT`` and ``REGION`` stand for the project and the region. GOOGLE_CLOUD_PROJECT
+    contains ``PROJECT``, so only a whole-word substitution is safe (k8s/README.md)."""
+    text = yaml.safe_dump_all(rendered["all"])
+    filled = re.sub(r"\bREGION\b", "europe-west1", re.sub(r"\bPROJECT\b", "my-project", text))
+    documents = [doc for doc in yaml.safe_load_all(filled) if doc]
+
+    assert re.search(r"\b(PROJECT|REGION)\b", filled) is None
+    assert the(documents, "ConfigMap")["data"]["GOOGLE_CLOUD_PROJECT"] == "my-project"
+    images = {
+        container["image"]
+        for m in documents
+        if m["kind"] == "Deployment"
+        for container in m["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {
+        "europe-west1-docker.pkg.dev/my-project/omni/worker:latest",
+        "europe-west1-docker.pkg.dev/my-project/omni/worker-cuda:latest",
+    }
+
+
+def test_every_pod_uses_workload_identity_no_kubernetes_token_and_no_root(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    accounts = {
+        m["metadata"]["name"]: m["metadata"].get("annotations", {})
+        for m in rendered["shared"]
+        if m["kind"] == "ServiceAccount"
+    }
+    cronjob = the(rendered["shared"], "CronJob")
+    pods = [cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
+    pods += [the(rendered[pool], "Deployment")["spec"]["template"]["spec"] for pool in POOLS]
+    for pod in pods:
+        google_account = accounts[pod["serviceAccountName"]]["iam.gke.io/gcp-service-account"]
+        assert google_account.endswith(".iam.gserviceaccount.com")
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_network_policy_lets_in_only_the_metrics_scraper_and_out_only_dns_metadata_and_tls(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    policy = the(rendered["shared"], "NetworkPolicy")["spec"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    selector = policy["podSelector"]["matchLabels"]
+    templates = [the(rendered[pool], "Deployment")["spec"]["template"] for pool in POOLS]
+    templates.append(the(rendered["shared"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"])
+    for template in templates:
+        assert selector.items() <= template["metadata"]["labels"].items()
+
+    (ingress,) = policy["ingress"]
+    (source,) = ingress["from"]
+    assert source == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}
+    }
+    ports = {pool_settings(rendered, pool).http_port for pool in POOLS}
+    assert [port["port"] for port in ingress["ports"]] == sorted(ports)
+
+    egress_ports = {port["port"] for rule in policy["egress"] for port in rule["ports"]}
+    assert egress_ports == {53, 80, 988, 443}
+
+
+def test_pod_monitoring_scrapes_every_pools_metrics_port(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    monitoring = the(rendered["shared"], "PodMonitoring")
+    assert (monitoring["apiVersion"], monitoring["kind"]) in CUSTOM_KINDS
+    selector = monitoring["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitoring["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    for pool in POOLS:
+        deployment = the(rendered[pool], "Deployment")
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert endpoint["port"] in {p["name"] for p in worker_container(deployment)["ports"]}
+
+
+# -- the validator itself -------------------------------------------------------------------------
+
+
+BROKEN_PATCHES = {
+    "a wrong type": ("replicas", 'spec:\n  replicas: "two"\n'),
+    "a misspelt field": (
+        "terminationGracePeriod",
+        "spec:\n  template:\n    spec:\n      terminationGracePeriod: 45\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_PATCHES))
+def test_a_broken_overlay_fails_validation(tmp_path: Path, case: str) -> None:
+    field, patch = BROKEN_PATCHES[case]
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    overlay = copy / "overlays" / POOLS[0]
+    (overlay / "broken.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: omni-worker\n" + patch
+    )
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    kustomization["patches"].append({"path": "broken.yaml"})
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+
+    errors = validation_errors(render(overlay))
+
+    assert len(errors) == 1
+    assert errors[0].startswith(f"Deployment/omni-worker-{POOLS[0]}")
+    assert field in errors[0]
+
+
+def test_only_strict_validation_catches_a_misspelt_field() -> None:
+    deployment = the(render(K8S / "overlays" / POOLS[0]), "Deployment")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
+
+    assert validation_errors([deployment], strict=False) == []
+    assert len(validation_errors([deployment], strict=True)) == 1
