@@ -1,0 +1,80 @@
+"""docker-compose.yml against the Compose specification's own JSON schema (vendored by
+check-jsonschema; no Docker engine here), and against what `make run` does."""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from emulators.localrun import ROOT, StackConfig
+
+
+def compose_schema() -> dict[str, Any]:
+    path = (
+        importlib.resources.files("check_jsonschema") / "builtin_schemas/vendor/compose-spec.json"
+    )
+    schema: dict[str, Any] = json.loads(path.read_text())
+    return schema
+
+
+def problems(document: dict[str, Any]) -> list[str]:
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return document
+
+
+def test_the_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert problems(compose) == []
+
+
+def test_a_broken_file_is_caught() -> None:
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    broken = copy.deepcopy(document)
+    broken["services"]["ingress"]["depends_on"]["provision"]["condition"] = "service_done"
+    assert problems(broken)
+    broken = copy.deepcopy(document)
+    broken["services"]["worker"]["healtcheck"] = broken["services"]["worker"].pop("healthcheck")
+    assert problems(broken)
+
+
+def test_every_part_waits_for_what_it_needs(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"pubsub", "firestore", "provision", "ingress", "worker"}
+    for name in ("pubsub", "firestore", "ingress", "worker"):
+        assert "healthcheck" in services[name], f"{name} has no health check"
+    assert services["provision"]["depends_on"] == {"pubsub": {"condition": "service_healthy"}}
+    for name in ("ingress", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["provision"] == {"condition": "service_completed_successfully"}
+        assert depends["firestore"] == {"condition": "service_healthy"}
+    for name in ("provision", "ingress", "worker"):
+        dockerfile = services[name]["build"]["dockerfile"]
+        assert (ROOT / dockerfile).is_file(), f"{name} builds from a missing {dockerfile}"
+
+
+def test_the_same_variables_and_defaults_as_make_run(compose: dict[str, Any]) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    defaults = StackConfig()
+    for variable, value in [
+        ("PORT", defaults.port),
+        ("PUBSUB_PORT", defaults.pubsub_port),
+        ("FIRESTORE_PORT", defaults.firestore_port),
+        ("WORKER_HTTP_PORT", defaults.worker_http_port),
+        ("GOOGLE_CLOUD_PROJECT", defaults.project),
+        ("API_KEYS", defaults.api_keys),
+    ]:
+        assert f"${{{variable}:-{value}}}" in text, variable
+    ingress = compose["services"]["ingress"]["environment"]
+    assert ingress["HOST"] == "0.0.0.0"  # containers bind every interface (the contract)
