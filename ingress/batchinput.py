@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ingress.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from ingress.idempotency import fingerprint
-from ingress.requests import has_lone_surrogate, json_body
+from ingress.requests import MAX_JSON_DEPTH, has_lone_surrogate, json_body, nesting_depth
 from ingress.settings import Settings
 from schemas import TASKS, ProblemItem, TaskSpec, UnknownTaskError, get_task
 from schemas.batches import BatchRequest
@@ -115,6 +115,10 @@ def ndjson_items(req: Request, settings: Settings) -> tuple[TaskSpec, Items, str
             continue
         if len(items.inputs) + items.bad >= settings.max_batch_items:
             raise _too_many(settings.max_batch_items)
+        if nesting_depth(text) > MAX_JSON_DEPTH:
+            msg = f"nested deeper than {MAX_JSON_DEPTH} levels"
+            items.fail([ProblemItem(loc=loc, msg=msg)], f"line {number}")
+            continue
         try:
             value = json.loads(text)
         except UnicodeDecodeError as exc:

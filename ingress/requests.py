@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Request
@@ -10,6 +11,10 @@ from flask import Request
 from ingress.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a body may have. No task input needs more than a few
+levels; Firestore refuses documents nested past 20 maps, and Python's parser would overflow its
+stack on a body of ``[`` repeated (a 500) long before the size limit."""
 
 
 def _is_json(mimetype: str) -> bool:
@@ -33,18 +38,42 @@ def json_body(request: Request, max_bytes: int) -> Any:
     raw = request.stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
-    try:
-        body = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise BadRequest("body is not valid UTF-8") from exc
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
+    body = parsed_json(raw)
     if has_lone_surrogate(body):
         # JSON may spell one ("\ud800"), but no store can encode it as UTF-8.
         raise BadRequest("body contains an unpaired UTF-16 surrogate escape")
     return body
+
+
+def parsed_json(raw: bytes, where: str = "body") -> Any:
+    """``raw`` parsed, or ``BadRequest`` naming ``where``: not UTF-8, malformed, too deep."""
+    if nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"{where} is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{where} is not valid UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def nesting_depth(raw: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text, brackets inside strings ignored; found
+    without parsing (the parser itself is what a deep body would overflow)."""
+    depth = deepest = 0
+    for match in _STRUCTURE.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def has_lone_surrogate(value: Any) -> bool:

@@ -472,3 +472,11 @@ def test_a_batch_whose_request_died_is_abandoned_on_an_idempotent_retry(
     assert stored["state"] == "abandoned" and stored["cancel_requested"] is True
     fresh = submit_ndjson(ingress, "embed", [body.strip()], {**A, "Idempotency-Key": "anew"})
     assert fresh.status_code == 202
+
+
+def test_a_line_nested_too_deeply_is_named(ingress: Service, clean_firestore: Emulators) -> None:
+    lines = [json.dumps({"texts": ["fine"]}), "[" * 50_000]
+    response = submit_ndjson(ingress, "embed", lines)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "line", 2]
+    assert "nested deeper" in response.json()["errors"][0]["msg"]

@@ -282,3 +282,22 @@ def test_an_idempotent_replay_ignores_key_order_and_whitespace(
     assert first.status_code == second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
     assert second.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_body_nested_too_deeply_is_400_not_a_crash(
+    ingress: Service, clean_firestore: object
+) -> None:
+    # Python's JSON parser overflows its stack on a few thousand "[": found before parsing.
+    deep = requests.post(
+        f"{ingress.url}/v1/jobs",
+        data=b"[" * 100_000,
+        headers={**A, "Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+    assert_problem(deep, 400)
+    assert "nested deeper" in deep.json()["detail"]
+    nested: Any = {"texts": ["x"]}
+    for _ in range(40):
+        nested = {"n": nested}
+    assert_problem(submit(ingress, {"task": "embed", "input": nested}), 400)
+    assert stored_job_count() == 0

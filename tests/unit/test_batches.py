@@ -108,3 +108,12 @@ def test_chunks_respect_the_item_and_byte_limits() -> None:
     assert chunks([big] * 4) == [(0, 2), (2, 4)]
     assert chunks([CHUNK_BYTES * 2]) == [(0, 1)]  # one oversized item still gets a commit
     assert chunks([]) == []
+
+
+def test_nesting_depth_ignores_brackets_inside_strings() -> None:
+    from ingress.requests import nesting_depth
+
+    assert nesting_depth(b'{"a": [1, {"b": "x[[[[{"}]}') == 3
+    assert nesting_depth(b'"\\"[[" ') == 0
+    assert nesting_depth(b"[" * 5000) == 5000  # found without parsing: no recursion
+    assert nesting_depth(b"{}") == 1 and nesting_depth(b"7") == 0
