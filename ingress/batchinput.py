@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ingress.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from ingress.idempotency import fingerprint
-from ingress.requests import MAX_JSON_DEPTH, has_lone_surrogate, json_body, nesting_depth
+from ingress.requests import MAX_JSON_DEPTH, json_body, nesting_depth, unstorable
 from ingress.settings import Settings
 from schemas import TASKS, ProblemItem, TaskSpec, UnknownTaskError, get_task
 from schemas.batches import BatchRequest
@@ -42,8 +42,8 @@ class Items:
         problems: list[ProblemItem] = []
         if not isinstance(value, dict):
             problems = [ProblemItem(loc=loc, msg="an item is a JSON object: the task's input")]
-        elif has_lone_surrogate(value):
-            problems = [ProblemItem(loc=loc, msg="contains an unpaired UTF-16 surrogate escape")]
+        elif (why := unstorable(value)) is not None:
+            problems = [ProblemItem(loc=loc, msg=why)]
         else:
             try:
                 model = spec.input_model.model_validate(value)

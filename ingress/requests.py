@@ -39,9 +39,8 @@ def json_body(request: Request, max_bytes: int) -> Any:
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
     body = parsed_json(raw)
-    if has_lone_surrogate(body):
-        # JSON may spell one ("\ud800"), but no store can encode it as UTF-8.
-        raise BadRequest("body contains an unpaired UTF-16 surrogate escape")
+    if (why := unstorable(body)) is not None:
+        raise BadRequest(f"body {why}")
     return body
 
 
@@ -74,6 +73,31 @@ def nesting_depth(raw: bytes) -> int:
         elif token in (b"]", b"}"):
             depth -= 1
     return deepest
+
+
+INT64 = (-(2**63), 2**63 - 1)
+"""The integers Firestore stores; JSON allows any, and one outside would fail the write (a 500)."""
+
+
+def unstorable(value: Any) -> str | None:
+    """Why Firestore could not store ``value`` as given, or None: an unpaired UTF-16 surrogate
+    (JSON may spell one, ``"\\ud800"``, but no store can encode it as UTF-8) or an integer
+    beyond 64 bits."""
+    if has_lone_surrogate(value):
+        return "contains an unpaired UTF-16 surrogate escape"
+    if _has_huge_int(value):
+        return f"contains an integer outside {INT64[0]}..{INT64[1]}"
+    return None
+
+
+def _has_huge_int(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not INT64[0] <= value <= INT64[1]
+    if isinstance(value, dict):
+        return any(_has_huge_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_huge_int(item) for item in value)
+    return False
 
 
 def has_lone_surrogate(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -300,4 +301,27 @@ def test_a_body_nested_too_deeply_is_400_not_a_crash(
     for _ in range(40):
         nested = {"n": nested}
     assert_problem(submit(ingress, {"task": "embed", "input": nested}), 400)
+    assert stored_job_count() == 0
+
+
+def test_an_integer_beyond_64_bits_is_400_not_500(
+    ingress: Service, clean_firestore: object
+) -> None:
+    # Found by the fuzzer (tests/integration/test_fuzz.py): JSON allows any integer, Firestore
+    # stores 64 bits, and the failed write answered 500.
+    body = {"task": "predict", "input": {"model": "m", "version": 2**70, "instances": [[1.0]]}}
+    problem = assert_problem(submit(ingress, body), 400)
+    assert "integer outside" in problem["detail"]
+    batch = {"task": "predict", "items": [{"model": "m", "version": 2**70, "instances": [[1.0]]}]}
+    response = requests.post(f"{ingress.url}/v1/batches", json=batch, headers=A, timeout=TIMEOUT)
+    assert response.status_code == 400  # the JSON form is checked as one body
+    line = json.dumps(batch["items"][0]).encode() + b"\n"
+    response = requests.post(
+        f"{ingress.url}/v1/batches?task=predict",
+        data=line,
+        headers={**A, "Content-Type": "application/x-ndjson"},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "line", 1]
     assert stored_job_count() == 0
