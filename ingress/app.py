@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from ingress import batches, console, events, health, jobs, metrics, tasks
+from ingress import batches, console, events, health, jobs, metrics, openapi, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.batchstore import BatchStore
 from ingress.errors import Unauthorized, register_error_handlers
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(events.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(console.bp)
+    app.register_blueprint(openapi.bp)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
     return app
 

@@ -1,0 +1,440 @@
+"""``GET /openapi.json`` (no key): the ingress's OpenAPI 3.1 document, generated, never hand-kept.
+
+Paths and methods come from the app's ``url_map``; what each operation takes and answers comes
+from ``_OPERATIONS`` below, whose bodies are the pydantic models in ``schemas/`` (their JSON Schema,
+with every nested model collected into ``components.schemas``). Task inputs and outputs come from
+the catalogue (``schemas.tasks.TASKS``). A rule in ``url_map`` with no entry in ``_OPERATIONS`` is
+left out of the document, and ``tests/unit/test_openapi.py`` fails for any such ``/v1`` rule, so
+the table cannot silently miss a route.
+
+The document is built once per app, on the first request for it: by then every blueprint is
+registered, whatever order ``create_app`` registers them in.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from schemas import TASKS, Job, JobRequest, JobStatus, Problem
+from schemas.batches import Batch, BatchRequest
+from schemas.errors import PROBLEM_CONTENT_TYPE
+from schemas.jobs import MAX_METADATA_ITEMS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS
+
+bp = Blueprint("openapi", __name__)
+
+EXTENSION = "omni.openapi"
+"""Key of the built document in ``app.extensions``."""
+REF_TEMPLATE = "#/components/schemas/{model}"
+SECURED_PREFIX = "/v1/"
+"""Paths under it need an API key (``ingress/app.py``'s ``_start_request``)."""
+_IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+_RULE_PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+_ERROR_TITLES = {
+    400: "Malformed request (bad JSON, header or query value)",
+    401: "No API key, or an unknown one",
+    404: "No such resource for this tenant",
+    409: "State conflict, or an Idempotency-Key reused with another body",
+    413: "Body too large",
+    415: "Unsupported content type",
+    422: "Input fails the task's schema, or unknown task",
+    503: "Pub/Sub or Firestore unreachable; retry after Retry-After seconds",
+}
+_READ_ERRORS = (401, 404, 503)
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One operation's documentation: the parts ``url_map`` cannot tell."""
+
+    summary: str
+    responses: dict[int, dict[str, Any]]
+    errors: tuple[int, ...] = ()
+    parameters: tuple[dict[str, Any], ...] = ()
+    body: dict[str, Any] | None = None
+    public: bool = False
+    tags: tuple[str, ...] = field(default=())
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _stream(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
+def _header(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_LOCATION = {"description": "The new resource's path.", "schema": {"type": "string"}}
+_IDEMPOTENCY_KEY = _header(
+    "Idempotency-Key",
+    "The same key and body within 24 h returns the same resource; another body answers 409.",
+    {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+)
+_PREFER = _header(
+    "Prefer",
+    "`wait=N` (N ≤ 60): hold the answer up to N s; 200 with the finished job if it finished.",
+    {"type": "string", "examples": ["wait=10"]},
+)
+_WAIT = _query(
+    "wait",
+    "Long poll: answer as soon as the job is terminal, or after this many seconds.",
+    {"type": "number", "minimum": 0, "maximum": 60},
+)
+_LAST_EVENT_ID = _header(
+    "Last-Event-ID",
+    "Resume after this event id (the events after it, then live).",
+    {"type": "string", "pattern": "^[0-9]+$"},
+)
+_JOB = _ref("Job")
+_BATCH = _ref("Batch")
+
+_OPERATIONS: dict[tuple[str, str], _Op] = {
+    ("/health", "GET"): _Op(
+        "Whether this instance reaches Pub/Sub and Firestore",
+        {200: _json(_ref("Health"), "Healthy"), 503: _json(_ref("Health"), "A dependency is down")},
+        public=True,
+        tags=("operations",),
+    ),
+    ("/metrics", "GET"): _Op(
+        "Prometheus metrics",
+        {200: _stream("text/plain", "Prometheus text exposition format")},
+        public=True,
+        tags=("operations",),
+    ),
+    ("/openapi.json", "GET"): _Op(
+        "This document",
+        {200: _json({"type": "object"}, "The OpenAPI 3.1 document")},
+        public=True,
+        tags=("operations",),
+    ),
+    ("/v1/tasks", "GET"): _Op(
+        "The task catalogue, with each task's input and output JSON Schema",
+        {200: _json(_ref("TaskList"), "Every task")},
+        errors=(401,),
+        tags=("tasks",),
+    ),
+    ("/v1/jobs", "POST"): _Op(
+        "Submit a job",
+        {
+            202: _json(_JOB, "Queued (or still running after `Prefer: wait`)", Location=_LOCATION),
+            200: _json(_JOB, "Finished within `Prefer: wait`", Location=_LOCATION),
+        },
+        errors=(400, 401, 409, 413, 415, 422, 503),
+        parameters=(_IDEMPOTENCY_KEY, _PREFER),
+        body={"application/json": {"schema": _ref("JobSubmission")}},
+        tags=("jobs",),
+    ),
+    ("/v1/jobs/<job_id>", "GET"): _Op(
+        "Read a job (`?wait=N`: long poll)",
+        {200: _json(_JOB, "The job")},
+        errors=(400, *_READ_ERRORS),
+        parameters=(_WAIT,),
+        tags=("jobs",),
+    ),
+    ("/v1/jobs/<job_id>/events", "GET"): _Op(
+        "The job's events as server-sent events; closes after the terminal event",
+        {
+            200: _stream("text/event-stream", "`id: <seq>`, `event: <status>`, `data: <job>`"),
+            204: {"description": "The client already has the terminal event"},
+        },
+        errors=(400, *_READ_ERRORS),
+        parameters=(_LAST_EVENT_ID,),
+        tags=("jobs",),
+    ),
+    ("/v1/jobs/<job_id>/cancel", "POST"): _Op(
+        "Cancel a job",
+        {200: _json(_JOB, "The job, cancelled")},
+        errors=(*_READ_ERRORS, 409),
+        tags=("jobs",),
+    ),
+    ("/v1/batches", "POST"): _Op(
+        "Submit a batch: JSON `{task, items}`, or NDJSON (one input per line) with `?task=`",
+        {202: _json(_BATCH, "Every item is queued", Location=_LOCATION)},
+        errors=(400, 401, 409, 413, 415, 422, 503),
+        parameters=(
+            _IDEMPOTENCY_KEY,
+            _query("task", "The task of an NDJSON body's items.", {"type": "string"}),
+        ),
+        body={
+            "application/json": {"schema": _ref("BatchSubmission")},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>", "GET"): _Op(
+        "Read a batch and its counts",
+        {200: _json(_BATCH, "The batch")},
+        errors=_READ_ERRORS,
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>/results", "GET"): _Op(
+        "One NDJSON line per item, in input order: `{index, job_id, status, result?, error?}`",
+        {200: _stream("application/x-ndjson", "The items' latest jobs")},
+        errors=(400, *_READ_ERRORS),
+        parameters=(_query("status", "Only the items in this state.", _ref("JobStatus")),),
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>/events", "GET"): _Op(
+        "Server-sent events: `progress`, `item`, then `done`",
+        {200: _stream("text/event-stream", "The batch's progress")},
+        errors=_READ_ERRORS,
+        parameters=(
+            _query("results", "`true`: `item` events carry the result.", {"type": "string"}),
+        ),
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>/cancel", "POST"): _Op(
+        "Cancel every item not yet started",
+        {200: _json(_BATCH, "The batch")},
+        errors=(*_READ_ERRORS, 409),
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>/retry", "POST"): _Op(
+        "Give each failed item a new job",
+        {200: _json(_BATCH, "The batch")},
+        errors=(*_READ_ERRORS, 409),
+        tags=("batches",),
+    ),
+}
+
+
+class _Health(BaseModel):
+    """``GET /health``."""
+
+    ok: bool
+    pubsub_ok: bool
+    firestore_ok: bool
+    service: str
+
+
+def documented_rules() -> set[tuple[str, str]]:
+    """``(rule, method)`` of every operation the table documents."""
+    return set(_OPERATIONS)
+
+
+def openapi_path(rule: str) -> str:
+    """A werkzeug rule as an OpenAPI path: ``/v1/jobs/<job_id>`` → ``/v1/jobs/{job_id}``."""
+    return _RULE_PARAM.sub(r"{\1}", rule)
+
+
+def _components() -> dict[str, Any]:
+    """Every model's JSON Schema, nested ones included, under its own name."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (JobRequest, "validation"),
+        (BatchRequest, "validation"),
+        (Job, "serialization"),
+        (Batch, "serialization"),
+        (Problem, "serialization"),
+    ]
+    for spec in TASKS.values():
+        models += [(spec.input_model, "validation"), (spec.output_model, "serialization")]
+    keys, top = models_json_schema(models, ref_template=REF_TEMPLATE)
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    schemas["Health"] = _Health.model_json_schema(ref_template=REF_TEMPLATE)
+    schemas["TaskList"] = _task_list_schema()
+    for envelope in ("JobRequest", "BatchRequest"):
+        _narrow_envelope(schemas[envelope])
+    schemas["JobSubmission"] = _submission("JobRequest", "input", keys, single=True)
+    schemas["BatchSubmission"] = _submission("BatchRequest", "items", keys, single=False)
+    schemas.setdefault("JobStatus", {"type": "string", "enum": [s.value for s in JobStatus]})
+    return schemas
+
+
+def _narrow_envelope(schema: dict[str, Any]) -> None:
+    """State in the envelope's schema what its pydantic validators check (``schemas/jobs.py``'s
+    ``Metadata`` and ``Webhook``), so that a request the document calls valid is accepted."""
+    properties = schema["properties"]
+    properties["metadata"] = {
+        "anyOf": [
+            {
+                "type": "object",
+                "maxProperties": MAX_METADATA_ITEMS,
+                "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY_CHARS},
+                "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS},
+            },
+            {"type": "null"},
+        ],
+        "default": None,
+        "description": "Up to 16 short string pairs, returned with the resource.",
+    }
+    if _webhooks_refused():
+        properties["webhook"] = {
+            "type": "null",
+            "default": None,
+            "description": "Webhook delivery is not available yet: any URL answers 422.",
+        }
+
+
+def _webhooks_refused() -> bool:
+    """Whether ``JobRequest`` refuses every webhook (until delivery lands): asked, not assumed,
+    so that the document follows the model when webhooks arrive."""
+    try:
+        JobRequest.model_validate({"task": "t", "input": {}, "webhook": "https://example.com/"})
+    except ValidationError:
+        return True
+    return False
+
+
+def _submission(
+    envelope: str, field_name: str, keys: dict[Any, dict[str, Any]], *, single: bool
+) -> dict[str, Any]:
+    """The envelope, narrowed to one catalogue task per variant: ``task`` names it, and the
+    input (or each item) follows that task's input schema."""
+    variants = []
+    for spec in TASKS.values():
+        ref = keys[(spec.input_model, "validation")]
+        value = ref if single else {"type": "array", "items": ref, "minItems": 1}
+        variants.append(
+            {"properties": {"task": {"const": spec.name}, field_name: value}, "title": spec.name}
+        )
+    return {"allOf": [_ref(envelope), {"oneOf": variants}]}
+
+
+def _task_list_schema() -> dict[str, Any]:
+    entry = {
+        "type": "object",
+        "required": ["name", "description", "input_schema", "output_schema"],
+        "properties": {
+            "name": {"type": "string", "enum": sorted(TASKS)},
+            "description": {"type": "string"},
+            "input_schema": {"type": "object", "description": "JSON Schema of the input"},
+            "output_schema": {"type": "object", "description": "JSON Schema of the result"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {"tasks": {"type": "array", "items": entry}},
+    }
+
+
+def _problem(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERROR_TITLES[status],
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}},
+    }
+    if status == 503:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return response
+
+
+def _operation_id(rule: str, method: str) -> str:
+    """``get_v1_jobs_job_id`` for ``GET /v1/jobs/<job_id>``."""
+    words = re.sub(r"[^0-9A-Za-z]+", "_", _RULE_PARAM.sub(r"\1", rule)).strip("_")
+    return f"{method.lower()}_{words}"
+
+
+def _operation(rule: str, method: str, arguments: list[str], op: _Op) -> dict[str, Any]:
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": _ID} for name in arguments
+    ]
+    parameters += op.parameters
+    responses: dict[str, Any] = {str(code): body for code, body in op.responses.items()}
+    responses.update({str(code): _problem(code) for code in op.errors})
+    operation: dict[str, Any] = {
+        "operationId": _operation_id(rule, method),
+        "summary": op.summary,
+        "tags": list(op.tags),
+        "responses": dict(sorted(responses.items())),
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if op.body is not None:
+        operation["requestBody"] = {"required": True, "content": op.body}
+    if op.public:
+        operation["security"] = []
+    return operation
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every documented rule in ``app.url_map``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        for method in sorted((rule.methods or set()) - _IGNORED_METHODS):
+            op = _OPERATIONS.get((rule.rule, method))
+            if op is None:
+                continue  # not part of the API (the console, static files); the test checks /v1
+            arguments = sorted(rule.arguments)
+            paths.setdefault(openapi_path(rule.rule), {})[method.lower()] = _operation(
+                rule.rule, method, arguments, op
+            )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Omni",
+            "version": "1",
+            "description": "Asynchronous ML inference: submit jobs and batches, follow them, "
+            "read their results. Errors are `application/problem+json` (RFC 9457).",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        # Every operation needs a key unless it says otherwise (``security: []``).
+        "security": [{"apiKey": []}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+# Guards the first build of each app's document; later requests read it without the lock.
+_build_lock = threading.Lock()
+
+
+def document(app: Flask) -> dict[str, Any]:
+    """The app's document, built on first use and kept on ``app.extensions``."""
+    doc: dict[str, Any] | None = app.extensions.get(EXTENSION)
+    if doc is None:
+        with _build_lock:
+            doc = app.extensions.get(EXTENSION)
+            if doc is None:
+                doc = app.extensions[EXTENSION] = build_document(app)
+    return doc
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(document(current_app._get_current_object()))  # type: ignore[attr-defined]
