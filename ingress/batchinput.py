@@ -13,7 +13,14 @@ from pydantic import ValidationError
 
 from ingress.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from ingress.idempotency import fingerprint
-from ingress.requests import MAX_JSON_DEPTH, json_body, nesting_depth, unstorable
+from ingress.requests import (
+    HUGE_INT,
+    MAX_JSON_DEPTH,
+    has_huge_int,
+    has_lone_surrogate,
+    json_body,
+    nesting_depth,
+)
 from ingress.settings import Settings
 from schemas import TASKS, ProblemItem, TaskSpec, UnknownTaskError, get_task
 from schemas.batches import BatchRequest
@@ -42,8 +49,8 @@ class Items:
         problems: list[ProblemItem] = []
         if not isinstance(value, dict):
             problems = [ProblemItem(loc=loc, msg="an item is a JSON object: the task's input")]
-        elif (why := unstorable(value)) is not None:
-            problems = [ProblemItem(loc=loc, msg=why)]
+        elif has_lone_surrogate(value):
+            problems = [ProblemItem(loc=loc, msg="contains an unpaired UTF-16 surrogate escape")]
         else:
             try:
                 model = spec.input_model.model_validate(value)
@@ -53,9 +60,12 @@ class Items:
                     for e in exc.errors(include_url=False, include_input=False)
                 ]
             else:
-                self.inputs.append(spec.input_to_store(model.model_dump(mode="json")))
-                self.sizes.append(size)
-                return
+                stored = spec.input_to_store(model.model_dump(mode="json"))
+                if not has_huge_int(stored):
+                    self.inputs.append(stored)
+                    self.sizes.append(size)
+                    return
+                problems = [ProblemItem(loc=loc, msg=HUGE_INT)]
         self.fail(problems, name)
 
     def fail(self, problems: list[ProblemItem], name: str) -> None:

@@ -17,7 +17,7 @@ from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.publisher import PublishFailed
-from ingress.requests import json_body
+from ingress.requests import HUGE_INT, has_huge_int, json_body
 from ingress.services import Services, services
 from ingress.store import AlreadyFinished, StoreRejected, StoreUnavailable
 from schemas import (
@@ -72,6 +72,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     except ValidationError as exc:
         raise ValidationFailed.from_pydantic(exc, prefix=["body", "input"]) from exc
 
+    stored_input = spec.input_to_store(task_input.model_dump(mode="json"))
+    if has_huge_int(stored_input):
+        raise ValidationFailed([ProblemItem(loc=["body", "input"], msg=HUGE_INT)])
     job_id = new_job_id()
     reservation: Reservation | None = None
     if key is not None:
@@ -90,7 +93,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     doc = new_job_document(
         tenant=tenant,
         task=spec.name,
-        input=spec.input_to_store(task_input.model_dump(mode="json")),
+        input=stored_input,
         metadata=job_request.metadata,
         now=datetime.now(UTC),
         result_ttl_s=svc.settings.result_ttl_s,

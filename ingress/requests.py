@@ -39,8 +39,9 @@ def json_body(request: Request, max_bytes: int) -> Any:
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
     body = parsed_json(raw)
-    if (why := unstorable(body)) is not None:
-        raise BadRequest(f"body {why}")
+    if has_lone_surrogate(body):
+        # JSON may spell one ("\ud800"), but no store can encode it as UTF-8.
+        raise BadRequest("body contains an unpaired UTF-16 surrogate escape")
     return body
 
 
@@ -79,24 +80,19 @@ INT64 = (-(2**63), 2**63 - 1)
 """The integers Firestore stores; JSON allows any, and one outside would fail the write (a 500)."""
 
 
-def unstorable(value: Any) -> str | None:
-    """Why Firestore could not store ``value`` as given, or None: an unpaired UTF-16 surrogate
-    (JSON may spell one, ``"\\ud800"``, but no store can encode it as UTF-8) or an integer
-    beyond 64 bits."""
-    if has_lone_surrogate(value):
-        return "contains an unpaired UTF-16 surrogate escape"
-    if _has_huge_int(value):
-        return f"contains an integer outside {INT64[0]}..{INT64[1]}"
-    return None
+HUGE_INT = f"holds an integer outside {INT64[0]}..{INT64[1]}, which cannot be stored"
 
 
-def _has_huge_int(value: Any) -> bool:
+def has_huge_int(value: Any) -> bool:
+    """Whether ``value`` (an input in its *stored* form: predict's instances, for one, are stored
+    as JSON text and may hold any number) has an integer Firestore cannot store. The task
+    schemas bound their integers; this is the net under a schema that forgets to."""
     if isinstance(value, int) and not isinstance(value, bool):
         return not INT64[0] <= value <= INT64[1]
     if isinstance(value, dict):
-        return any(_has_huge_int(v) for v in value.values())
+        return any(has_huge_int(v) for v in value.values())
     if isinstance(value, list):
-        return any(_has_huge_int(item) for item in value)
+        return any(has_huge_int(item) for item in value)
     return False
 
 

@@ -24,7 +24,8 @@ class PredictInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(pattern=MODEL_NAME_PATTERN)
-    version: int | None = Field(default=None, ge=1)
+    # Bounded: Firestore stores 64-bit integers, and no repository has 2**31 versions.
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     instances: list[Any] = Field(min_length=1, max_length=MAX_INSTANCES)
 
 

@@ -117,3 +117,10 @@ def test_nesting_depth_ignores_brackets_inside_strings() -> None:
     assert nesting_depth(b'"\\"[[" ') == 0
     assert nesting_depth(b"[" * 5000) == 5000  # found without parsing: no recursion
     assert nesting_depth(b"{}") == 1 and nesting_depth(b"7") == 0
+
+
+def test_huge_integers_are_found_anywhere_in_a_stored_input() -> None:
+    from ingress.requests import has_huge_int
+
+    assert has_huge_int({"a": [1, {"b": 2**63}]}) and has_huge_int(-(2**63) - 1)
+    assert not has_huge_int({"a": [2**63 - 1, -(2**63), True, 1.5e300, "9" * 40]})
