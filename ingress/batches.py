@@ -22,12 +22,12 @@ from ingress.batchevents import batch_stream, render_item
 from ingress.batchinput import NDJSON_TYPES, json_items, ndjson_items
 from ingress.batchstore import Batch as StoredBatch
 from ingress.batchstore import BatchCancelled, BatchExists, BatchStore
-from ingress.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, UnsupportedMediaType
+from ingress.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from ingress.events import SSE_HEADERS
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation
 from ingress.publisher import PublishFailed
-from ingress.services import Services, services
+from ingress.services import Services, services, unavailable
 from ingress.store import AlreadyFinished, StoreUnavailable
 from schemas import JOB_ID_PATTERN, JobStatus
 from schemas.batches import Batch
@@ -40,10 +40,6 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 CREATING_STALE_S = 300.0
 """A batch still being accepted this long after it was created never will be: its request died."""
-
-
-def _unavailable(what: str, svc: Services) -> ServiceUnavailable:
-    return ServiceUnavailable(f"the {what} is unavailable; try again", svc.settings.retry_after_s)
 
 
 def _store() -> BatchStore:
@@ -60,7 +56,7 @@ def owned_batch(batch_id: str) -> StoredBatch:
     try:
         batch = _store().get(batch_id)
     except StoreUnavailable as exc:
-        raise _unavailable("job store", services()) from exc
+        raise unavailable("job store") from exc
     if batch is None or batch.doc.get("tenant") != g.tenant:
         raise NotFound("no such batch")
     return batch
@@ -97,7 +93,7 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
         except KeyMismatch as exc:
             raise Conflict(str(exc)) from exc
         except StoreUnavailable as exc:
-            raise _unavailable("job store", svc) from exc
+            raise unavailable("job store") from exc
         batch_id = reservation.resource_id
     bind_log_context(batch_id=batch_id, task=spec.name)
     headers = {"Location": f"/v1/batches/{batch_id}"}
@@ -107,10 +103,10 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
         return _replayed(batch_id, exc.doc, tenant, headers)
     except StoreUnavailable as exc:
         _release(svc, reservation)
-        raise _unavailable("job store", svc) from exc
+        raise unavailable("job store") from exc
     except PublishFailed as exc:
         _release(svc, reservation)
-        raise _unavailable("job queue", svc) from exc
+        raise unavailable("job queue") from exc
     logger.info("batch queued", extra={"items": len(items.inputs)})
     metrics.batch_submitted(spec.name, len(items.inputs))
     return jsonify(_resource(batch)), 202, headers
@@ -170,7 +166,7 @@ def batch_results(batch_id: str) -> Response:
     try:
         first = list(itertools.islice(rows, 1))  # a Firestore outage answers 503, not a cut stream
     except StoreUnavailable as exc:
-        raise _unavailable("job store", services()) from exc
+        raise unavailable("job store") from exc
     return Response(_lines(itertools.chain(first, rows)), mimetype="application/x-ndjson")
 
 
@@ -194,18 +190,15 @@ def cancel_batch(batch_id: str) -> Response:
     """200 with the batch: from now on no item starts; the queued ones end ``cancelled`` as the
     sweep reaches them (the counts show it within moments). 409 once nothing is in flight."""
     svc = services()
-    owned_batch(batch_id)
     try:
-        batch = svc.batches.request_cancel(batch_id, g.tenant)
+        batch = svc.batches.request_cancel(owned_batch(batch_id))
     except AlreadyFinished as exc:
         status = exc.doc.get("status")
         raise Conflict(
             f"the batch is already {status}; a finished batch cannot be cancelled"
         ) from exc
     except StoreUnavailable as exc:
-        raise _unavailable("job store", svc) from exc
-    if batch is None:
-        raise NotFound("no such batch")
+        raise unavailable("job store") from exc
     svc.batches.sweep_in_background(batch_id)
     logger.info("batch cancel requested")
     return jsonify(_resource(batch))
@@ -221,7 +214,7 @@ def retry_batch(batch_id: str) -> Response:
     except BatchCancelled as exc:
         raise Conflict("the batch was cancelled; submit its failed items as a new batch") from exc
     except StoreUnavailable as exc:
-        raise _unavailable("job store", svc) from exc
+        raise unavailable("job store") from exc
     logger.info("batch retry", extra={"requeued": requeued})
     return jsonify(_resource(owned_batch(batch_id)))
 

@@ -261,12 +261,10 @@ class BatchStore:
 
     # -- cancel --------------------------------------------------------------------------------
 
-    def request_cancel(self, batch_id: str, tenant: str) -> Batch | None:
-        """Record the cancel (from now on no worker starts an item of the batch); None if the
-        tenant has no such batch; ``AlreadyFinished`` if nothing is in flight any more."""
-        batch = self.get(batch_id)
-        if batch is None or batch.doc.get("tenant") != tenant:
-            return None
+    def request_cancel(self, batch: Batch) -> Batch:
+        """Record the cancel (from now on no worker starts an item of the batch);
+        ``AlreadyFinished`` if nothing is in flight any more."""
+        batch_id = batch.id
         counts = counts_of(batch.doc, batch.shards)
         if counts.in_flight == 0:  # as for a job: a finished batch cannot be cancelled
             status = status_of_batch(counts, bool(batch.doc.get("cancel_requested")))

@@ -18,8 +18,8 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 
 from ingress import metrics
-from ingress.errors import BadRequest, NotFound, ServiceUnavailable
-from ingress.services import services
+from ingress.errors import BadRequest, NotFound
+from ingress.services import services, unavailable
 from ingress.store import StoreUnavailable
 from ingress.watch import CLOSED, Feed, JobWatcher, WatcherClosed
 from schemas import JOB_ID_PATTERN
@@ -63,9 +63,7 @@ def owned_job(job_id: str) -> dict[str, Any]:
     try:
         doc = svc.store.get(job_id)
     except StoreUnavailable as exc:
-        raise ServiceUnavailable(
-            "the job store is unavailable; try again", svc.settings.retry_after_s
-        ) from exc
+        raise unavailable("job store") from exc
     if doc is None or doc.get("tenant") != g.tenant:
         raise NotFound("no such job")
     return doc

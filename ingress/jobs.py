@@ -12,13 +12,13 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from ingress import metrics
-from ingress.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from ingress.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_until_terminal
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.publisher import PublishFailed
 from ingress.requests import HUGE_INT, has_huge_int, json_body
-from ingress.services import Services, services
+from ingress.services import Services, services, unavailable
 from ingress.store import AlreadyFinished, StoreRejected, StoreUnavailable
 from schemas import (
     TASKS,
@@ -38,10 +38,6 @@ logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer("omni.ingress")
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-
-
-def _unavailable(what: str, svc: Services) -> ServiceUnavailable:
-    return ServiceUnavailable(f"the {what} is unavailable; try again", svc.settings.retry_after_s)
 
 
 def _idempotency_key() -> str | None:
@@ -85,7 +81,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         except KeyMismatch as exc:
             raise Conflict(str(exc)) from exc
         except StoreUnavailable as exc:
-            raise _unavailable("job store", svc) from exc
+            raise unavailable("job store") from exc
         job_id = reservation.resource_id
         if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
             return replayed
@@ -108,14 +104,14 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise ValidationFailed([item]) from exc
     except StoreUnavailable as exc:
         _release(svc, reservation)
-        raise _unavailable("job store", svc) from exc
+        raise unavailable("job store") from exc
     try:
         svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
     except PublishFailed as exc:
         # The client will retry with a new job; this one must not sit in queued forever.
         svc.store.fail_unpublished(job_id, written_at, str(exc))
         _release(svc, reservation)
-        raise _unavailable("job queue", svc) from exc
+        raise unavailable("job queue") from exc
     logger.info("job queued")
     metrics.job_submitted(spec.name)
     return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
@@ -142,7 +138,7 @@ def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dic
     try:
         doc = svc.store.get(job_id)
     except StoreUnavailable as exc:
-        raise _unavailable("job store", svc) from exc
+        raise unavailable("job store") from exc
     if doc is None or doc.get("tenant") != tenant:
         return None
     logger.info("idempotent replay")
@@ -179,7 +175,7 @@ def cancel_job(job_id: str) -> Response:
         status = exc.doc.get("status")
         raise Conflict(f"the job is already {status}; a finished job cannot be cancelled") from exc
     except StoreUnavailable as exc:
-        raise _unavailable("job store", svc) from exc
+        raise unavailable("job store") from exc
     if doc is None:
         raise NotFound("no such job")
     logger.info("job cancelled")

@@ -12,6 +12,7 @@ from flask import current_app
 
 from ingress.auth import KeyRing
 from ingress.batchstore import BatchStore
+from ingress.errors import ServiceUnavailable
 from ingress.idempotency import IdempotencyStore
 from ingress.publisher import JobPublisher
 from ingress.settings import Settings
@@ -35,3 +36,11 @@ class Services:
 def services() -> Services:
     svc: Services = current_app.extensions[EXTENSION]
     return svc
+
+
+def unavailable(what: str) -> ServiceUnavailable:
+    """The 503 (with ``Retry-After``) for a dependency that did not answer: "the job store",
+    "the job queue"."""
+    return ServiceUnavailable(
+        f"the {what} is unavailable; try again", services().settings.retry_after_s
+    )

@@ -202,10 +202,6 @@ class CountDeltas:
         deltas[before] -= count
         deltas[after] += count
 
-    def add(self, batch_path: str, status: JobStatus, count: int) -> None:
-        """Count ``count`` items entering (or, negative, leaving) ``status`` without a move."""
-        self._by_batch.setdefault(batch_path, Counter())[status.value] += count
-
     def __bool__(self) -> bool:
         return any(any(c.values()) for c in self._by_batch.values())
 
