@@ -14,6 +14,7 @@ Counts: ``schemas/batches.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -140,14 +141,21 @@ class BatchStore:
 
         def write_chunk(bounds: tuple[int, int]) -> None:
             job_ids = [new_job_id() for _ in range(*bounds)]
+            pbs = [
+                documents.write(job_id, index, inputs[index])
+                for job_id, index in zip(job_ids, range(*bounds), strict=True)
+            ]
+            # The chunk's first job must not exist yet: a retried commit whose first try landed
+            # then fails whole, so the tenant's counter below is never incremented twice.
+            pbs[0].current_document.exists = False
             writes = self._client.batch()
-            writes._add_write_pbs(  # the protected hook WriteBatch offers for ready-made writes
-                [
-                    documents.write(job_id, index, inputs[index])
-                    for job_id, index in zip(job_ids, range(*bounds), strict=True)
-                ]
-            )
-            writes.commit(retry=self._retry, timeout=self._timeout_s)
+            writes._add_write_pbs(pbs)  # the protected hook WriteBatch offers for ready-made writes
+            deltas = CountDeltas()
+            deltas.created(tenant, len(job_ids))  # the tenant's jobs in flight, with the jobs
+            deltas.write(writes, self._client, now)
+            # Fresh uuid4 ids: AlreadyExists means an earlier try of this very commit landed.
+            with contextlib.suppress(gexc.AlreadyExists):
+                writes.commit(retry=self._retry, timeout=self._timeout_s)
             self._publisher.publish_all(
                 [JobMessage(job_id=job_id, task=task, tenant=tenant) for job_id in job_ids],
                 context,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-CHUNK = 500
-"""Jobs per atomic batched write at most (Firestore's limit is 500 writes a commit)."""
+CHUNK = 499
+"""Jobs per atomic batched write at most (Firestore's limit is 500 writes a commit; the last is
+the tenant's jobs-in-flight counter, ``schemas/quota.py``)."""
 CHUNK_BYTES = 8 * 1024 * 1024
 """Input bytes per batched write at most (Firestore refuses commits over 10 MiB)."""
 

@@ -109,7 +109,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
     except PublishFailed as exc:
         # The client will retry with a new job; this one must not sit in queued forever.
-        svc.store.fail_unpublished(job_id, written_at, str(exc))
+        svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
         _release(svc, reservation)
         raise unavailable("job queue") from exc
     logger.info("job queued")

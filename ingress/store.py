@@ -47,11 +47,16 @@ class JobStore:
         self._result_ttl_s = result_ttl_s
 
     def create(self, job_id: str, doc: dict[str, Any]) -> datetime:
-        """Write a new job document; returns its update time (the precondition for later)."""
+        """Write a new job document; returns its update time (the precondition for later).
+
+        The tenant's jobs-in-flight counter moves in the same commit (``schemas/quota.py``)."""
+        writes = self._client.batch()
+        writes.create(self._jobs.document(job_id), doc)
+        deltas = CountDeltas()
+        deltas.created(doc["tenant"])
+        deltas.write(writes, self._client, datetime.now(UTC))
         try:
-            result = self._jobs.document(job_id).create(
-                doc, retry=self._retry, timeout=self._timeout_s
-            )
+            result = writes.commit(retry=self._retry, timeout=self._timeout_s)[0]
         except gexc.AlreadyExists:
             # Ids are uuid4: the document exists because an earlier try of this very create
             # landed and only its answer was lost to the client's retry. It is ours.
@@ -70,7 +75,9 @@ class JobStore:
             raise StoreUnavailable(f"Firestore read failed: {type(exc).__name__}") from exc
         return snapshot.to_dict() if snapshot.exists else None
 
-    def fail_unpublished(self, job_id: str, written_at: datetime, message: str) -> bool:
+    def fail_unpublished(
+        self, job_id: str, tenant: str, written_at: datetime, message: str
+    ) -> bool:
         """Mark a job whose publish failed ``failed``, unless anyone touched it since we wrote it.
 
         The precondition matters: a publish can time out here and still reach Pub/Sub, and a worker
@@ -79,15 +86,18 @@ class JobStore:
         """
         now = datetime.now(UTC)
         error = {"code": "publish_failed", "message": message}
+        writes = self._client.batch()
+        writes.update(
+            self._jobs.document(job_id),
+            jobstate.terminal(JobStatus.FAILED, now, "ingress", self._result_ttl_s, error=error),
+            option=self._client.write_option(last_update_time=written_at),
+        )
+        deltas = CountDeltas()
+        # The precondition holds the job as this request wrote it: queued, with its tenant.
+        deltas.move({"tenant": tenant, "status": JobStatus.QUEUED.value}, JobStatus.FAILED)
+        deltas.write(writes, self._client, now)
         try:
-            self._jobs.document(job_id).update(
-                jobstate.terminal(
-                    JobStatus.FAILED, now, "ingress", self._result_ttl_s, error=error
-                ),
-                option=self._client.write_option(last_update_time=written_at),
-                retry=self._retry,
-                timeout=self._timeout_s,
-            )
+            writes.commit(retry=self._retry, timeout=self._timeout_s)
         except gexc.FailedPrecondition:
             logger.info("job changed after a failed publish; leaving it", extra={"job_id": job_id})
             return False

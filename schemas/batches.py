@@ -14,6 +14,9 @@ the ingress's cancel, the dead-letter function, the reconciler, a batch cancel o
 delta to a random shard *in the same commit* as the job's own fenced write (``CountDeltas``), so a
 change is counted exactly when it happens, once, however many workers finish items at once. A read
 sums the batch document and its shards: ~10 ms, against 5 s for ``count()`` over 100,000 jobs.
+
+The same ``CountDeltas`` keeps each tenant's jobs in flight (``schemas/quota.py``): every job,
+in a batch or not, moves its tenant's counter in the same commit.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from google.cloud.firestore import Increment
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.jobs import JobStatus, Metadata, Webhook
+from schemas.quota import FIELD as IN_FLIGHT_FIELD
+from schemas.quota import TENANT_SHARDS, in_flight_delta, shard_paths
 
 SHARDS = 16
 """Counter shards per batch: enough that no shard sees more than a write a second in
@@ -185,31 +190,50 @@ class _Writer(Protocol):
 
 
 class CountDeltas:
-    """The count changes of one commit's job transitions, per batch; ``write`` adds them to the
-    commit. Jobs outside batches are ignored, so every writer can call ``move`` for every job."""
+    """The count changes of one commit's job transitions: per batch (its items' statuses) and
+    per tenant (jobs in flight, ``schemas/quota.py``); ``write`` adds them to the commit. Every
+    writer calls ``move`` for every job it moves, and ``created`` for every job it creates."""
 
     def __init__(self) -> None:
         self._by_batch: dict[str, Counter[str]] = {}
+        self._by_tenant: Counter[str] = Counter()
 
     def move(self, doc: dict[str, Any] | None, to: JobStatus | str, count: int = 1) -> None:
         """Count ``doc``'s job (``count`` of them) leaving its current status for ``to``."""
         path = (doc or {}).get("batch_path")
+        tenant = (doc or {}).get("tenant")
         before = str((doc or {}).get("status"))
         after = to.value if isinstance(to, JobStatus) else to
-        if not path or before == after:
+        if before == after:
+            return
+        if tenant:
+            self._by_tenant[str(tenant)] += in_flight_delta(before, after) * count
+        if not path:
             return
         deltas = self._by_batch.setdefault(path, Counter())
         deltas[before] -= count
         deltas[after] += count
 
+    def created(self, tenant: str, count: int = 1) -> None:
+        """Count ``count`` new queued jobs of ``tenant`` (a batch's items are counted in the
+        batch document at creation; only the tenant's counter moves here)."""
+        self._by_tenant[tenant] += count
+
     def __bool__(self) -> bool:
-        return any(any(c.values()) for c in self._by_batch.values())
+        return any(self._by_tenant.values()) or any(
+            any(c.values()) for c in self._by_batch.values()
+        )
 
     def write(self, writer: _Writer, client: Any, now: datetime) -> None:
-        """Add one shard write per batch to the commit ``writer`` is building."""
+        """Add one shard write per batch and per tenant to the commit ``writer`` is building."""
         for path, deltas in self._by_batch.items():
             changes: dict[str, Any] = {k: Increment(v) for k, v in deltas.items() if v}
             if not changes:
                 continue
             shard = client.document(path, COUNTERS, str(secrets.randbelow(SHARDS)))
             writer.set(shard, {**changes, "at": now}, merge=True)
+        for tenant, delta in self._by_tenant.items():
+            if not delta:
+                continue
+            shard = client.document(*shard_paths(tenant)[secrets.randbelow(TENANT_SHARDS)])
+            writer.set(shard, {IN_FLIGHT_FIELD: Increment(delta), "at": now}, merge=True)

@@ -260,7 +260,11 @@ class JobStore:
                     option = self._client.write_option(last_update_time=version)
                     batch.update(refs[claim.job_id], changes, option=option)
                     # The precondition holds the job at this worker's running attempt.
-                    running = {"batch_path": claim.batch_path, "status": JobStatus.RUNNING.value}
+                    running = {
+                        "batch_path": claim.batch_path,
+                        "tenant": claim.tenant,
+                        "status": JobStatus.RUNNING.value,
+                    }
                     deltas.move(running, status)
                 deltas.write(batch, self._client, now)
                 try:

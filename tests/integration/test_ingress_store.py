@@ -35,7 +35,7 @@ def test_a_retried_create_that_finds_its_own_document_succeeds(store: JobStore) 
 def test_an_unpublished_job_is_failed_when_nobody_touched_it(store: JobStore) -> None:
     job_id = new_job_id()
     written_at = store.create(job_id, new_doc())
-    assert store.fail_unpublished(job_id, written_at, "publish failed: TimeoutError") is True
+    assert store.fail_unpublished(job_id, "t", written_at, "publish failed: TimeoutError") is True
     stored = store.get(job_id)
     assert stored is not None and stored["status"] == "failed"
     assert stored["error"] == {"code": "publish_failed", "message": "publish failed: TimeoutError"}
@@ -48,6 +48,6 @@ def test_a_job_claimed_despite_the_failed_publish_is_left_to_run(store: JobStore
     jobs = firestore.Client().collection("jobs")
     jobs.document(job_id).update({"status": "running", "attempts": 1}, timeout=TIMEOUT)
 
-    assert store.fail_unpublished(job_id, written_at, "publish failed") is False
+    assert store.fail_unpublished(job_id, "t", written_at, "publish failed") is False
     stored = store.get(job_id)
     assert stored is not None and stored["status"] == "running" and "error" not in stored
