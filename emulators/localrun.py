@@ -1,10 +1,10 @@
 """``make run``: the whole pipeline on this machine, under one supervisor.
 
 Starts both emulators, provisions them, starts ``WORKERS`` workers, the dead-letter function
-(functions-framework on ``127.0.0.1:$DEADLETTER_PORT``, fed by a push subscription), the reconciler
-and the ingress (gunicorn on ``127.0.0.1:$PORT``), prints the URL and a working ``curl``, and
-stops everything on Ctrl-C or SIGTERM. ``local_stack()`` is the same sequence as a context
-manager, for benchmarks and tests.
+(functions-framework on ``127.0.0.1:$DEADLETTER_PORT``, fed by a push subscription), the reconciler,
+the webhook sender and the ingress (gunicorn on ``127.0.0.1:$PORT``), prints the URL and a working
+``curl``, and stops everything on Ctrl-C or SIGTERM. ``local_stack()`` is the same sequence as a
+context manager, for benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ from emulators.supervisor import Supervisor
 ROOT = Path(__file__).resolve().parent.parent
 DEV_API_KEYS = "dev:dev-key-123"
 """Used by ``make run`` (and only by it) when ``API_KEYS`` is unset."""
+DEV_WEBHOOK_SECRETS = "dev:whsec_b21uaS1kZXYtd2ViaG9vay1zZWNyZXQtMzItYnl0ZXM="  # noqa: S105
+"""For local development only: tenant ``dev``'s webhook signing secret under ``make run`` (and
+docker-compose.yml) when ``WEBHOOK_SECRETS`` is unset. Published in the repository, so it proves
+nothing; a real deployment mounts its secrets from Secret Manager (``WEBHOOK_SECRETS_FILE``).
+``whsec_`` + base64 of the 32 bytes ``omni-dev-webhook-secret-32-bytes``."""
 WORKER_READY_TIMEOUT_S = 180.0
 """Seconds a worker may take to load its models and start pulling."""
 
@@ -48,6 +53,7 @@ class StackConfig:
     worker_http_port: int = 8090
     deadletter_port: int = 8087
     api_keys: str = DEV_API_KEYS
+    webhook_secrets: str = DEV_WEBHOOK_SECRETS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -61,6 +67,7 @@ class StackConfig:
             worker_http_port=int(env.get("WORKER_HTTP_PORT") or 8090),
             deadletter_port=int(env.get("DEADLETTER_PORT") or 8087),
             api_keys=env.get("API_KEYS") or DEV_API_KEYS,
+            webhook_secrets=env.get("WEBHOOK_SECRETS") or DEV_WEBHOOK_SECRETS,
         )
 
     @property
@@ -104,6 +111,11 @@ def _first_key(api_keys: str) -> str:
     return api_keys.split(",")[0].partition(":")[2]
 
 
+def _tenants(pairs: str) -> set[str]:
+    """The tenants named in ``tenant:value`` pairs (never the values)."""
+    return {pair.partition(":")[0].strip() for pair in pairs.split(",") if pair.strip()}
+
+
 def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> None:
     """Start every part under ``supervisor`` and return once the ingress and workers are ready."""
     _check_ports_free(config)
@@ -131,6 +143,11 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         "PUBSUB_EMULATOR_HOST": pubsub_host,
         "FIRESTORE_EMULATOR_HOST": firestore_host,
         "API_KEYS": config.api_keys,
+        # The ingress refuses a webhook for a tenant with no signing secret, and the sender signs
+        # with the same ones. WEBHOOK_ALLOW_PRIVATE=1 (development only) lets both accept a
+        # receiver on this machine, e.g. http://127.0.0.1:9000/hook.
+        "WEBHOOK_SECRETS": config.webhook_secrets,
+        "WEBHOOK_ALLOW_PRIVATE": "1",
         "PYTHONUNBUFFERED": "1",
     }
     deadletter_url = f"http://{config.host}:{config.deadletter_port}/"
@@ -150,6 +167,16 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         "provisioned", topic=resources.topic, subscriptions=resources.subscription_prefix + "-*"
     )
     supervisor.spawn("reconciler", [sys.executable, "-m", "reconciler"], env=env, tier=TIER_WORKERS)
+    supervisor.spawn("webhooks", [sys.executable, "-m", "webhooks"], env=env, tier=TIER_WORKERS)
+    supervisor.log(
+        "webhook signing secrets: "
+        + (
+            "the development one for tenant dev (DEV_WEBHOOK_SECRETS in emulators/localrun.py)"
+            if config.webhook_secrets == DEV_WEBHOOK_SECRETS
+            else "from WEBHOOK_SECRETS"
+        ),
+        tenants=sorted(_tenants(config.webhook_secrets)),
+    )
 
     workers = []
     for i in range(config.workers):

@@ -121,9 +121,16 @@ def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> No
     assert {entry["message"] for entry in stops} >= {
         "stopped worker-0",
         "stopped worker-1",
+        "stopped reconciler",
+        "stopped webhooks",
         "stopped pubsub",
         "stopped firestore",
     }
+    # The webhook sender ran (with make run's development signing secret) and stopped cleanly.
+    sender = [line for line in lines if line.startswith("webhooks | ")]
+    assert any("webhook sender running" in line for line in sender), sender[-20:]
+    (webhooks,) = [entry for entry in stops if entry["message"] == "stopped webhooks"]
+    assert webhooks["exit_code"] == 0, output[-3000:]
     graceful = [line for line in lines if "finishing jobs in hand" in line]
     assert len(graceful) == 2, "each worker saw the stop request once, not as a forcing second"
     for name, port in ports.items():

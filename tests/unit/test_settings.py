@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from emulators.localrun import DEV_API_KEYS, StackConfig
+from emulators.localrun import DEV_API_KEYS, DEV_WEBHOOK_SECRETS, StackConfig
 from ingress.settings import MAX_BODY_BYTES, ConfigError, Settings
+from schemas.webhooks import SigningSecrets
 from worker.settings import ConfigError as WorkerConfigError
 from worker.settings import WorkerSettings
 
@@ -128,3 +129,13 @@ def test_make_run_ports_move_with_the_environment() -> None:
         "WORKER_HTTP_PORT+2": 9092,
     }
     assert config.api_keys == "me:mine"
+
+
+def test_make_run_signs_webhooks_with_a_valid_development_secret_unless_told_otherwise() -> None:
+    config = StackConfig.from_env({})
+    assert config.webhook_secrets == DEV_WEBHOOK_SECRETS
+    # The sender and the ingress read it as they read WEBHOOK_SECRETS (whsec_ + base64 of 32 bytes).
+    secrets = SigningSecrets.from_sources(config.webhook_secrets)
+    assert "dev" in secrets and secrets.for_tenant("dev") == DEV_WEBHOOK_SECRETS.partition(":")[2]
+    mine = "me:whsec_" + "A" * 44
+    assert StackConfig.from_env({"WEBHOOK_SECRETS": mine}).webhook_secrets == mine
