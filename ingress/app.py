@@ -13,10 +13,13 @@ from opentelemetry import trace
 from ingress import batches, console, events, health, jobs, metrics, openapi, tasks
 from ingress.auth import KeyRing, presented_key
 from ingress.batchstore import BatchStore
-from ingress.errors import Unauthorized, register_error_handlers
+from ingress.errors import TooManyRequests, Unauthorized, register_error_handlers
 from ingress.idempotency import IdempotencyStore
+from ingress.instances import InstanceRegistry
 from ingress.listen import MultiListen
 from ingress.publisher import JobPublisher
+from ingress.quota import InFlightCap
+from ingress.ratelimit import RateLimiter
 from ingress.services import EXTENSION, Services, services
 from ingress.settings import Settings
 from ingress.store import JobStore
@@ -58,8 +61,23 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         publisher_client.topic_path(settings.project, settings.jobs_topic),
         settings.publish_timeout_s,
     )
+    # The request-rate split needs the number of live ingress processes: counted only when
+    # some tenant has a rate (ingress/instances.py).
+    instances = None
+    if settings.tenant_limits.limits_rate:
+        instances = InstanceRegistry(
+            firestore_client,
+            settings.instances_collection,
+            settings.instance_heartbeat_s,
+            settings.firestore_timeout_s,
+        )
     app.extensions[EXTENSION] = Services(
         settings=settings,
+        limiter=RateLimiter(settings.tenant_limits, instances.live if instances else lambda: 1),
+        in_flight=InFlightCap(
+            firestore_client, settings.tenant_limits, settings.firestore_timeout_s
+        ),
+        instances=instances,
         keys=KeyRing.from_files(settings.api_keys, settings.api_keys_file),
         store=JobStore(
             firestore_client,
@@ -86,6 +104,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     metrics.instrument(app)  # first: its timing then covers the hooks below
     app.before_request(_start_request)
     app.after_request(_log_request)
+    app.after_request(_rate_limit_headers)
     app.teardown_request(_end_request)
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
@@ -94,6 +113,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(batches.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(openapi.bp)
+    if instances is not None:
+        instances.start()  # stopped at shutdown (gunicorn.conf.py)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
     return app
 
@@ -132,6 +153,17 @@ def _start_request() -> None:
             raise Unauthorized("send a valid API key in X-API-Key or Authorization: Bearer")
         g.tenant = tenant
         bind_log_context(tenant=tenant)
+        # Every authenticated /v1 request takes a token of its tenant's rate (ingress/ratelimit.py).
+        decision = svc.limiter.check(tenant)
+        if decision is not None:
+            g.rate_limit_headers = decision.headers()
+            if not decision.allowed:
+                raise TooManyRequests(
+                    f"over this tenant's request rate ({decision.rate:g}/s, "
+                    f"{decision.limit} at once); retry after {decision.retry_after_s} s",
+                    decision.retry_after_s,
+                    headers=g.rate_limit_headers,
+                )
 
 
 def _end_request(_exc: BaseException | None) -> None:
@@ -140,6 +172,13 @@ def _end_request(_exc: BaseException | None) -> None:
         span.end()
         otel_context.detach(g.pop("trace_token"))
     clear_log_context()
+
+
+def _rate_limit_headers(response: Response) -> Response:
+    """``RateLimit-Limit``, ``-Remaining`` and ``-Reset`` on a rate-limited tenant's answers."""
+    for name, value in g.get("rate_limit_headers", {}).items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _log_request(response: Response) -> Response:

@@ -22,7 +22,7 @@ from ingress.batchevents import batch_stream, render_item
 from ingress.batchinput import NDJSON_TYPES, json_items, ndjson_items
 from ingress.batchstore import Batch as StoredBatch
 from ingress.batchstore import BatchCancelled, BatchExists, BatchStore
-from ingress.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
+from ingress.errors import ApiError, BadRequest, Conflict, NotFound, UnsupportedMediaType
 from ingress.events import SSE_HEADERS
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation
@@ -95,6 +95,15 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
         except StoreUnavailable as exc:
             raise unavailable("job store") from exc
         batch_id = reservation.resource_id
+    if reservation is None or not reservation.replayed:  # a replay creates nothing: answered
+        try:
+            svc.in_flight.check(tenant, len(items.inputs))
+        except StoreUnavailable as exc:
+            _release(svc, reservation)
+            raise unavailable("job store") from exc
+        except ApiError:
+            _release(svc, reservation)
+            raise
     bind_log_context(batch_id=batch_id, task=spec.name)
     headers = {"Location": f"/v1/batches/{batch_id}"}
     try:

@@ -6,9 +6,10 @@
     ├── NotFound                  404     no such resource for this tenant
     ├── MethodNotAllowed          405     (from werkzeug, mapped below)
     ├── Conflict                  409     state conflict, idempotency mismatch
-    ├── PayloadTooLarge           413     body over the limit
+    ├── PayloadTooLarge           413     body over the limit; a batch over the jobs-in-flight cap
     ├── UnsupportedMediaType      415     not JSON
     ├── ValidationFailed          422     input fails the task's schema, unknown task
+    ├── TooManyRequests           429     over the tenant's rate or jobs-in-flight cap; Retry-After
     └── ServiceUnavailable        503     Pub/Sub or Firestore unreachable; carries Retry-After
 
 Vendor errors are translated where they happen (``store``, ``publisher``) with ``raise ... from``;
@@ -104,6 +105,14 @@ class ValidationFailed(ApiError):
         problem = super().problem()
         problem.errors = self.errors
         return problem
+
+
+class TooManyRequests(ApiError):
+    status, title, slug = 429, "Too Many Requests", "too-many-requests"
+
+    def __init__(self, detail: str, retry_after_s: int, headers: dict[str, str] | None = None):
+        super().__init__(detail, headers={**(headers or {}), "Retry-After": str(retry_after_s)})
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailable(ApiError):

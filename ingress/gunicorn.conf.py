@@ -148,3 +148,13 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
             stop.put(None)  # SimpleQueue.put is safe in a signal handler
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker is leaving (after its graceful stop): take it out of the instance registry now,
+    so the other instances stop counting it at their next beat (``ingress/instances.py``)."""
+    from ingress.services import EXTENSION
+
+    services = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)
+    if services is not None and services.instances is not None:
+        services.instances.stop()

@@ -12,7 +12,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from ingress import metrics
-from ingress.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from ingress.errors import ApiError, BadRequest, Conflict, NotFound, ValidationFailed
 from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_until_terminal
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
@@ -85,6 +85,15 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         job_id = reservation.resource_id
         if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
             return replayed
+    try:
+        # After the replay, which creates nothing: a replay is answered even at the cap.
+        svc.in_flight.check(tenant, 1)
+    except StoreUnavailable as exc:
+        _release(svc, reservation)
+        raise unavailable("job store") from exc
+    except ApiError:
+        _release(svc, reservation)
+        raise
     bind_log_context(job_id=job_id, task=spec.name)
     doc = new_job_document(
         tenant=tenant,

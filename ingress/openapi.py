@@ -45,9 +45,12 @@ _ERROR_TITLES = {
     413: "Body too large",
     415: "Unsupported content type",
     422: "Input fails the task's schema, or unknown task",
+    429: "Over the tenant's request rate or jobs-in-flight cap; retry after Retry-After seconds",
     503: "Pub/Sub or Firestore unreachable; retry after Retry-After seconds",
 }
 _READ_ERRORS = (401, 404, 503)
+_RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+"""On every answer to a tenant with a request rate (IETF draft names)."""
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,11 @@ def _problem(status: int) -> dict[str, Any]:
     }
     if status == 503:
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    if status == 429:
+        response["headers"] = {
+            "Retry-After": {"schema": {"type": "integer", "minimum": 1}},
+            **{name: {"schema": {"type": "integer"}} for name in _RATE_LIMIT_HEADERS},
+        }
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return response
@@ -371,6 +379,9 @@ def _operation(rule: str, method: str, arguments: list[str], op: _Op) -> dict[st
     parameters += op.parameters
     responses: dict[str, Any] = {str(code): body for code, body in op.responses.items()}
     responses.update({str(code): _problem(code) for code in op.errors})
+    if rule.startswith(SECURED_PREFIX):
+        # Every authenticated request counts against its tenant's rate (ingress/ratelimit.py).
+        responses["429"] = _problem(429)
     operation: dict[str, Any] = {
         "operationId": _operation_id(rule, method),
         "summary": op.summary,

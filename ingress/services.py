@@ -1,4 +1,5 @@
-"""What a request needs beyond itself: settings, keys, the job store, the publisher, the watcher.
+"""What a request needs beyond itself: settings, keys, the job store, the publisher, the watcher,
+the tenant limits.
 
 Built once by ``create_app`` and kept on ``app.extensions`` (no module-level clients: gunicorn
 workers fork, and gRPC clients must be created after the fork).
@@ -14,7 +15,10 @@ from ingress.auth import KeyRing
 from ingress.batchstore import BatchStore
 from ingress.errors import ServiceUnavailable
 from ingress.idempotency import IdempotencyStore
+from ingress.instances import InstanceRegistry
 from ingress.publisher import JobPublisher
+from ingress.quota import InFlightCap
+from ingress.ratelimit import RateLimiter
 from ingress.settings import Settings
 from ingress.store import JobStore
 from ingress.watch import JobWatcher
@@ -31,6 +35,10 @@ class Services:
     publisher: JobPublisher
     watcher: JobWatcher
     batches: BatchStore
+    limiter: RateLimiter
+    in_flight: InFlightCap
+    instances: InstanceRegistry | None
+    """Runs only when some tenant has a request rate."""
 
 
 def services() -> Services:

@@ -10,6 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ingress.instances import COLLECTION as INSTANCES_COLLECTION
+from ingress.instances import HEARTBEAT_S
+from ingress.ratelimit import LimitPolicy, limits_from
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 from schemas.tracing import EXPORTERS
@@ -35,12 +38,26 @@ class ConfigError(ValueError):
     """The environment does not describe a runnable ingress."""
 
 
+def _tenant_limits(env: Mapping[str, str]) -> LimitPolicy:
+    """``TENANT_LIMITS`` (JSON) or ``TENANT_LIMITS_FILE`` (the same JSON, mounted); a bad policy
+    stops the ingress at start, naming the entry."""
+    try:
+        return limits_from(env.get("TENANT_LIMITS"), env.get("TENANT_LIMITS_FILE") or None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     project: str = DEFAULT_PROJECT
     jobs_topic: str = DEFAULT_TOPIC
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"
+    tenant_limits: LimitPolicy = LimitPolicy()
+    """Per-tenant request rates and jobs-in-flight caps (``ingress/ratelimit.py``); none by
+    default."""
+    instance_heartbeat_s: float = HEARTBEAT_S
+    instances_collection: str = INSTANCES_COLLECTION
     api_keys: str = ""
     api_keys_file: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
@@ -58,12 +75,16 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
+        tenant_limits = _tenant_limits(env)
         try:
             settings = cls(
                 project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
                 jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
                 batches_collection=env.get("BATCHES_COLLECTION") or "batches",
+                tenant_limits=tenant_limits,
+                instance_heartbeat_s=float(env.get("INSTANCE_HEARTBEAT_S") or HEARTBEAT_S),
+                instances_collection=env.get("INSTANCES_COLLECTION") or INSTANCES_COLLECTION,
                 api_keys=env.get("API_KEYS", ""),
                 api_keys_file=env.get("API_KEYS_FILE") or None,
                 max_body_bytes=int(env.get("MAX_BODY_BYTES") or MAX_BODY_BYTES),
@@ -92,6 +113,8 @@ class Settings:
             )
         if settings.traces_exporter not in EXPORTERS:
             raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
+        if not 0 < settings.instance_heartbeat_s <= 300:
+            raise ConfigError("INSTANCE_HEARTBEAT_S must be more than 0 and at most 300 seconds")
         if not 0 < settings.sse_ping_s <= 60:
             raise ConfigError("SSE_PING_S must be more than 0 and at most 60 seconds")
         return settings

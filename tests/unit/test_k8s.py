@@ -4,11 +4,13 @@ No cluster here: ``kubectl kustomize`` renders every kustomization offline, and 
 checks each object against the OpenAPI schemas of one fixed Kubernetes version in strict mode, so
 an unknown (misspelt) field is an error rather than something the API server would silently drop.
 The rest reads the rendered objects the way the cluster would and checks them against the worker:
-its settings, its shutdown, its health server and the task catalogue.
+its settings, its shutdown, its health server and the task catalogue; and against the webhook
+sender: its command, its secrets file, its shutdown and its network policy.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -23,6 +25,8 @@ import yaml
 from emulators.localrun import ROOT
 from schemas.messages import task_subscription
 from schemas.tasks import TASKS
+from webhooks import outbox
+from webhooks.settings import SenderSettings
 from worker.main import ABANDON_WAIT_S
 from worker.settings import FIRESTORE_TIMEOUT_S, WorkerSettings
 
@@ -38,6 +42,12 @@ GPU_TASKS = {"embed", "similar"}
 (worker/Dockerfile.cuda), so ``predict`` under WORKER_DEVICE=cuda would fail its start."""
 CUSTOM_KINDS = {("monitoring.googleapis.com/v1", "PodMonitoring")}
 """Custom resources kubernetes-validate has no schema for; checked field by field below."""
+NOT_PUBLIC = [
+    ipaddress.IPv4Network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+]
+"""What the webhook sender must not reach whatever its code does: the RFC 1918 ranges, link-local
+(the metadata server) and the shared address space."""
 KUBECTL = shutil.which("kubectl")
 RENDER_TIMEOUT_S = 60
 
@@ -72,9 +82,43 @@ def rendered() -> dict[str, list[Manifest]]:
     return out
 
 
-def the(manifests: list[Manifest], kind: str) -> Manifest:
-    (found,) = [m for m in manifests if m["kind"] == kind]
+def the(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    (found,) = [
+        m
+        for m in manifests
+        if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)
+    ]
     return found
+
+
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """Whether a label selector (``matchLabels`` and ``matchExpressions``) picks ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def webhooks_deployment(rendered: dict[str, list[Manifest]]) -> Manifest:
+    return the(rendered["shared"], "Deployment", "omni-webhooks")
+
+
+def webhooks_container(rendered: dict[str, list[Manifest]]) -> Manifest:
+    containers: list[Manifest] = webhooks_deployment(rendered)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    (container,) = containers
+    assert container["name"] == "webhooks"
+    return container
 
 
 def worker_container(deployment: Manifest) -> Manifest:
@@ -327,6 +371,7 @@ def test_placeholders_are_whole_words_that_a_word_bounded_substitution_fills(
     assert images == {
         "europe-west1-docker.pkg.dev/my-project/omni/worker:latest",
         "europe-west1-docker.pkg.dev/my-project/omni/worker-cuda:latest",
+        "europe-west1-docker.pkg.dev/my-project/omni/ingress:latest",  # the webhook sender
     }
 
 
@@ -341,6 +386,7 @@ def test_every_pod_uses_workload_identity_no_kubernetes_token_and_no_root(
     cronjob = the(rendered["shared"], "CronJob")
     pods = [cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
     pods += [the(rendered[pool], "Deployment")["spec"]["template"]["spec"] for pool in POOLS]
+    pods.append(webhooks_deployment(rendered)["spec"]["template"]["spec"])
     for pod in pods:
         google_account = accounts[pod["serviceAccountName"]]["iam.gke.io/gcp-service-account"]
         assert google_account.endswith(".iam.gserviceaccount.com")
@@ -354,13 +400,16 @@ def test_every_pod_uses_workload_identity_no_kubernetes_token_and_no_root(
 def test_network_policy_lets_in_only_the_metrics_scraper_and_out_only_dns_metadata_and_tls(
     rendered: dict[str, list[Manifest]],
 ) -> None:
-    policy = the(rendered["shared"], "NetworkPolicy")["spec"]
+    policy = the(rendered["shared"], "NetworkPolicy", "omni")["spec"]
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
-    selector = policy["podSelector"]["matchLabels"]
     templates = [the(rendered[pool], "Deployment")["spec"]["template"] for pool in POOLS]
     templates.append(the(rendered["shared"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"])
     for template in templates:
-        assert selector.items() <= template["metadata"]["labels"].items()
+        assert selects(policy["podSelector"], template["metadata"]["labels"])
+    # The webhook sender has its own, narrower policy; policies add up, so this one must not
+    # pick it as well.
+    sender = webhooks_deployment(rendered)["spec"]["template"]["metadata"]["labels"]
+    assert not selects(policy["podSelector"], sender)
 
     (ingress,) = policy["ingress"]
     (source,) = ingress["from"]
@@ -386,6 +435,112 @@ def test_pod_monitoring_scrapes_every_pools_metrics_port(
         deployment = the(rendered[pool], "Deployment")
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
         assert endpoint["port"] in {p["name"] for p in worker_container(deployment)["ports"]}
+
+
+# -- the webhook sender ----------------------------------------------------------------------------
+
+
+def sender_settings(rendered: dict[str, list[Manifest]]) -> SenderSettings:
+    """The sender's own reading of its pod's environment (raises if it is not a valid one)."""
+    return SenderSettings.from_env(
+        pod_environment(webhooks_container(rendered), rendered["shared"])
+    )
+
+
+def test_the_webhook_sender_runs_from_the_ingress_image_as_two_replicas(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    deployment = webhooks_deployment(rendered)
+    pod = deployment["spec"]["template"]["spec"]
+    container = webhooks_container(rendered)
+    reconciler = the(rendered["shared"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    (reconciler_container,) = reconciler["spec"]["containers"]
+
+    assert container["command"] == ["python", "-m", "webhooks"]
+    assert container["image"] == reconciler_container["image"]
+    assert container["image"].split(":")[0].endswith("/ingress")
+    # Attempts are claimed in Firestore transactions, so replicas may run side by side.
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["serviceAccountName"] == "omni-webhooks"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "ports" not in container, "the sender listens on nothing"
+    assert (
+        container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"]
+    )
+    budget = the(rendered["shared"], "PodDisruptionBudget", "omni-webhooks")["spec"]
+    assert selects(budget["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert budget["maxUnavailable"] < deployment["spec"]["replicas"]
+
+
+def test_the_webhook_sender_reads_its_signing_secrets_from_a_mounted_secret(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    pod = webhooks_deployment(rendered)["spec"]["template"]["spec"]
+    container = webhooks_container(rendered)
+    settings = sender_settings(rendered)
+
+    assert settings.secrets == "", "no secret in plain env"
+    assert settings.allow_private is False, "WEBHOOK_ALLOW_PRIVATE is for development only"
+    assert settings.secrets_file is not None
+    path = Path(settings.secrets_file)
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "omni-webhook-secrets"
+    assert path.name in {item["path"] for item in volume["secret"]["items"]}
+    # Without its secrets the sender can sign nothing: the pod waits for the Secret.
+    assert volume["secret"].get("optional", False) is False
+
+
+def test_the_grace_period_covers_the_webhook_senders_shutdown(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    settings = sender_settings(rendered)
+    pod = webhooks_deployment(rendered)["spec"]["template"]["spec"]
+    # SIGTERM stops looking; the look in progress ends (one Firestore call), then the attempts in
+    # hand: the payload read, the connect and the response (WEBHOOK_TIMEOUT_S each), the write.
+    shutdown_s = outbox.TIMEOUT_S + outbox.TIMEOUT_S + 2 * settings.timeout_s + outbox.TIMEOUT_S
+    assert pod["terminationGracePeriodSeconds"] > shutdown_s
+    # Cut off by SIGKILL, an attempt is sent again only when its lease ends.
+    assert settings.lease_s >= pod["terminationGracePeriodSeconds"]
+
+
+def test_the_webhook_senders_network_policy_lets_nothing_in_and_out_only_to_public_tls(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    labels = webhooks_deployment(rendered)["spec"]["template"]["metadata"]["labels"]
+    policies = [m for m in rendered["shared"] if m["kind"] == "NetworkPolicy"]
+    (policy,) = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+    spec = policy["spec"]
+    assert policy["metadata"]["name"] == "omni-webhooks"
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert spec.get("ingress", []) == []
+
+    for rule in spec["egress"]:
+        ports = {port["port"] for port in rule["ports"]}
+        if "to" not in rule:
+            assert ports == {53}, "only DNS may go to any address"
+            continue
+        for peer in rule["to"]:
+            block = peer["ipBlock"]
+            network = ipaddress.IPv4Network(block["cidr"])
+            if network.prefixlen == 32:  # the metadata server, on its own ports only
+                assert network.subnet_of(ipaddress.IPv4Network("169.254.0.0/16"))
+                assert ports <= {80, 988}
+                continue
+            assert ports == {443}
+            excepted = [ipaddress.IPv4Network(cidr) for cidr in block.get("except", [])]
+            for private in NOT_PUBLIC:
+                if network.overlaps(private):
+                    assert any(private.subnet_of(e) for e in excepted), (block, private)
+    public_tls = [
+        peer["ipBlock"]
+        for rule in spec["egress"]
+        for peer in rule.get("to", [])
+        if {port["port"] for port in rule["ports"]} == {443}
+    ]
+    assert [block["cidr"] for block in public_tls] == ["0.0.0.0/0"]
 
 
 # -- the validator itself -------------------------------------------------------------------------
