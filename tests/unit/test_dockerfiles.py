@@ -2,7 +2,7 @@
 
 A small parser reads each Dockerfile into stages of instructions (continuation lines, comments and
 heredocs as BuildKit reads them); ``problems`` then lists every way an image departs from its
-``ImageSpec``: the extra it installs, where torch comes from, the user, the command, the
+``ImageSpec``: the extras it installs, where torch comes from, the user, the command, the
 environment, the port, and every ``COPY`` source against the repository and ``.dockerignore``.
 """
 
@@ -213,8 +213,8 @@ def ignored(path: str, dockerignore: str) -> bool:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    extra: str
-    """The one project extra the image installs."""
+    extras: frozenset[str]
+    """The project extras the image installs: exactly these."""
     cmd: tuple[str, ...]
     env: dict[str, str]
     port: int
@@ -229,17 +229,19 @@ class ImageSpec:
 
 
 INGRESS = ImageSpec(
-    extra="ingress",
+    # The webhook sender (k8s/shared/webhooks.yaml) runs from this image too: its extra is httpx
+    # and standardwebhooks, no ML (tests/integration/test_ingress_dependencies.py resolves it).
+    extras=frozenset({"ingress", "webhooks"}),
     cmd=("gunicorn", "-c", "ingress/gunicorn.conf.py"),
     env={"HOST": "0.0.0.0", "PORT": "8080"},
     port=8080,
-    # The reconciler CronJob and compose's provisioning job run this image too.
-    packages=frozenset({"schemas", "ingress", "reconciler", "emulators"}),
+    # The reconciler CronJob, the webhook sender and compose's provisioning job run this image too.
+    packages=frozenset({"schemas", "ingress", "reconciler", "webhooks", "emulators"}),
     runtime_files=("ingress/gunicorn.conf.py",),
     cloud_run=True,
 )
 WORKER = ImageSpec(
-    extra="worker",
+    extras=frozenset({"worker"}),
     cmd=("python", "-m", "worker"),
     env={"WORKER_HTTP_HOST": "0.0.0.0", "WORKER_HTTP_PORT": str(WorkerSettings().http_port)},
     port=WorkerSettings().http_port,
@@ -294,11 +296,11 @@ def problems(text: str, spec: ImageSpec, root: Path = ROOT) -> list[str]:
 
 
 def _install_problems(stages: list[Stage], spec: ImageSpec) -> list[str]:
-    """What pip installs: the one extra, and torch from the right index (or no ML at all)."""
+    """What pip installs: exactly its extras, and torch from the right index (or no ML at all)."""
     found = []
     extras = installed_extras(stages)
-    if extras != {spec.extra}:
-        found.append(f"installs the extras {sorted(extras)}, not exactly [{spec.extra!r}]")
+    if extras != spec.extras:
+        found.append(f"installs the extras {sorted(extras)}, not exactly {sorted(spec.extras)}")
     if unknown := extras - set(_project()["optional-dependencies"]):
         found.append(f"pyproject.toml has no extra(s) {sorted(unknown)}")
     commands = pip_installs(stages)
@@ -382,9 +384,9 @@ def test_each_image_is_what_the_design_card_says(path: str) -> None:
     assert problems(dockerfile(path), IMAGES[path]) == []
 
 
-def test_the_ingress_image_installs_only_the_ingress_extra_and_runs_gunicorn() -> None:
+def test_the_ingress_image_installs_only_its_two_extras_and_runs_gunicorn() -> None:
     stages = parse(dockerfile("ingress/Dockerfile"))
-    assert installed_extras(stages) == {"ingress"}
+    assert installed_extras(stages) == {"ingress", "webhooks"}
     runtime = stages[-1]
     assert arguments(runtime.all("CMD")[-1])[1] == ["gunicorn", "-c", "ingress/gunicorn.conf.py"]
     assert not _is_root(runtime.all("USER")[-1].args)
@@ -454,7 +456,8 @@ def test_dockerignore_matching(path: str, pattern: str, expected: bool) -> None:
 def test_dockerignore_keeps_what_pip_install_needs_and_drops_the_rest() -> None:
     dockerignore = (ROOT / ".dockerignore").read_text()
     for kept in ("pyproject.toml", "README.md", "schemas/jobs.py", "ingress/gunicorn.conf.py",
-                 "worker/tasks/embed.py", "ingress/static/console/index.html"):  # fmt: skip
+                 "worker/tasks/embed.py", "ingress/static/console/index.html",
+                 "webhooks/__main__.py"):  # fmt: skip
         assert not ignored(kept, dockerignore), kept
     for dropped in (".venv/bin/python", ".git/HEAD", "tests/unit/test_dockerfiles.py",
                     "bench/results/x.json", "test-artifacts/a", "docs/images.md",
@@ -464,11 +467,14 @@ def test_dockerignore_keeps_what_pip_install_needs_and_drops_the_rest() -> None:
 
 
 # A broken Dockerfile fails the checker: one defect at a time, each named.
+INGRESS_EXTRAS = "'.[ingress,webhooks]'"
 BROKEN_INGRESS = [
-    ("'.[ingress]'", "'.[ingress,worker]'", "not exactly ['ingress']"),
-    ("'.[ingress]'", "'.[ingress,dev]'", "not exactly ['ingress']"),
-    ("'.[ingress]'", ".", "installs the extras [], not exactly ['ingress']"),
-    ("'.[ingress]'", "'.[ingress]' torch", "installs ML package(s) ['torch']"),
+    (INGRESS_EXTRAS, "'.[ingress,webhooks,worker]'", "not exactly ['ingress', 'webhooks']"),
+    (INGRESS_EXTRAS, "'.[ingress,webhooks,dev]'", "not exactly ['ingress', 'webhooks']"),
+    (INGRESS_EXTRAS, "'.[ingress]'", "installs the extras ['ingress'], not exactly"),
+    (INGRESS_EXTRAS, "'.[webhooks]'", "installs the extras ['webhooks'], not exactly"),
+    (INGRESS_EXTRAS, ".", "installs the extras [], not exactly ['ingress', 'webhooks']"),
+    (INGRESS_EXTRAS, f"{INGRESS_EXTRAS} torch", "installs ML package(s) ['torch']"),
     ("USER 10001:10001", "USER root", "runs as root"),
     ("USER 10001:10001", "USER 0", "runs as root"),
     ("USER 10001:10001", "USER omni", "not numeric"),
@@ -481,6 +487,7 @@ BROKEN_INGRESS = [
     ("COPY schemas schemas", "COPY schemas schemas\nCOPY tests tests", "excluded by .dockerignore"),
     ("pyproject.toml README.md ./", "pyproject.toml ./", "README.md is not copied"),
     ("COPY ingress ingress", "COPY ingress ingress\nCOPY worker worker", "copies the packages"),
+    ("COPY webhooks webhooks\n", "", "copies the packages"),
     ("EXPOSE 8080", "EXPOSE 8080\nHEALTHCHECK CMD true", "HEALTHCHECK"),
     ("ARG PYTHON_IMAGE=python:3.11-slim", "ARG PYTHON_IMAGE=python:3.12-slim", "not Python 3.11"),
     ("# syntax=docker/dockerfile:1\n", "", "without `# syntax=docker/dockerfile:1`"),
