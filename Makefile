@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,worker,deadletter,bench,dev,cli]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ingress,webhooks,worker,deadletter,bench,dev,cli]'
 	touch $(STAMP)
 
 install: $(STAMP)

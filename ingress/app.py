@@ -10,7 +10,17 @@ from flask import Flask, Response, g, request
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from ingress import batches, console, events, health, jobs, metrics, openapi, tasks
+from ingress import (
+    batches,
+    console,
+    events,
+    health,
+    jobs,
+    metrics,
+    openapi,
+    tasks,
+    webhookroutes,
+)
 from ingress.auth import KeyRing, presented_key
 from ingress.batchstore import BatchStore
 from ingress.errors import TooManyRequests, Unauthorized, register_error_handlers
@@ -21,12 +31,14 @@ from ingress.publisher import JobPublisher
 from ingress.quota import InFlightCap
 from ingress.ratelimit import RateLimiter
 from ingress.services import EXTENSION, Services, services
-from ingress.settings import Settings
+from ingress.settings import ConfigError, Settings
 from ingress.store import JobStore
 from ingress.watch import JobWatcher
+from ingress.webhookstore import WebhookLedger
 from schemas import tracing
 from schemas.errortracking import init_error_tracking
 from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
+from schemas.webhooks import SigningSecrets
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ingress.access")
@@ -98,6 +110,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             settings.firestore_timeout_s,
             settings.result_ttl_s,
         ),
+        signing=_signing_secrets(settings),
+        webhooks=WebhookLedger(
+            firestore_client, settings.webhook_deliveries_collection, settings.firestore_timeout_s
+        ),
     )
 
     register_error_handlers(app)
@@ -113,10 +129,18 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(batches.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(webhookroutes.bp)
     if instances is not None:
         instances.start()  # stopped at shutdown (gunicorn.conf.py)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
     return app
+
+
+def _signing_secrets(settings: Settings) -> SigningSecrets:
+    try:
+        return SigningSecrets.from_files(settings.webhook_secrets, settings.webhook_secrets_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _cooperate_with_gevent() -> None:

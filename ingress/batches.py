@@ -29,6 +29,7 @@ from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation
 from ingress.publisher import PublishFailed
 from ingress.services import Services, services, unavailable
 from ingress.store import AlreadyFinished, StoreUnavailable
+from ingress.webhookcheck import checked_webhook
 from schemas import JOB_ID_PATTERN, JobStatus
 from schemas.batches import Batch
 from schemas.jobs import new_job_id
@@ -78,8 +79,10 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     metadata: dict[str, str] | None = None
     if request.mimetype in NDJSON_TYPES:
         spec, items, request_fingerprint = ndjson_items(request, svc.settings)
+        webhook = checked_webhook(request.args.get("webhook"), ["query", "webhook"])
     elif request.mimetype == "application/json":
-        spec, items, request_fingerprint, metadata = json_items(request, svc.settings)
+        spec, items, request_fingerprint, metadata, webhook = json_items(request, svc.settings)
+        webhook = checked_webhook(webhook, ["body", "webhook"])
     else:
         raise UnsupportedMediaType(
             "send the items as application/x-ndjson (one input per line, ?task=NAME) or as "
@@ -107,7 +110,9 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     bind_log_context(batch_id=batch_id, task=spec.name)
     headers = {"Location": f"/v1/batches/{batch_id}"}
     try:
-        batch = svc.batches.create(batch_id, tenant, spec.name, items.inputs, items.sizes, metadata)
+        batch = svc.batches.create(
+            batch_id, tenant, spec.name, items.inputs, items.sizes, metadata, webhook
+        )
     except BatchExists as exc:
         return _replayed(batch_id, exc.doc, tenant, headers)
     except StoreUnavailable as exc:

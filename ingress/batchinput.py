@@ -111,6 +111,8 @@ def ndjson_items(req: Request, settings: Settings) -> tuple[TaskSpec, Items, str
     req.max_content_length = limit  # Flask's app-wide backstop is the single job's limit
     max_item = settings.max_body_bytes - ITEM_OVERHEAD_BYTES
     digest = hashlib.sha256(f"{req.path}\x00{spec.name}\x00".encode())
+    if webhook := req.args.get("webhook"):
+        digest.update(f"webhook\x00{webhook}\x00".encode())  # another webhook, another request
     items = Items()
     for number, raw in enumerate(_body_lines(req, limit, digest), start=1):
         loc: list[str | int] = ["body", "line", number]
@@ -164,7 +166,7 @@ def _body_lines(req: Request, limit: int, digest: Any) -> Iterator[bytes]:
 
 def json_items(
     req: Request, settings: Settings
-) -> tuple[TaskSpec, Items, str, dict[str, str] | None]:
+) -> tuple[TaskSpec, Items, str, dict[str, str] | None, str | None]:
     req.max_content_length = settings.max_batch_body_bytes
     body = json_body(req, settings.max_batch_body_bytes)
     if isinstance(body, dict) and len(body.get("items") or []) > settings.max_batch_items:
@@ -187,4 +189,4 @@ def json_items(
             continue
         items.check(spec, value, size, loc, f"item {index + 1}")
     items.raise_if_bad("item")
-    return spec, items, fingerprint(req.path, body), batch_request.metadata
+    return spec, items, fingerprint(req.path, body), batch_request.metadata, batch_request.webhook

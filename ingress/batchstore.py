@@ -100,6 +100,7 @@ class BatchStore:
         inputs: list[dict[str, Any]],
         sizes: list[int],
         metadata: dict[str, str] | None,
+        webhook: str | None = None,
     ) -> Batch:
         """Write the batch and one queued job per input, publish them all; the batch once every
         message is confirmed. ``StoreUnavailable`` or ``PublishFailed`` abandon it."""
@@ -118,6 +119,8 @@ class BatchStore:
             "expire_at": now + timedelta(seconds=self._result_ttl_s),
             "trace_id": tracing.trace_id(),
         }
+        if webhook is not None:
+            doc["webhook"] = webhook
         try:
             ref.create(doc, retry=self._retry, timeout=self._timeout_s)
         except gexc.AlreadyExists:
@@ -164,8 +167,12 @@ class BatchStore:
         try:
             with ThreadPoolExecutor(WRITERS, thread_name_prefix="batch-create") as pool:
                 list(pool.map(write_chunk, chunks(sizes)))
+            # ``webhook_pending`` only now: an abandoned batch (its client got a 503) never calls.
+            accepted: dict[str, Any] = {"state": "accepted", "updated_at": datetime.now(UTC)}
+            if webhook is not None:
+                accepted["webhook_pending"] = True
             ref.update(
-                {"state": "accepted", "updated_at": datetime.now(UTC)},
+                accepted,
                 retry=self._retry,
                 timeout=self._timeout_s,
             )
@@ -175,7 +182,7 @@ class BatchStore:
         except UNAVAILABLE as exc:
             self.abandon(batch_id)
             raise StoreUnavailable(f"Firestore batch write failed: {type(exc).__name__}") from exc
-        doc["state"] = "accepted"
+        doc.update(accepted)
         return Batch(batch_id, doc, [])
 
     def abandon(self, batch_id: str) -> None:

@@ -20,6 +20,7 @@ from ingress.publisher import PublishFailed
 from ingress.requests import HUGE_INT, has_huge_int, json_body
 from ingress.services import Services, services, unavailable
 from ingress.store import AlreadyFinished, StoreRejected, StoreUnavailable
+from ingress.webhookcheck import checked_webhook
 from schemas import (
     TASKS,
     Job,
@@ -68,6 +69,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     except ValidationError as exc:
         raise ValidationFailed.from_pydantic(exc, prefix=["body", "input"]) from exc
 
+    webhook = checked_webhook(job_request.webhook, ["body", "webhook"])
     stored_input = spec.input_to_store(task_input.model_dump(mode="json"))
     if has_huge_int(stored_input):
         raise ValidationFailed([ProblemItem(loc=["body", "input"], msg=HUGE_INT)])
@@ -102,6 +104,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         metadata=job_request.metadata,
         now=datetime.now(UTC),
         result_ttl_s=svc.settings.result_ttl_s,
+        webhook=webhook,
     )
     doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
     try:

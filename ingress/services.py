@@ -22,6 +22,8 @@ from ingress.ratelimit import RateLimiter
 from ingress.settings import Settings
 from ingress.store import JobStore
 from ingress.watch import JobWatcher
+from ingress.webhookstore import WebhookLedger
+from schemas.webhooks import SigningSecrets
 
 EXTENSION = "omni"
 
@@ -39,6 +41,9 @@ class Services:
     in_flight: InFlightCap
     instances: InstanceRegistry | None
     """Runs only when some tenant has a request rate."""
+    signing: SigningSecrets
+    """Which tenants may submit a webhook (those with a signing secret)."""
+    webhooks: WebhookLedger
 
 
 def services() -> Services:

@@ -16,6 +16,7 @@ from ingress.ratelimit import LimitPolicy, limits_from
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 from schemas.tracing import EXPORTERS
+from schemas.webhooks import WEBHOOK_DELIVERIES_COLLECTION
 
 DEFAULT_PROJECT = "omni-local"
 MAX_BODY_BYTES = 1024 * 1024
@@ -71,6 +72,10 @@ class Settings:
     log_level: str = "INFO"
     traces_exporter: str = "none"
     sentry_dsn: str | None = None
+    webhook_secrets: str = ""
+    webhook_secrets_file: str | None = None
+    webhook_allow_private: bool = False
+    webhook_deliveries_collection: str = WEBHOOK_DELIVERIES_COLLECTION
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +102,11 @@ class Settings:
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
                 sentry_dsn=env.get("SENTRY_DSN") or None,
+                webhook_secrets=env.get("WEBHOOK_SECRETS", ""),
+                webhook_secrets_file=env.get("WEBHOOK_SECRETS_FILE") or None,
+                webhook_allow_private=env.get("WEBHOOK_ALLOW_PRIVATE", "") == "1",
+                webhook_deliveries_collection=env.get("WEBHOOK_DELIVERIES_COLLECTION")
+                or WEBHOOK_DELIVERIES_COLLECTION,
             )
         except ValueError as exc:
             raise ConfigError(f"bad number in the environment: {exc}") from exc

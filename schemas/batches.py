@@ -85,9 +85,10 @@ class BatchLinks(BaseModel):
     events: str
     cancel: str
     retry: str
+    webhook_deliveries: str | None = None
 
     @classmethod
-    def for_batch(cls, batch_id: str) -> BatchLinks:
+    def for_batch(cls, batch_id: str, webhook: bool = False) -> BatchLinks:
         base = f"/v1/batches/{batch_id}"
         return cls(
             self=base,
@@ -95,6 +96,7 @@ class BatchLinks(BaseModel):
             events=f"{base}/events",
             cancel=f"{base}/cancel",
             retry=f"{base}/retry",
+            webhook_deliveries=f"{base}/webhook-deliveries" if webhook else None,
         )
 
 
@@ -108,6 +110,7 @@ class Batch(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     metadata: dict[str, str] | None = None
+    webhook: str | None = None
     links: BatchLinks
 
     @classmethod
@@ -132,7 +135,8 @@ class Batch(BaseModel):
             created_at=doc["created_at"],
             finished_at=finished_at,
             metadata=doc.get("metadata") or None,
-            links=BatchLinks.for_batch(batch_id),
+            webhook=doc.get("webhook"),
+            links=BatchLinks.for_batch(batch_id, webhook=bool(doc.get("webhook"))),
         )
 
     def to_json_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from schemas.tasks import get_task
+from schemas.webhooks import checked_url
 
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 """Job ids are uuid4 hex: unguessable, so an id alone reveals nothing about other jobs."""
@@ -78,18 +79,11 @@ def checked_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
-def refused_webhook(value: str | None) -> str | None:
-    # Accepting a webhook we would never call is worse than refusing it: the client would wait
-    # for a POST that does not come. Signed delivery lands with the hardened-edge issue.
-    if value is not None:
-        raise ValueError("webhook delivery is not available yet; poll the job instead")
-    return value
-
-
 Metadata = Annotated[dict[str, str] | None, AfterValidator(checked_metadata)]
 """``metadata`` of a job or a batch: at most 16 short string pairs."""
-Webhook = Annotated[str | None, AfterValidator(refused_webhook)]
-"""``webhook`` of a job or a batch (refused until webhooks are delivered)."""
+Webhook = Annotated[str | None, AfterValidator(checked_url)]
+"""``webhook`` of a job or a batch: an absolute URL (its policy is checked by the ingress, which
+knows whether private addresses are allowed: ``schemas.webhooks.url_refusal``)."""
 
 
 class JobRequest(BaseModel):
@@ -140,10 +134,13 @@ def _ms(delta: timedelta) -> float:
 class JobLinks(BaseModel):
     self: str
     events: str
+    webhook_deliveries: str | None = None
 
     @classmethod
-    def for_job(cls, job_id: str) -> JobLinks:
-        return cls(self=f"/v1/jobs/{job_id}", events=f"/v1/jobs/{job_id}/events")
+    def for_job(cls, job_id: str, webhook: bool = False) -> JobLinks:
+        base = f"/v1/jobs/{job_id}"
+        deliveries = f"{base}/webhook-deliveries" if webhook else None
+        return cls(self=base, events=f"{base}/events", webhook_deliveries=deliveries)
 
 
 class Job(BaseModel):
@@ -164,6 +161,7 @@ class Job(BaseModel):
     metadata: dict[str, str] | None = None
     timings: JobTimings | None = None
     trace_id: str | None = None
+    webhook: str | None = None
     links: JobLinks
 
     @classmethod
@@ -195,7 +193,8 @@ class Job(BaseModel):
             metadata=doc.get("metadata") or None,
             timings=JobTimings.from_document(doc),
             trace_id=doc.get("trace_id"),
-            links=JobLinks.for_job(job_id),
+            webhook=doc.get("webhook"),
+            links=JobLinks.for_job(job_id, webhook=bool(doc.get("webhook"))),
         )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -210,13 +209,18 @@ def new_job_document(
     metadata: dict[str, str] | None,
     now: datetime,
     result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+    webhook: str | None = None,
 ) -> dict[str, Any]:
     """The document the ingress writes before publishing: ``queued``, no attempts yet.
 
     ``expire_at`` is provisional (a job that never finishes still goes); every terminal write
     moves it to ``RESULT_TTL`` after the finish.
+
+    A job with a ``webhook`` carries ``webhook_pending`` until the webhook sender has taken its
+    terminal state into the delivery ledger (``webhooks/outbox.py``): no writer that ends a job
+    has to know about webhooks, and none can end one without the sender finding it.
     """
-    return {
+    doc = {
         "tenant": tenant,
         "task": task,
         "status": JobStatus.QUEUED.value,
@@ -231,3 +235,7 @@ def new_job_document(
         # writes 100,000 of these documents at once.
         "expire_at": now + timedelta(seconds=result_ttl_s),
     }
+    if webhook is not None:
+        doc["webhook"] = webhook
+        doc["webhook_pending"] = True
+    return doc

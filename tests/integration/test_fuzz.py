@@ -36,6 +36,13 @@ HEADERS = {"X-API-Key": KEYS["tenant-a"]}
 BEYOND_JSON_SCHEMA = (
     "each ds must appear once",  # schemas/tasks/forecast.py: unique by a property
     "bytes; at most",  # embed and similar: the texts' total UTF-8 size
+    # webhook: the address rules and the tenant's signing secret (schemas/webhooks.py); the
+    # session's ingress has no secrets, so every well-formed URL meets one of these.
+    "no webhook signing secret",
+    "not a public address",
+    "not a public host",
+    "only https webhook URLs",
+    "a webhook URL",  # its form: scheme, host, no credentials or fragment
 )
 """422 messages of rules JSON Schema cannot state: a request breaking only these is no false
 rejection of valid data."""

@@ -156,7 +156,7 @@ def test_accepted_job_is_queued_with_location(ingress: Service, clean_firestore:
         "no-input",
         "task-not-string",
         "metadata-not-strings",
-        "webhook-not-yet",
+        "webhook-tenant-without-secret",
         "body-not-object",
     ],
 )

@@ -70,9 +70,12 @@ def test_job_request_rejects_extra_fields_and_oversized_metadata() -> None:
         )
 
 
-def test_job_request_refuses_webhooks_until_they_are_delivered() -> None:
-    with pytest.raises(ValidationError, match="not available yet"):
-        JobRequest.model_validate({"task": "embed", "input": {}, "webhook": "https://x.test/h"})
+def test_job_request_checks_a_webhook_urls_form() -> None:
+    ok = JobRequest.model_validate({"task": "embed", "input": {}, "webhook": "https://x.test/h"})
+    assert ok.webhook == "https://x.test/h"
+    for bad in ("ftp://x.test/h", "https://user:pw@x.test/h", "/relative", "https://x.test/ h"):
+        with pytest.raises(ValidationError, match="webhook"):
+            JobRequest.model_validate({"task": "embed", "input": {}, "webhook": bad})
 
 
 def test_unknown_task_raises() -> None:

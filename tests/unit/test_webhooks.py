@@ -1,0 +1,308 @@
+"""The webhook URL policy, the address guard, signing and one attempt (no network: every
+connection here goes to an ``httpx.MockTransport`` or is refused before one is tried)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from schemas.webhooks import (
+    DEFAULT_BACKOFF_S,
+    DeliveryState,
+    Refused,
+    SigningSecrets,
+    WebhookDeliveries,
+    checked_url,
+    parse_backoff,
+    resolve_checked,
+    url_refusal,
+)
+from webhooks.delivery import attempt, pinned_request, signed_headers
+from webhooks.settings import ConfigError, SenderSettings
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+def _answers(*addresses: str) -> Any:
+    """A resolver that answers ``addresses`` (getaddrinfo's shape) and records what it was asked."""
+    asked: list[str] = []
+
+    def resolve(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        asked.append(host)
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in addresses
+        ]
+
+    resolve.asked = asked  # type: ignore[attr-defined]
+    return resolve
+
+
+def _no_connection() -> httpx.MockTransport:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"a connection was attempted to {request.url}")
+
+    return httpx.MockTransport(refuse)
+
+
+# -- the URL's form and the submit-time policy -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/h",
+        "https:///path",
+        "https://user:pw@example.com/h",
+        "https://example.com/h#frag",
+        "https://example.com:99999/h",
+        "https://exa mple.com/h",
+        "https://example.com/\x00",
+        "https://example.com/" + "a" * 2048,
+    ],
+)
+def test_malformed_webhook_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        checked_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://example.com/h", "only https"),
+        ("https://127.0.0.1/h", "not a public address"),
+        ("https://10.1.2.3/h", "not a public address"),
+        ("https://192.168.0.1/h", "not a public address"),
+        ("https://172.16.5.4/h", "not a public address"),
+        ("https://169.254.169.254/computeMetadata/v1/", "not a public address"),
+        ("https://100.64.0.1/h", "not a public address"),
+        ("https://[::1]/h", "not a public address"),
+        ("https://[fd00::1]/h", "not a public address"),
+        ("https://[::ffff:10.0.0.1]/h", "not a public address"),
+        ("https://0.0.0.0/h", "not a public address"),
+        ("https://localhost/h", "not a public host"),
+        ("https://api.localhost/h", "not a public host"),
+        ("https://metadata.google.internal/h", "not a public host"),
+        ("https://metadata/h", "not a public host"),
+    ],
+)
+def test_the_policy_refuses_http_and_private_addresses(url: str, reason: str) -> None:
+    refusal = url_refusal(url, allow_private=False)
+    assert refusal is not None and reason in refusal
+
+
+def test_the_policy_accepts_public_https() -> None:
+    assert url_refusal("https://hooks.example.com/omni?x=1", allow_private=False) is None
+    assert url_refusal("https://8.8.8.8/h", allow_private=False) is None
+
+
+def test_allow_private_accepts_http_and_loopback_but_never_the_unspecified_address() -> None:
+    assert url_refusal("http://127.0.0.1:8080/h", allow_private=True) is None
+    assert url_refusal("http://localhost:8080/h", allow_private=True) is None
+    assert url_refusal("http://[::1]:8080/h", allow_private=True) is None
+    assert url_refusal("http://0.0.0.0:8080/h", allow_private=True) is not None
+
+
+# -- the delivery-time guard: every resolved address is checked --------------------------------
+
+
+def test_a_name_resolving_to_a_private_address_is_refused() -> None:
+    with pytest.raises(Refused, match="10.0.0.7"):
+        resolve_checked("hooks.example.com", 443, False, _answers("10.0.0.7"))
+
+
+def test_one_private_answer_among_public_ones_refuses_the_name() -> None:
+    with pytest.raises(Refused, match="127.0.0.1"):
+        resolve_checked("hooks.example.com", 443, False, _answers("93.184.215.14", "127.0.0.1"))
+
+
+def test_a_decimal_host_is_resolved_and_checked() -> None:
+    # "2130706433" is 127.0.0.1 to getaddrinfo; the submit-time check (no lookup) lets it by.
+    assert url_refusal("https://2130706433/h", allow_private=False) is None
+    with pytest.raises(Refused):
+        resolve_checked("2130706433", 443, False)
+
+
+def test_public_answers_are_returned_in_order_once_each() -> None:
+    resolve = _answers("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c", "93.184.215.14")
+    assert resolve_checked("hooks.example.com", 443, False, resolve) == [
+        "93.184.215.14",
+        "2606:2800:21f:cb07:6820:80da:af6b:8b2c",
+    ]
+
+
+def test_a_refused_address_is_never_connected_to() -> None:
+    resolve = _answers("192.168.1.20")
+    outcome = attempt(
+        "https://hooks.example.com/h",
+        b"{}",
+        {},
+        allow_private=False,
+        timeout_s=1,
+        resolve=resolve,
+        transport=_no_connection(),
+    )
+    assert outcome.final and outcome.status_code is None
+    assert outcome.error is not None and outcome.error.startswith("refused")
+    assert resolve.asked == ["hooks.example.com"]
+
+
+def test_a_literal_private_address_is_refused_without_a_lookup() -> None:
+    resolve = _answers("93.184.215.14")
+    outcome = attempt(
+        "https://10.0.0.1/h",
+        b"{}",
+        {},
+        allow_private=False,
+        timeout_s=1,
+        resolve=resolve,
+        transport=_no_connection(),
+    )
+    assert outcome.final and resolve.asked == []
+
+
+# -- the request: pinned to the checked address, signed ----------------------------------------
+
+
+def test_the_request_goes_to_the_checked_address_with_the_hosts_name() -> None:
+    request = pinned_request("https://hooks.example.com:8443/a?b=1", "93.184.215.14", {}, b"x")
+    assert request.url.host == "93.184.215.14" and request.url.port == 8443
+    assert request.url.raw_path == b"/a?b=1"
+    assert request.headers["host"] == "hooks.example.com:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example.com"
+    six = pinned_request("https://hooks.example.com/a", "2606:2800::1", {}, b"x")
+    assert six.url.host == "2606:2800::1" and six.headers["host"] == "hooks.example.com"
+
+
+def test_an_attempt_posts_the_signed_body_and_reports_the_status() -> None:
+    seen: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    now = datetime.now(UTC)
+    body = json.dumps({"type": "job.succeeded", "data": {"id": "x"}})
+    outcome = attempt(
+        "https://hooks.example.com/h",
+        body.encode(),
+        signed_headers(SECRET, "msg_job_x", body, now),
+        allow_private=False,
+        timeout_s=1,
+        resolve=_answers("93.184.215.14"),
+        transport=httpx.MockTransport(receive),
+    )
+    assert outcome.delivered and outcome.status_code == 204 and outcome.latency_ms is not None
+    (request,) = seen
+    assert request.url.host == "93.184.215.14"
+    headers = {k: v for k, v in request.headers.items()}
+    # The package's own verifier accepts what the sender signed.
+    assert Webhook(SECRET).verify(request.content, headers) == json.loads(body)
+    assert headers["webhook-id"] == "msg_job_x"
+    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
+
+
+def test_a_signature_does_not_verify_with_another_secret_or_body() -> None:
+    now = datetime.now(UTC)
+    headers = signed_headers(SECRET, "msg_job_x", '{"a":1}', now)
+    other = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify('{"a":1}', headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify('{"a":2}', headers)
+
+
+@pytest.mark.parametrize("status", [301, 302, 400, 410, 500, 503])
+def test_anything_but_2xx_is_a_failed_attempt_and_redirects_are_not_followed(status: int) -> None:
+    calls: list[str] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        return httpx.Response(status, headers={"location": "http://127.0.0.1/inside"})
+
+    outcome = attempt(
+        "https://hooks.example.com/h",
+        b"{}",
+        {},
+        allow_private=False,
+        timeout_s=1,
+        resolve=_answers("93.184.215.14"),
+        transport=httpx.MockTransport(receive),
+    )
+    assert not outcome.delivered and not outcome.final and outcome.status_code == status
+    assert len(calls) == 1
+
+
+def test_a_connection_error_is_a_failed_attempt_to_retry() -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    outcome = attempt(
+        "https://hooks.example.com/h",
+        b"{}",
+        {},
+        allow_private=False,
+        timeout_s=1,
+        resolve=_answers("93.184.215.14"),
+        transport=httpx.MockTransport(fail),
+    )
+    assert outcome.status_code is None and not outcome.final
+    assert outcome.error is not None and "ConnectError" in outcome.error
+
+
+# -- secrets, backoff, settings, the ledger's resource ------------------------------------------
+
+
+def test_signing_secrets_are_per_tenant_and_checked() -> None:
+    other = "whsec_" + base64.b64encode(b"o" * 25).decode().rstrip("=")  # unpadded is allowed
+    secrets = SigningSecrets.from_sources(f"a:{SECRET}", [f"b:{other}", "# comment", ""])
+    assert secrets.for_tenant("a") == SECRET and secrets.for_tenant("b") == other
+    assert "c" not in secrets and secrets.for_tenant("c") is None
+    for bad in (
+        "a:nope",
+        f"a{SECRET}",
+        "a:whsec_!!!",
+        "a:whsec_" + base64.b64encode(b"s").decode(),
+    ):
+        with pytest.raises(ValueError, match="WEBHOOK_SECRETS entry 1"):
+            SigningSecrets.from_sources(bad)
+
+
+def test_backoff_schedule() -> None:
+    assert parse_backoff(None) == DEFAULT_BACKOFF_S
+    assert parse_backoff("0.5, 2,10") == (0.5, 2.0, 10.0)
+    assert parse_backoff("") == ()
+    with pytest.raises(ValueError):
+        parse_backoff("1,-2")
+
+
+def test_sender_settings_never_show_secrets() -> None:
+    settings = SenderSettings.from_env({"WEBHOOK_SECRETS": f"a:{SECRET}", "WEBHOOK_POLL_S": "0.2"})
+    assert settings.poll_s == 0.2 and SECRET not in repr(settings)
+    with pytest.raises(ConfigError):
+        SenderSettings.from_env({"WEBHOOK_CONCURRENCY": "0"})
+
+
+def test_the_ledger_resource() -> None:
+    now = datetime.now(UTC)
+    waiting = WebhookDeliveries.from_document("job", "j1", "https://h.example/x", None)
+    assert waiting.state is DeliveryState.WAITING and waiting.attempts == []
+    assert waiting.webhook_id == "msg_job_j1"
+    doc = {
+        "url": "https://h.example/x",
+        "event": "job.failed",
+        "state": "pending",
+        "next_at": now + timedelta(seconds=5),
+        "attempts": [{"attempt": 1, "at": now, "status_code": 500, "latency_ms": 3.5}],
+    }
+    ledger = WebhookDeliveries.from_document("job", "j1", "https://h.example/x", doc).to_json_dict()
+    assert ledger["state"] == "pending" and ledger["event"] == "job.failed"
+    assert ledger["next_attempt_at"] and ledger["attempts"][0]["status_code"] == 500
+    assert "error" not in ledger["attempts"][0]

@@ -1,0 +1,1 @@
+"""The webhook sender: ``python -m webhooks`` (``docs/webhooks.md``)."""

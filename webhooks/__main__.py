@@ -1,0 +1,47 @@
+"""``python -m webhooks``: deliver job and batch webhooks until SIGTERM or SIGINT.
+
+Exit status: 0 after a clean stop (the attempts in hand finish first), 2 when the environment is
+not a valid configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from types import FrameType
+
+from schemas.jsonlog import configure_logging
+from schemas.webhooks import SigningSecrets
+from webhooks.settings import ConfigError, SenderSettings
+
+
+def main() -> int:
+    try:
+        settings = SenderSettings.from_env()
+        signing = SigningSecrets.from_files(settings.secrets, settings.secrets_file)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(json.dumps({"severity": "CRITICAL", "message": f"bad configuration: {exc}"}))
+        return 2
+    configure_logging(settings.log_level)
+
+    from google.cloud import firestore
+
+    from webhooks.outbox import Outbox
+    from webhooks.sender import Sender
+
+    sender = Sender(Outbox(firestore.Client(project=settings.project), settings), signing, settings)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sender.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

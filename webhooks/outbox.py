@@ -1,0 +1,263 @@
+"""The sender's side of Firestore: finding ended jobs and batches, and the delivery ledger.
+
+**Finding what ended.** A job or batch with a webhook carries ``webhook_pending: true`` from its
+creation (a batch: from its acceptance). No writer that ends a job needs to know about webhooks:
+the sender asks for pending jobs whose status is terminal (two equality filters, which Firestore
+serves by merging single-field indexes; ``firestore.indexes.json`` adds a composite one anyway),
+and for pending batches, whose counts it reads at most every ``batch_check_s``. It takes each into
+the ledger in one atomic commit that creates the ledger document and clears ``webhook_pending``
+(conditioned on the document's update time), so two senders cannot both take one in, and nothing
+is lost between the job's end and the first attempt: whatever the sender's crashes, the job stays
+pending until that commit.
+
+**The ledger** (``webhook_deliveries/<kind>-<id>``) is a small state machine, every move in a
+transaction::
+
+    pending ──claim──▶ delivering ──2xx──────────────▶ succeeded
+       ▲                   │  └──refused / exhausted──▶ failed
+       └──backoff──────────┘                              │
+       ▲───────────────── POST .../webhook-deliveries ─────┘ (a new round)
+
+``next_at`` is when it is due (pending) or when a claim's lease runs out (delivering: a sender
+that died mid-attempt is replaced after ``lease_s``). Only the claim holding ``lease`` may record
+the attempt's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from schemas.batches import COUNTERS, Batch, BatchStatus
+from schemas.jobs import TERMINAL_STATUSES, Job
+from schemas.webhooks import DeliveryState, delivery_key, event_type
+from webhooks.delivery import Outcome
+from webhooks.settings import SenderSettings
+
+logger = logging.getLogger(__name__)
+
+DISCOVER_LIMIT = 200
+"""Ended jobs (and pending batches) taken in per look."""
+LEDGER_ATTEMPTS = 50
+"""Attempts a ledger keeps (the newest); ``attempt_count`` counts them all."""
+TIMEOUT_S = 10.0
+"""Seconds one Firestore call may take."""
+KEEP_S = 7 * 24 * 3600.0
+"""How long a ledger is kept when its resource has no ``expire_at`` to follow, seconds."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An attempt this sender holds: the ledger as it was, and the token that fences it."""
+
+    key: str
+    doc: dict[str, Any]
+    token: str
+
+    @property
+    def attempt(self) -> int:
+        return int(self.doc.get("attempt_count") or 0) + 1
+
+
+class Outbox:
+    def __init__(self, client: firestore.Client, settings: SenderSettings):
+        self._client = client
+        self._settings = settings
+        self._jobs = client.collection(settings.jobs_collection)
+        self._batches = client.collection(settings.batches_collection)
+        self._deliveries = client.collection(settings.deliveries_collection)
+        self._batch_checked: dict[str, float] = {}
+        """Batch id → monotonic time of its next look (only the sender's loop thread uses it)."""
+
+    # -- finding what ended --------------------------------------------------------------------
+
+    def discover(self, now: datetime) -> int:
+        """Take every newly ended job and batch with a webhook into the ledger; how many."""
+        return self._discover_jobs(now) + self._discover_batches(now)
+
+    def _discover_jobs(self, now: datetime) -> int:
+        query = (
+            self._jobs.where(filter=FieldFilter("webhook_pending", "==", True))
+            .where(filter=FieldFilter("status", "in", [s.value for s in TERMINAL_STATUSES]))
+            .limit(DISCOVER_LIMIT)
+        )
+        taken = 0
+        for snapshot in query.stream(timeout=TIMEOUT_S):
+            doc = snapshot.to_dict() or {}
+            taken += self._take_in("job", snapshot, doc, str(doc["status"]), now)
+        return taken
+
+    def _discover_batches(self, now: datetime) -> int:
+        query = self._batches.where(filter=FieldFilter("webhook_pending", "==", True)).limit(
+            DISCOVER_LIMIT
+        )
+        taken = 0
+        pending = set()
+        for snapshot in query.stream(timeout=TIMEOUT_S):
+            pending.add(snapshot.id)
+            if self._batch_checked.get(snapshot.id, 0.0) > time.monotonic():
+                continue
+            doc = snapshot.to_dict() or {}
+            shards = [s.to_dict() or {} for s in snapshot.reference.collection(COUNTERS).stream()]
+            status = Batch.from_documents(snapshot.id, doc, shards).status
+            if status is BatchStatus.RUNNING:
+                self._batch_checked[snapshot.id] = time.monotonic() + self._settings.batch_check_s
+                continue
+            taken += self._take_in("batch", snapshot, doc, status.value, now)
+        for gone in set(self._batch_checked) - pending:
+            del self._batch_checked[gone]
+        return taken
+
+    def _take_in(
+        self, kind: str, snapshot: Any, doc: dict[str, Any], status: str, now: datetime
+    ) -> int:
+        expire_at = doc.get("expire_at") or now + timedelta(seconds=KEEP_S)
+        ledger = {
+            "kind": kind,
+            "resource_id": snapshot.id,
+            "tenant": doc.get("tenant"),
+            "url": doc.get("webhook"),
+            "event": event_type(kind, status),
+            "state": DeliveryState.PENDING.value,
+            "next_at": now,
+            "attempt_count": 0,
+            "round_start": 0,
+            "attempts": [],
+            "lease": None,
+            "created_at": now,
+            "updated_at": now,
+            "expire_at": max(expire_at, now + timedelta(days=1)),
+        }
+        writes = self._client.batch()
+        writes.update(
+            snapshot.reference,
+            {"webhook_pending": False},
+            option=self._client.write_option(last_update_time=snapshot.update_time),
+        )
+        writes.create(self._deliveries.document(delivery_key(kind, snapshot.id)), ledger)
+        try:
+            writes.commit(timeout=TIMEOUT_S)
+        except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict):
+            return 0  # another sender took it in, or it changed since the query: next look
+        logger.info(
+            "webhook due",
+            extra={f"{kind}_id": snapshot.id, "event": ledger["event"]},
+        )
+        return 1
+
+    # -- the ledger ------------------------------------------------------------------------------
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """Ledger keys whose attempt is due (or whose sender's lease ran out), oldest first."""
+        query = (
+            self._deliveries.where(filter=FieldFilter("next_at", "<=", now))
+            .order_by("next_at")
+            .limit(limit)
+        )
+        return [snapshot.id for snapshot in query.stream(timeout=TIMEOUT_S)]
+
+    def claim(self, key: str, now: datetime) -> Claimed | None:
+        """Hold the attempt for ``lease_s``; None if it is not due (any more)."""
+        ref = self._deliveries.document(key)
+        lease_s = self._settings.lease_s
+
+        @firestore.transactional
+        def _claim(transaction: firestore.Transaction) -> Claimed | None:
+            snapshot = ref.get(transaction=transaction)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("state") not in (
+                DeliveryState.PENDING.value,
+                DeliveryState.DELIVERING.value,
+            ):
+                return None
+            if doc.get("next_at") is None or doc["next_at"] > now:
+                return None
+            token = secrets.token_hex(8)
+            transaction.update(
+                ref,
+                {
+                    "state": DeliveryState.DELIVERING.value,
+                    "next_at": now + timedelta(seconds=lease_s),
+                    "lease": token,
+                    "updated_at": now,
+                },
+            )
+            return Claimed(key, doc, token)
+
+        try:
+            claimed: Claimed | None = _claim(self._client.transaction())
+        except ValueError:
+            return None  # contention: another sender is claiming it
+        return claimed
+
+    def record(self, claimed: Claimed, outcome: Outcome, now: datetime) -> str | None:
+        """Write the attempt and the next state; None if this claim lost its lease meanwhile."""
+        ref = self._deliveries.document(claimed.key)
+        backoff = self._settings.backoff_s
+
+        @firestore.transactional
+        def _record(transaction: firestore.Transaction) -> str | None:
+            snapshot = ref.get(transaction=transaction)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("lease") != claimed.token:
+                return None
+            number = int(doc.get("attempt_count") or 0) + 1
+            entry = {
+                "attempt": number,
+                "at": now,
+                "status_code": outcome.status_code,
+                "latency_ms": outcome.latency_ms,
+                "error": outcome.error,
+            }
+            in_round = number - int(doc.get("round_start") or 0)
+            next_at: datetime | None = None
+            if outcome.delivered:
+                state = DeliveryState.SUCCEEDED
+            elif outcome.final or in_round > len(backoff):
+                state = DeliveryState.FAILED
+            else:
+                state = DeliveryState.PENDING
+                next_at = now + timedelta(seconds=backoff[in_round - 1])
+            transaction.update(
+                ref,
+                {
+                    "attempts": [*(doc.get("attempts") or []), entry][-LEDGER_ATTEMPTS:],
+                    "attempt_count": number,
+                    "state": state.value,
+                    "next_at": next_at,
+                    "lease": None,
+                    "updated_at": now,
+                },
+            )
+            return state.value
+
+        outcome_state: str | None = _record(self._client.transaction())
+        return outcome_state
+
+    def payload(self, claimed: Claimed, now: datetime) -> dict[str, Any] | None:
+        """The event's body: the resource as ``GET`` answers it now; None if it is gone (expired
+        by its TTL) or no longer the tenant's."""
+        kind, resource_id = claimed.doc["kind"], claimed.doc["resource_id"]
+        if kind == "job":
+            snapshot = self._jobs.document(resource_id).get(timeout=TIMEOUT_S)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("tenant") != claimed.doc.get("tenant"):
+                return None
+            data = Job.from_document(resource_id, doc).to_json_dict()
+        else:
+            ref = self._batches.document(resource_id)
+            snapshot = ref.get(timeout=TIMEOUT_S)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("tenant") != claimed.doc.get("tenant"):
+                return None
+            shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
+            data = Batch.from_documents(resource_id, doc, shards).to_json_dict()
+        return {"type": claimed.doc["event"], "timestamp": now.isoformat(), "data": data}

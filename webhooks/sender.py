@@ -1,0 +1,140 @@
+"""The sender's loop: take ended jobs and batches in, send what is due, record each outcome.
+
+One thread looks (every ``poll_s``, at once again when a look came back full); a pool of
+``concurrency`` threads sends, each attempt claimed first (``webhooks/outbox.py``), so any number
+of senders may run side by side and an attempt runs once at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.webhooks import SigningSecrets, message_id
+from webhooks.delivery import Outcome, attempt, signed_headers
+from webhooks.outbox import Claimed, Outbox
+from webhooks.settings import SenderSettings
+
+logger = logging.getLogger(__name__)
+
+Attempt = Callable[..., Outcome]
+
+
+class Sender:
+    def __init__(
+        self,
+        outbox: Outbox,
+        signing: SigningSecrets,
+        settings: SenderSettings,
+        send: Attempt = attempt,
+    ):
+        self._outbox = outbox
+        self._signing = signing
+        self._settings = settings
+        self._send = send
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="webhook-send")
+        # Guards ``_in_flight``: the loop thread adds a key, a pool thread removes it when done.
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Look and send until ``stop`` is set; then let the attempts in hand finish."""
+        logger.info(
+            "webhook sender running",
+            extra={"poll_s": self._settings.poll_s, "allow_private": self._settings.allow_private},
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    busy = self.look()
+                except Exception:
+                    # Firestore down: the next look tries again; nothing is lost (see outbox).
+                    logger.exception("look failed")
+                    busy = False
+                if not busy:
+                    stop.wait(self._settings.poll_s)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def look(self) -> bool:
+        """One look: take in what ended, start every due attempt there is room for. True when
+        there was more than room (look again at once)."""
+        now = datetime.now(UTC)
+        self._outbox.discover(now)
+        with self._lock:
+            room = self._settings.concurrency - len(self._in_flight)
+        if room <= 0:
+            return False
+        keys = self._outbox.due(now, room * 2)
+        started = 0
+        for key in keys:
+            with self._lock:
+                if key in self._in_flight:
+                    continue
+            claimed = self._outbox.claim(key, now)
+            if claimed is None:
+                continue
+            with self._lock:
+                self._in_flight.add(key)
+            self._pool.submit(self._deliver, claimed)
+            started += 1
+            if started >= room:
+                return True
+        return False
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Whether every attempt in hand ended within ``timeout_s`` (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _deliver(self, claimed: Claimed) -> None:
+        kind, resource_id = claimed.doc["kind"], claimed.doc["resource_id"]
+        log = {f"{kind}_id": resource_id, "attempt": claimed.attempt, "event": claimed.doc["event"]}
+        try:
+            outcome = self._attempt(claimed)
+            state = self._outbox.record(claimed, outcome, datetime.now(UTC))
+            logger.info(
+                "webhook attempt",
+                extra={
+                    **log,
+                    "status_code": outcome.status_code,
+                    "latency_ms": outcome.latency_ms,
+                    "error": outcome.error,
+                    "state": state or "lost its lease",
+                },
+            )
+        except Exception:
+            # The lease runs out and the attempt is claimed again: at least once, never lost.
+            logger.exception("webhook attempt could not be recorded", extra=log)
+        finally:
+            with self._lock:
+                self._in_flight.discard(claimed.key)
+
+    def _attempt(self, claimed: Claimed) -> Outcome:
+        secret = self._signing.for_tenant(str(claimed.doc.get("tenant")))
+        if secret is None:
+            return Outcome(error="the tenant has no signing secret any more", final=True)
+        now = datetime.now(UTC)
+        payload: dict[str, Any] | None = self._outbox.payload(claimed, now)
+        if payload is None:
+            return Outcome(error=f"the {claimed.doc['kind']} no longer exists", final=True)
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        msg_id = message_id(claimed.doc["kind"], claimed.doc["resource_id"])
+        return self._send(
+            claimed.doc["url"],
+            body.encode(),
+            signed_headers(secret, msg_id, body, now),
+            allow_private=self._settings.allow_private,
+            timeout_s=self._settings.timeout_s,
+        )

@@ -1,0 +1,83 @@
+"""Webhook sender settings, read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas.jobs import parse_duration
+from schemas.webhooks import DEFAULT_BACKOFF_S, WEBHOOK_DELIVERIES_COLLECTION, parse_backoff
+
+POLL_S = 1.0
+"""``WEBHOOK_POLL_S``: seconds between looks for newly finished jobs and due attempts; the most a
+webhook waits before its first attempt (plus the POST itself)."""
+BATCH_CHECK_S = 5.0
+"""``WEBHOOK_BATCH_CHECK_S``: seconds between two looks at one running batch's counts."""
+TIMEOUT_S = 10.0
+"""``WEBHOOK_TIMEOUT_S``: seconds an attempt may take to connect, and then between bytes."""
+CONCURRENCY = 16
+"""``WEBHOOK_CONCURRENCY``: attempts in flight at once, per sender process."""
+LEASE_S = 60.0
+"""How long a sender holds an attempt it took (``delivering``); past it, another sender may take
+it again. Well above ``TIMEOUT_S``, so a slow attempt is not sent twice at once."""
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a runnable sender."""
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    project: str = "omni-local"
+    jobs_collection: str = "jobs"
+    batches_collection: str = "batches"
+    deliveries_collection: str = WEBHOOK_DELIVERIES_COLLECTION
+    secrets: str = ""
+    secrets_file: str | None = None
+    allow_private: bool = False
+    backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
+    poll_s: float = POLL_S
+    batch_check_s: float = BATCH_CHECK_S
+    timeout_s: float = TIMEOUT_S
+    concurrency: int = CONCURRENCY
+    lease_s: float = LEASE_S
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SenderSettings:
+        env = os.environ if environ is None else environ
+        try:
+            settings = cls(
+                project=env.get("GOOGLE_CLOUD_PROJECT") or "omni-local",
+                jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
+                batches_collection=env.get("BATCHES_COLLECTION") or "batches",
+                deliveries_collection=env.get("WEBHOOK_DELIVERIES_COLLECTION")
+                or WEBHOOK_DELIVERIES_COLLECTION,
+                secrets=env.get("WEBHOOK_SECRETS", ""),
+                secrets_file=env.get("WEBHOOK_SECRETS_FILE") or None,
+                allow_private=env.get("WEBHOOK_ALLOW_PRIVATE", "") == "1",
+                backoff_s=parse_backoff(env.get("WEBHOOK_BACKOFF_S")),
+                poll_s=parse_duration(env.get("WEBHOOK_POLL_S") or str(POLL_S)),
+                batch_check_s=parse_duration(
+                    env.get("WEBHOOK_BATCH_CHECK_S") or str(BATCH_CHECK_S)
+                ),
+                timeout_s=parse_duration(env.get("WEBHOOK_TIMEOUT_S") or str(TIMEOUT_S)),
+                concurrency=int(env.get("WEBHOOK_CONCURRENCY") or CONCURRENCY),
+                log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if settings.poll_s <= 0 or settings.timeout_s <= 0 or settings.concurrency <= 0:
+            raise ConfigError(
+                "WEBHOOK_POLL_S, WEBHOOK_TIMEOUT_S and WEBHOOK_CONCURRENCY must be positive"
+            )
+        return settings
+
+    def __repr__(self) -> str:
+        # Signing secrets must never reach a log line.
+        return (
+            f"SenderSettings(project={self.project!r}, allow_private={self.allow_private}, "
+            f"secrets={'[set]' if self.secrets else '[unset]'}, "
+            f"secrets_file={self.secrets_file!r})"
+        )
