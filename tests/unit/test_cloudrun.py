@@ -74,12 +74,34 @@ def test_sized_for_event_streams_with_keys_from_secret_manager() -> None:
     assert spec["serviceAccountName"].startswith("omni-ingress@")
     (container,) = spec["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    (mount,) = container["volumeMounts"]
-    assert env["API_KEYS_FILE"].startswith(mount["mountPath"] + "/")
-    (volume,) = spec["volumes"]
-    assert volume["secret"]["secretName"] == "omni-api-keys"
+    assert secret_file(spec, env["API_KEYS_FILE"]) == ("omni-api-keys", "latest")
     assert "API_KEYS" not in env
     assert container["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def secret_file(spec: dict[str, Any], path: str) -> tuple[str, str]:
+    """(secret, version) of the Secret Manager secret mounted as the file ``path``."""
+    (container,) = spec["containers"]
+    folder, _, name = path.rpartition("/")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == name]
+    return volume["secret"]["secretName"], item["key"]
+
+
+def test_webhook_signing_secrets_come_from_secret_manager_and_private_receivers_stay_refused() -> (
+    None
+):
+    spec = service()["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert secret_file(spec, env["WEBHOOK_SECRETS_FILE"]) == ("omni-webhook-secrets", "latest")
+    assert "WEBHOOK_SECRETS" not in env, "never plain env"
+    assert "WEBHOOK_ALLOW_PRIVATE" not in env, "development only"
+    # Cloud Run mounts each secret volume at a folder of its own; none may hold another.
+    paths = [m["mountPath"].rstrip("/") + "/" for m in container["volumeMounts"]]
+    assert not [(a, b) for a in paths for b in paths if a != b and b.startswith(a)]
 
 
 @pytest.mark.parametrize("name", ["GUNICORN_THREADS", "GUNICORN_WORKER_CLASS"])
