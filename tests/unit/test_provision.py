@@ -48,6 +48,7 @@ def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
         f"{base}/jobs/fields/expire_at",
         f"{base}/idempotency/fields/expire_at",
         f"{base}/batches/fields/expire_at",
+        f"{base}/webhook_deliveries/fields/expire_at",
     ]
 
 
@@ -74,3 +75,15 @@ def test_the_batch_queries_have_their_composite_indexes() -> None:
     assert ("batch_id", "superseded_by", "batch_index") in indexes
     assert ("batch_id", "superseded_by", "status", "batch_index") in indexes
     assert ("batch_id", "finished_at") in indexes
+
+
+def test_the_webhook_senders_query_has_its_composite_index() -> None:
+    # webhooks/outbox.py: ended jobs still waiting to be taken into the ledger
+    # (webhook_pending == true and status in the terminal states).
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    indexes = {
+        (req["parent"].rpartition("/")[2], tuple(f["field_path"] for f in req["index"]["fields"]))
+        for method, req in calls
+        if method == "create_index"
+    }
+    assert ("jobs", ("webhook_pending", "status")) in indexes
