@@ -214,3 +214,17 @@ def test_a_failed_heartbeat_keeps_the_last_count() -> None:
         registry.beat()
 
     assert registry.live() == 3
+
+
+def test_the_deployed_default_policy_parses() -> None:
+    import yaml
+
+    from emulators.localrun import ROOT
+
+    service = yaml.safe_load((ROOT / "cloudrun.yaml").read_text())
+    container = service["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+
+    policy = Settings.from_env({**KEYS, "TENANT_LIMITS": env["TENANT_LIMITS"]}).tenant_limits
+
+    assert policy.for_tenant("anyone") == TenantLimits(rate=50, burst=100, in_flight=200000)
