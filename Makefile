@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) -m bench.peer_celery
 	$(PY) -m bench.sse_fanout
 	$(PY) -m bench.batch
+	$(PY) -m bench.ratelimit
 
 # A real project (docs/deploy.md): topics, subscriptions, Firestore indexes and TTL, and the
 # dead-letter function. Idempotent. make provision PROJECT=my-project REGION=europe-west1

@@ -49,6 +49,7 @@ def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
         f"{base}/idempotency/fields/expire_at",
         f"{base}/batches/fields/expire_at",
         f"{base}/webhook_deliveries/fields/expire_at",
+        f"{base}/ingress_instances/fields/expire_at",
     ]
 
 
