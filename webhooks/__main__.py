@@ -1,5 +1,8 @@
 """``python -m webhooks``: deliver job and batch webhooks until SIGTERM or SIGINT.
 
+With ``WEBHOOK_HTTP_PORT`` set, ``/healthz`` and ``/metrics`` are served on it
+(``webhooks/health.py``).
+
 Exit status: 0 after a clean stop (the attempts in hand finish first), 2 when the environment is
 not a valid configuration.
 """
@@ -28,10 +31,21 @@ def main() -> int:
 
     from google.cloud import firestore
 
+    from webhooks.health import HealthServer, Heartbeat
     from webhooks.outbox import Outbox
     from webhooks.sender import Sender
 
-    sender = Sender(Outbox(firestore.Client(project=settings.project), settings), signing, settings)
+    heartbeat = Heartbeat()
+    sender = Sender(
+        Outbox(firestore.Client(project=settings.project), settings),
+        signing,
+        settings,
+        heartbeat=heartbeat,
+    )
+    server = None
+    if settings.http_port is not None:
+        server = HealthServer(settings.http_host, settings.http_port, heartbeat)
+        server.start()
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -39,7 +53,11 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    sender.run(stop)
+    try:
+        sender.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.webhooks import SigningSecrets, message_id
+from webhooks import health
 from webhooks.delivery import Outcome, attempt, signed_headers
+from webhooks.health import Heartbeat
 from webhooks.outbox import Claimed, Outbox
 from webhooks.settings import SenderSettings
 
@@ -33,11 +35,13 @@ class Sender:
         signing: SigningSecrets,
         settings: SenderSettings,
         send: Attempt = attempt,
+        heartbeat: Heartbeat | None = None,
     ):
         self._outbox = outbox
         self._signing = signing
         self._settings = settings
         self._send = send
+        self._heartbeat = heartbeat or Heartbeat()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="webhook-send")
         # Guards ``_in_flight``: the loop thread adds a key, a pool thread removes it when done.
         self._lock = threading.Lock()
@@ -53,10 +57,14 @@ class Sender:
             while not stop.is_set():
                 try:
                     busy = self.look()
+                    health.LOOKS.labels("ok").inc()
+                    health.LAST_LOOK.set_to_current_time()
                 except Exception:
                     # Firestore down: the next look tries again; nothing is lost (see outbox).
                     logger.exception("look failed")
+                    health.LOOKS.labels("failed").inc()
                     busy = False
+                self._heartbeat.beat()
                 if not busy:
                     stop.wait(self._settings.poll_s)
         finally:
@@ -82,6 +90,7 @@ class Sender:
                 continue
             with self._lock:
                 self._in_flight.add(key)
+                health.IN_FLIGHT.set(len(self._in_flight))
             self._pool.submit(self._deliver, claimed)
             started += 1
             if started >= room:
@@ -104,6 +113,12 @@ class Sender:
         try:
             outcome = self._attempt(claimed)
             state = self._outbox.record(claimed, outcome, datetime.now(UTC))
+            label = health.outcome_label(outcome.status_code, outcome.error, outcome.final)
+            health.ATTEMPTS.labels(kind, label).inc()
+            if outcome.latency_ms is not None:
+                health.ATTEMPT_SECONDS.observe(outcome.latency_ms / 1000)
+            if state == "failed":
+                health.GIVEN_UP.labels(kind).inc()
             logger.info(
                 "webhook attempt",
                 extra={
@@ -120,6 +135,7 @@ class Sender:
         finally:
             with self._lock:
                 self._in_flight.discard(claimed.key)
+                health.IN_FLIGHT.set(len(self._in_flight))
 
     def _attempt(self, claimed: Claimed) -> Outcome:
         secret = self._signing.for_tenant(str(claimed.doc.get("tenant")))

@@ -43,6 +43,8 @@ class SenderSettings:
     concurrency: int = CONCURRENCY
     lease_s: float = LEASE_S
     log_level: str = "INFO"
+    http_host: str = "0.0.0.0"  # noqa: S104 (a pod's probes and scrapes come from outside it)
+    http_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SenderSettings:
@@ -65,6 +67,8 @@ class SenderSettings:
                 timeout_s=parse_duration(env.get("WEBHOOK_TIMEOUT_S") or str(TIMEOUT_S)),
                 concurrency=int(env.get("WEBHOOK_CONCURRENCY") or CONCURRENCY),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+                http_host=env.get("WEBHOOK_HTTP_HOST") or "0.0.0.0",  # noqa: S104
+                http_port=int(env["WEBHOOK_HTTP_PORT"]) if env.get("WEBHOOK_HTTP_PORT") else None,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc

@@ -27,7 +27,7 @@ import requests
 from google.cloud import firestore
 from standardwebhooks.webhooks import Webhook
 
-from emulators.process import stop_group
+from emulators.process import free_port, stop_group, wait_until_answers
 from schemas.jobs import new_job_document, new_job_id
 from schemas.webhooks import SigningSecrets
 from tests.conftest import Emulators
@@ -145,11 +145,21 @@ def hook_ingress(emulators: Emulators, log_dir: Path, worker: Service) -> Iterat
     stop_group(service.process, 30)
 
 
+@dataclass(frozen=True)
+class RunningSender:
+    log_path: Path
+    url: str
+    """Its health and metrics server."""
+
+
 @pytest.fixture(scope="module")
-def sender(emulators: Emulators, log_dir: Path) -> Iterator[Path]:
+def sender(emulators: Emulators, log_dir: Path) -> Iterator[RunningSender]:
     """``python -m webhooks`` on the session's collections, polling every 0.2 s."""
     log_path = log_dir / "webhooks.log"
+    port = free_port()
     env = python_env(
+        WEBHOOK_HTTP_HOST="127.0.0.1",
+        WEBHOOK_HTTP_PORT=str(port),
         **emulators.env(),
         WEBHOOK_SECRETS=f"tenant-a:{SECRET}",
         WEBHOOK_ALLOW_PRIVATE="1",
@@ -175,7 +185,8 @@ def sender(emulators: Emulators, log_dir: Path) -> Iterator[Path]:
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the sender did not start"
             time.sleep(0.1)
-        yield log_path
+        wait_until_answers(f"http://127.0.0.1:{port}/healthz", process, 30, "webhooks")
+        yield RunningSender(log_path, f"http://127.0.0.1:{port}")
     finally:
         stop_group(process, 30)
     assert process.returncode == 0, log_path.read_text()[-3000:]
@@ -217,7 +228,7 @@ def verified(post: Received) -> dict[str, Any]:
 
 
 def test_a_finished_job_posts_one_signed_event_and_records_it(
-    hook_ingress: Service, sender: Path, receiver: Receiver
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
 ) -> None:
     path = "/hooks/succeeded"
     response = submit(
@@ -247,7 +258,7 @@ def test_a_finished_job_posts_one_signed_event_and_records_it(
 
 
 def test_failed_attempts_are_retried_with_backoff_under_one_webhook_id(
-    hook_ingress: Service, sender: Path, receiver: Receiver
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
 ) -> None:
     path = "/hooks/flaky"
     receiver.script(path, [500, 503])
@@ -267,7 +278,7 @@ def test_failed_attempts_are_retried_with_backoff_under_one_webhook_id(
 
 
 def test_exhausted_attempts_fail_and_a_redelivery_sends_again(
-    hook_ingress: Service, sender: Path, receiver: Receiver
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
 ) -> None:
     path = "/hooks/down"
     receiver.script(path, [500] * (len(BACKOFF_S) + 1))
@@ -292,7 +303,7 @@ def test_exhausted_attempts_fail_and_a_redelivery_sends_again(
 
 
 def test_a_failed_job_and_a_cancelled_job_post_their_events(
-    hook_ingress: Service, sender: Path, receiver: Receiver
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
 ) -> None:
     failed = submit(
         hook_ingress,
@@ -329,7 +340,7 @@ def test_a_failed_job_and_a_cancelled_job_post_their_events(
 
 
 def test_a_batch_posts_once_every_item_has_ended(
-    hook_ingress: Service, sender: Path, receiver: Receiver
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
 ) -> None:
     path = "/hooks/batch"
     lines = "\n".join(json.dumps({"texts": [f"item {i}"]}) for i in range(5))
@@ -401,7 +412,7 @@ def test_webhook_refusals_name_where_the_url_came_from(hook_ingress: Service) ->
     assert as_json.json()["errors"][0]["loc"] == ["body", "webhook"]
 
 
-def test_the_ledger_routes(hook_ingress: Service, sender: Path) -> None:
+def test_the_ledger_routes(hook_ingress: Service, sender: RunningSender) -> None:
     # A job that stays queued: written directly, with no message for the worker.
     job_id = new_job_id()
     doc = new_job_document(
@@ -471,3 +482,22 @@ def test_the_sender_refuses_a_host_resolving_to_loopback_before_connecting(
     assert only["status_code"] is None
     assert "refused" in only["error"] and "127.0.0.1" in only["error"]
     assert receiver.connections == before and receiver.on("/hooks/guard") == []
+
+
+def test_the_senders_health_and_metrics_show_what_it_did(sender: RunningSender) -> None:
+    """Runs after the delivery tests above (file order): their attempts are counted."""
+    health = requests.get(f"{sender.url}/healthz", timeout=TIMEOUT_S)
+    assert health.status_code == 200 and health.json()["ok"] is True
+    text = requests.get(f"{sender.url}/metrics", timeout=TIMEOUT_S).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['omni_webhook_attempts_total{kind="job",outcome="delivered"}'] >= 5
+    assert samples['omni_webhook_attempts_total{kind="job",outcome="rejected"}'] >= 5
+    assert samples['omni_webhook_attempts_total{kind="batch",outcome="delivered"}'] >= 1
+    assert samples['omni_webhook_deliveries_failed_total{kind="job"}'] >= 1
+    assert samples["omni_webhook_attempt_seconds_count"] >= 11
+    assert samples['omni_webhook_looks_total{result="ok"}'] > 10
+    assert samples["omni_webhook_last_look_timestamp_seconds"] > time.time() - 30

@@ -426,7 +426,7 @@ def test_network_policy_lets_in_only_the_metrics_scraper_and_out_only_dns_metada
 def test_pod_monitoring_scrapes_every_pools_metrics_port(
     rendered: dict[str, list[Manifest]],
 ) -> None:
-    monitoring = the(rendered["shared"], "PodMonitoring")
+    monitoring = the(rendered["shared"], "PodMonitoring", "omni-worker")
     assert (monitoring["apiVersion"], monitoring["kind"]) in CUSTOM_KINDS
     selector = monitoring["spec"]["selector"]["matchLabels"]
     (endpoint,) = monitoring["spec"]["endpoints"]
@@ -464,7 +464,16 @@ def test_the_webhook_sender_runs_from_the_ingress_image_as_two_replicas(
     assert pod["serviceAccountName"] == "omni-webhooks"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert "ports" not in container, "the sender listens on nothing"
+    # Its one port serves /healthz (the liveness probe) and /metrics (scraped).
+    (port,) = container["ports"]
+    assert port["containerPort"] == sender_settings(rendered).http_port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    monitoring = the(rendered["shared"], "PodMonitoring", "omni-webhooks")
+    assert selects(
+        monitoring["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"]
+    )
+    (endpoint,) = monitoring["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (port["name"], "/metrics")
     assert (
         container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"]
     )
@@ -506,7 +515,7 @@ def test_the_grace_period_covers_the_webhook_senders_shutdown(
     assert settings.lease_s >= pod["terminationGracePeriodSeconds"]
 
 
-def test_the_webhook_senders_network_policy_lets_nothing_in_and_out_only_to_public_tls(
+def test_the_webhook_senders_network_policy_lets_only_the_scraper_in_and_out_only_to_public_tls(
     rendered: dict[str, list[Manifest]],
 ) -> None:
     labels = webhooks_deployment(rendered)["spec"]["template"]["metadata"]["labels"]
@@ -515,7 +524,11 @@ def test_the_webhook_senders_network_policy_lets_nothing_in_and_out_only_to_publ
     spec = policy["spec"]
     assert policy["metadata"]["name"] == "omni-webhooks"
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
-    assert spec.get("ingress", []) == []
+    (scrape,) = spec["ingress"]
+    assert scrape["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}}
+    ]
+    assert [p["port"] for p in scrape["ports"]] == [sender_settings(rendered).http_port]
 
     for rule in spec["egress"]:
         ports = {port["port"] for port in rule["ports"]}

@@ -25,6 +25,7 @@ from schemas.webhooks import (
     url_refusal,
 )
 from webhooks.delivery import attempt, pinned_request, signed_headers
+from webhooks.health import outcome_label
 from webhooks.settings import ConfigError, SenderSettings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -306,3 +307,11 @@ def test_the_ledger_resource() -> None:
     assert ledger["state"] == "pending" and ledger["event"] == "job.failed"
     assert ledger["next_attempt_at"] and ledger["attempts"][0]["status_code"] == 500
     assert "error" not in ledger["attempts"][0]
+
+
+def test_attempt_outcomes_are_labelled_for_metrics() -> None:
+    assert outcome_label(204, None, False) == "delivered"
+    assert outcome_label(500, None, False) == "rejected"
+    assert outcome_label(None, "ConnectTimeout", False) == "error"
+    assert outcome_label(None, "refused: 10.0.0.1 is not a public address", True) == "refused"
+    assert outcome_label(None, "the job no longer exists", True) == "unsendable"
