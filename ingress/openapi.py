@@ -197,6 +197,11 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         parameters=(
             _IDEMPOTENCY_KEY,
             _query("task", "The task of an NDJSON body's items.", {"type": "string"}),
+            _query(
+                "webhook",
+                "An NDJSON batch's webhook URL (the JSON form has `webhook` in its body).",
+                {"type": "string", "maxLength": MAX_URL_CHARS},
+            ),
         ),
         body={
             "application/json": {"schema": _ref("BatchSubmission")},

@@ -58,6 +58,8 @@ class WebhookLedger:
                 "state": DeliveryState.PENDING.value,
                 "next_at": now,
                 "updated_at": now,
+                # A lapsed claim's sender may still try to record: it must not end this round.
+                "lease": None,
             }
             if state in (DeliveryState.SUCCEEDED.value, DeliveryState.FAILED.value):
                 # A new round: the backoff schedule starts again from its first step.

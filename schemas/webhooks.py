@@ -45,6 +45,21 @@ _BLOCKED_SUFFIXES = (".localhost", ".internal")
 _BLOCKED_NAMES = ("localhost", "metadata", "metadata.google.internal")
 """Names that are never public: loopback, and the cloud metadata server's (169.254.169.254)."""
 
+_EMBEDDING_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/96",  # IPv4-compatible (deprecated): ::7f00:1 is 127.0.0.1
+        "::ffff:0:0:0/96",  # IPv4-translated
+        "64:ff9b::/96",  # NAT64: 64:ff9b::a9fe:a9fe reaches 169.254.169.254 through a gateway
+        "64:ff9b:1::/48",  # local-use NAT64
+        "2002::/16",  # 6to4: 2002:7f00:1:: wraps 127.0.0.1
+        "2001::/32",  # Teredo
+        "fec0::/10",  # site-local (deprecated)
+    )
+)
+"""IPv6 ranges that wrap an IPv4 address or are private by another name. Refused whole (not
+unwrapped): which of them ``is_global`` accepts changed between Python 3.11 patch releases."""
+
 Resolver = Callable[..., list[tuple[Any, ...]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -125,7 +140,11 @@ def address_allowed(address: IPAddress, allow_private: bool) -> bool:
         address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
     if address.is_unspecified or address.is_multicast:
         return False
-    return allow_private or address.is_global
+    if allow_private:
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _EMBEDDING_V6):
+        return False
+    return address.is_global
 
 
 def resolve_checked(

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 DISCOVER_LIMIT = 200
 """Ended jobs (and pending batches) taken in per look."""
+FORGET_AFTER_S = 600.0
+"""A running batch's next-look time is forgotten this long after it was due, seconds."""
 LEDGER_ATTEMPTS = 50
 """Attempts a ledger keeps (the newest); ``attempt_count`` counts them all."""
 TIMEOUT_S = 10.0
@@ -76,6 +78,9 @@ class Outbox:
         self._deliveries = client.collection(settings.deliveries_collection)
         self._batch_checked: dict[str, float] = {}
         """Batch id → monotonic time of its next look (only the sender's loop thread uses it)."""
+        self._batch_cursor: Any = None
+        """The last pending batch looked at: each look goes on from there, so that more than
+        ``DISCOVER_LIMIT`` running batches cannot hide one that ended."""
 
     # -- finding what ended --------------------------------------------------------------------
 
@@ -96,13 +101,22 @@ class Outbox:
         return taken
 
     def _discover_batches(self, now: datetime) -> int:
-        query = self._batches.where(filter=FieldFilter("webhook_pending", "==", True)).limit(
-            DISCOVER_LIMIT
+        query = (
+            self._batches.where(filter=FieldFilter("webhook_pending", "==", True))
+            .order_by("__name__")
+            .limit(DISCOVER_LIMIT)
         )
+        if self._batch_cursor is not None:
+            query = query.start_after(self._batch_cursor)
+        snapshots = list(query.stream(timeout=TIMEOUT_S))
+        # A short page is the end: the next look starts from the first pending batch again.
+        self._batch_cursor = snapshots[-1] if len(snapshots) == DISCOVER_LIMIT else None
+        forget_before = time.monotonic() - FORGET_AFTER_S
+        for batch_id, due in list(self._batch_checked.items()):
+            if due < forget_before:  # taken in by another sender, or gone: forget it
+                del self._batch_checked[batch_id]
         taken = 0
-        pending = set()
-        for snapshot in query.stream(timeout=TIMEOUT_S):
-            pending.add(snapshot.id)
+        for snapshot in snapshots:
             if self._batch_checked.get(snapshot.id, 0.0) > time.monotonic():
                 continue
             doc = snapshot.to_dict() or {}
@@ -111,9 +125,8 @@ class Outbox:
             if status is BatchStatus.RUNNING:
                 self._batch_checked[snapshot.id] = time.monotonic() + self._settings.batch_check_s
                 continue
+            self._batch_checked.pop(snapshot.id, None)
             taken += self._take_in("batch", snapshot, doc, status.value, now)
-        for gone in set(self._batch_checked) - pending:
-            del self._batch_checked[gone]
         return taken
 
     def _take_in(

@@ -15,12 +15,14 @@ webhook waits before its first attempt (plus the POST itself)."""
 BATCH_CHECK_S = 5.0
 """``WEBHOOK_BATCH_CHECK_S``: seconds between two looks at one running batch's counts."""
 TIMEOUT_S = 10.0
-"""``WEBHOOK_TIMEOUT_S``: seconds an attempt may take to connect, and then between bytes."""
+"""``WEBHOOK_TIMEOUT_S``: seconds one attempt may take in all: the lookup, the connect, sending
+the request and receiving the response's status line."""
 CONCURRENCY = 16
 """``WEBHOOK_CONCURRENCY``: attempts in flight at once, per sender process."""
-LEASE_S = 60.0
-"""How long a sender holds an attempt it took (``delivering``); past it, another sender may take
-it again. Well above ``TIMEOUT_S``, so a slow attempt is not sent twice at once."""
+LEASE_MARGIN_S = 50.0
+"""A claim's lease is the attempt's deadline plus this, seconds: the payload's read and the
+outcome's write (10 s each at most) and room to spare. Past the lease another sender may take the
+attempt again, which cannot happen while the first still sends: its deadline came first."""
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,6 @@ class SenderSettings:
     batch_check_s: float = BATCH_CHECK_S
     timeout_s: float = TIMEOUT_S
     concurrency: int = CONCURRENCY
-    lease_s: float = LEASE_S
     log_level: str = "INFO"
     http_host: str = "0.0.0.0"  # noqa: S104 (a pod's probes and scrapes come from outside it)
     http_port: int | None = None
@@ -77,6 +78,11 @@ class SenderSettings:
                 "WEBHOOK_POLL_S, WEBHOOK_TIMEOUT_S and WEBHOOK_CONCURRENCY must be positive"
             )
         return settings
+
+    @property
+    def lease_s(self) -> float:
+        """How long a sender holds an attempt it took (``delivering``)."""
+        return self.timeout_s + LEASE_MARGIN_S
 
     def __repr__(self) -> str:
         # Signing secrets must never reach a log line.

@@ -10,7 +10,9 @@ session's strict ingress (at submit) and an in-process strict sender on collecti
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -33,6 +35,7 @@ from schemas.webhooks import SigningSecrets
 from tests.conftest import Emulators
 from tests.integration.conftest import KEYS, Service, start_ingress
 from tests.support import json_lines, python_env
+from webhooks.delivery import attempt
 from webhooks.outbox import Outbox
 from webhooks.sender import Sender
 from webhooks.settings import SenderSettings
@@ -501,3 +504,38 @@ def test_the_senders_health_and_metrics_show_what_it_did(sender: RunningSender) 
     assert samples["omni_webhook_attempt_seconds_count"] >= 11
     assert samples['omni_webhook_looks_total{result="ok"}'] > 10
     assert samples["omni_webhook_last_look_timestamp_seconds"] > time.time() - 30
+
+
+def test_an_attempt_ends_at_its_deadline_however_slowly_the_receiver_answers() -> None:
+    """httpx's timeouts bound each read; a receiver sending its status line a byte every 0.5 s
+    would keep an attempt (and a sender's slot) for ever without the attempt's own deadline."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n" * 10:
+                if stop.is_set():
+                    return
+                with contextlib.suppress(OSError):
+                    connection.sendall(bytes([byte]))
+                stop.wait(0.5)
+
+    thread = threading.Thread(target=trickle, name="trickle", daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        outcome = attempt(
+            f"http://127.0.0.1:{port}/slow", b"{}", {}, allow_private=True, timeout_s=1.5
+        )
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(10)
+        server.close()
+    assert outcome.status_code is None and not outcome.final
+    assert outcome.error == "no answer within 1.5 s"
+    assert took < 60, "cut off at its deadline, not when the trickle ended (85 s)"

@@ -87,6 +87,13 @@ def test_malformed_webhook_urls_are_refused(url: str) -> None:
         ("https://[::1]/h", "not a public address"),
         ("https://[fd00::1]/h", "not a public address"),
         ("https://[::ffff:10.0.0.1]/h", "not a public address"),
+        ("https://[64:ff9b::a9fe:a9fe]/h", "not a public address"),  # NAT64 of the metadata IP
+        ("https://[64:ff9b:1::a00:1]/h", "not a public address"),
+        ("https://[2002:7f00:1::]/h", "not a public address"),  # 6to4 of 127.0.0.1
+        ("https://[2001:0:4136:e378::1]/h", "not a public address"),  # Teredo
+        ("https://[::7f00:1]/h", "not a public address"),  # IPv4-compatible 127.0.0.1
+        ("https://[::ffff:0:7f00:1]/h", "not a public address"),  # IPv4-translated
+        ("https://[fec0::1]/h", "not a public address"),  # site-local
         ("https://0.0.0.0/h", "not a public address"),
         ("https://localhost/h", "not a public host"),
         ("https://api.localhost/h", "not a public host"),
@@ -170,6 +177,31 @@ def test_a_literal_private_address_is_refused_without_a_lookup() -> None:
 
 
 # -- the request: pinned to the checked address, signed ----------------------------------------
+
+
+def test_an_international_name_is_looked_up_and_verified_in_its_ascii_form() -> None:
+    """``faß.de`` (IDNA 2008: xn--fa-hia.de) is not ``fass.de`` (what IDNA 2003 would make of
+    it): the lookup, the Host header and the TLS name must all be the same domain."""
+    resolve = _answers("93.184.215.14")
+    seen: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    outcome = attempt(
+        "https://faß.de/h",
+        b"{}",
+        {},
+        allow_private=False,
+        timeout_s=1,
+        resolve=resolve,
+        transport=httpx.MockTransport(receive),
+    )
+    assert outcome.delivered and resolve.asked == ["xn--fa-hia.de"]
+    (request,) = seen
+    assert request.headers["host"] == "xn--fa-hia.de"
+    assert request.extensions["sni_hostname"] == "xn--fa-hia.de"
 
 
 def test_the_request_goes_to_the_checked_address_with_the_hosts_name() -> None:
