@@ -22,7 +22,14 @@ from ingress.batchevents import batch_stream, render_item
 from ingress.batchinput import NDJSON_TYPES, json_items, ndjson_items
 from ingress.batchstore import Batch as StoredBatch
 from ingress.batchstore import BatchCancelled, BatchExists, BatchStore
-from ingress.errors import ApiError, BadRequest, Conflict, NotFound, UnsupportedMediaType
+from ingress.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from ingress.events import SSE_HEADERS
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation
@@ -223,6 +230,17 @@ def retry_batch(batch_id: str) -> Response:
     """200 with the batch: each failed item gets a new queued job; 409 for a cancelled batch."""
     svc = services()
     batch = owned_batch(batch_id)
+    # Each failed item becomes a queued job again: they count against the cap like new ones.
+    failed = Batch.from_documents(batch.id, batch.doc, batch.shards).counts.failed
+    try:
+        svc.in_flight.check(g.tenant, failed)
+    except PayloadTooLarge as exc:
+        raise Conflict(
+            f"the batch has {failed} failed items, more than this tenant's cap of jobs in "
+            "flight: submit them again as smaller batches"
+        ) from exc
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
     try:
         requeued = svc.batches.retry_failed(batch)
     except BatchCancelled as exc:

@@ -16,6 +16,7 @@ from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
+from schemas.quota import COUNTED_FLAG
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,21 @@ class JobStore:
         writes = self._client.batch()
         writes.update(
             self._jobs.document(job_id),
-            jobstate.terminal(JobStatus.FAILED, now, "ingress", self._result_ttl_s, error=error),
+            # No webhook either: the client got a 503 and never learnt this job's id.
+            jobstate.terminal(
+                JobStatus.FAILED,
+                now,
+                "ingress",
+                self._result_ttl_s,
+                error=error,
+                webhook_pending=False,
+            ),
             option=self._client.write_option(last_update_time=written_at),
         )
         deltas = CountDeltas()
         # The precondition holds the job as this request wrote it: queued, with its tenant.
-        deltas.move({"tenant": tenant, "status": JobStatus.QUEUED.value}, JobStatus.FAILED)
+        written = {"tenant": tenant, "status": JobStatus.QUEUED.value, COUNTED_FLAG: True}
+        deltas.move(written, JobStatus.FAILED)
         deltas.write(writes, self._client, now)
         try:
             writes.commit(retry=self._retry, timeout=self._timeout_s)

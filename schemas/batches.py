@@ -31,8 +31,8 @@ from google.cloud.firestore import Increment
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.jobs import JobStatus, Metadata, Webhook
+from schemas.quota import COUNTED_FLAG, TENANT_SHARDS, in_flight_delta, shard_paths
 from schemas.quota import FIELD as IN_FLIGHT_FIELD
-from schemas.quota import TENANT_SHARDS, in_flight_delta, shard_paths
 
 SHARDS = 16
 """Counter shards per batch: enough that no shard sees more than a write a second in
@@ -210,7 +210,9 @@ class CountDeltas:
         after = to.value if isinstance(to, JobStatus) else to
         if before == after:
             return
-        if tenant:
+        # Only jobs whose creation was counted: a job from before the counters existed would
+        # push its tenant's sum below the truth for good when it ends.
+        if tenant and (doc or {}).get(COUNTED_FLAG):
             self._by_tenant[str(tenant)] += in_flight_delta(before, after) * count
         if not path:
             return

@@ -230,6 +230,8 @@ def new_job_document(
         "input": input,
         "metadata": metadata or {},
         "terminal_writes": 0,
+        # Its +1 on the tenant's jobs in flight is in the creating commit (schemas/quota.py).
+        "in_flight_counted": True,
         # No ``events`` yet: event 1, the creation, is implied by ``created_at`` (see
         # schemas/jobevents.py). An array of maps is the costliest value to index, and a batch
         # writes 100,000 of these documents at once.

@@ -14,7 +14,8 @@ Every commit that moves a job between statuses calls ``CountDeltas.move`` (or ``
 new job), so a redelivery or a lost race cannot count twice: the fenced job write and the shard
 write land together or not at all. Jobs are counted whatever the tenant's limits are, so a cap
 configured later starts from an exact count. Jobs that existed before the counters did are not
-counted: their ends would make the sum negative, which ``in_flight_of`` reads as 0.
+counted, neither at their creation nor at their end: each job carries ``in_flight_counted`` from
+its creation, and only a job that has it moves the count.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ TENANT_SHARDS = 16
 """Counter shards per tenant: a shard takes about one write a second in production, and each
 commit that starts or ends jobs (a micro-batch's, a 500-job chunk's) writes one shard."""
 FIELD = "in_flight"
+COUNTED_FLAG = "in_flight_counted"
+"""Set on every job document when it is created (its +1 is in the same commit); only such a job's
+end moves the count, so jobs from before the counters existed never make it drift."""
 IN_FLIGHT = frozenset({"queued", "running"})
 """The statuses that count against a tenant's cap."""
 _RESERVED = re.compile(r"^(\.{1,2}|__.*__)$")

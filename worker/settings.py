@@ -28,8 +28,9 @@ BATCHING: dict[str, tuple[int, float]] = {
 is short because a batch also grows by itself: messages that arrive while the model runs one batch
 make up the next, so under load batches fill without waiting, and a lone job is not held back.
 ``WORKER_MAX_BATCH_<TASK>`` and ``WORKER_MAX_WAIT_MS_<TASK>`` override them."""
-MAX_BATCH_LIMIT = 500
-"""A batch's terminal writes share one Firestore transaction, which takes 500 writes at most."""
+MAX_BATCH_LIMIT = 400
+"""A batch's terminal writes share one Firestore commit, which takes 500 writes at most; the rest
+is room for the counter shards the same commit moves (one per batch and one per tenant)."""
 LEASE_EXTENSION_S = 10
 """FlowControl ``max_duration_per_lease_extension``, seconds. The client keeps extending while a job
 runs; a short extension brings a dead worker's messages back in seconds, not minutes."""

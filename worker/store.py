@@ -20,6 +20,7 @@ from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
+from schemas.quota import COUNTED_FLAG
 from worker.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Claim:
     metadata: dict[str, str] = field(default_factory=dict)
     batch_path: str | None = None
     """The batch document of an item's job: its outcome is counted there."""
+    counted: bool = False
+    """Whether the job's creation was counted in its tenant's jobs in flight (its end then is)."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class JobStore:
                     doc["input"],
                     dict(doc.get("metadata") or {}),
                     doc.get("batch_path") or None,
+                    counted=bool(doc.get(COUNTED_FLAG)),
                 )
             )
         return out, writes, deltas
@@ -263,6 +267,7 @@ class JobStore:
                     running = {
                         "batch_path": claim.batch_path,
                         "tenant": claim.tenant,
+                        COUNTED_FLAG: claim.counted,
                         "status": JobStatus.RUNNING.value,
                     }
                     deltas.move(running, status)

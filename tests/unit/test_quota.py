@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from schemas.batches import CountDeltas
+from schemas.jobs import new_job_document
+from schemas.quota import COUNTED_FLAG as COUNTED
 from schemas.quota import in_flight_delta, in_flight_of, shard_paths, tenant_doc_id
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -58,7 +60,7 @@ def tenant_total(deltas: CountDeltas) -> dict[str, int]:
 def test_each_transition_moves_the_tenant_count(before: str, after: str, delta: int) -> None:
     deltas = CountDeltas()
 
-    deltas.move({"tenant": "acme", "status": before}, after)
+    deltas.move({"tenant": "acme", "status": before, COUNTED: True}, after)
 
     assert in_flight_delta(before, after) == delta
     assert tenant_total(deltas) == ({"acme": delta} if delta else {})
@@ -77,7 +79,7 @@ def test_creation_counts_each_new_job() -> None:
 
 def test_batch_items_move_their_batch_and_their_tenant_in_one_commit() -> None:
     deltas = CountDeltas()
-    item = {"tenant": "acme", "batch_path": "batches/b1", "status": "running"}
+    item = {"tenant": "acme", "batch_path": "batches/b1", "status": "running", COUNTED: True}
 
     deltas.move(item, "succeeded")
     deltas.move({**item, "tenant": "other"}, "failed")
@@ -96,7 +98,7 @@ def test_batch_items_move_their_batch_and_their_tenant_in_one_commit() -> None:
 def test_moves_that_cancel_out_write_nothing_and_jobs_without_a_tenant_count_nowhere() -> None:
     deltas = CountDeltas()
     deltas.created("acme")
-    deltas.move({"tenant": "acme", "status": "queued"}, "cancelled")
+    deltas.move({"tenant": "acme", "status": "queued", COUNTED: True}, "cancelled")
     deltas.move({"status": "queued"}, "cancelled")  # no tenant (never written so): no count
     deltas.move(None, "cancelled")
 
@@ -115,3 +117,12 @@ def test_tenant_names_firestore_reserves_are_escaped() -> None:
     assert tenant_doc_id(".") == "~."
     assert tenant_doc_id("__x__") == "~__x__"
     assert shard_paths("acme")[3] == ("tenants", "acme", "counters", "3")
+
+
+def test_a_job_created_before_the_counters_moves_no_count_when_it_ends() -> None:
+    deltas = CountDeltas()
+    deltas.move({"tenant": "acme", "status": "running"}, "succeeded")  # no in_flight_counted
+    assert not deltas
+    assert new_job_document(
+        tenant="acme", task="embed", input={}, metadata=None, now=datetime.now(UTC)
+    )[COUNTED]
