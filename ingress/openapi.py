@@ -127,6 +127,8 @@ _LAST_EVENT_ID = _header(
     "Resume after this event id (the events after it, then live).",
     {"type": "string", "pattern": "^[0-9]+$"},
 )
+QUERY_URL_CHARS = 1000
+"""Longest ``?webhook=`` the document promises: printable ASCII, so at most 3,000 bytes encoded."""
 _JOB = _ref("Job")
 _BATCH = _ref("Batch")
 _DELIVERIES = _ref("WebhookDeliveries")
@@ -196,11 +198,16 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         errors=(400, 401, 409, 413, 415, 422, 503),
         parameters=(
             _IDEMPOTENCY_KEY,
-            _query("task", "The task of an NDJSON body's items.", {"type": "string"}),
+            # Both bounded so that the request line, percent-encoded, stays within gunicorn's
+            # 4,094 bytes (a longer one is gunicorn's own 414, before the app sees it).
+            _query(
+                "task", "The task of an NDJSON body's items.", {"type": "string", "maxLength": 64}
+            ),
             _query(
                 "webhook",
-                "An NDJSON batch's webhook URL (the JSON form has `webhook` in its body).",
-                {"type": "string", "maxLength": MAX_URL_CHARS},
+                "An NDJSON batch's webhook URL (the JSON form has `webhook` in its body, where it "
+                f"may have up to {MAX_URL_CHARS} characters).",
+                {"type": "string", "maxLength": QUERY_URL_CHARS, "pattern": "^[\\x21-\\x7e]*$"},
             ),
         ),
         body={
