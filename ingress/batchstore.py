@@ -399,13 +399,16 @@ class BatchStore:
                 if not done:
                     break  # another retry superseded each of them first
                 requeued += done
+            changes: dict[str, Any] = {
+                "updated_at": datetime.now(UTC),
+                "expire_at": datetime.now(UTC) + timedelta(seconds=self._result_ttl_s),
+            }
+            if requeued and batch.doc.get("webhook"):
+                # The batch will end again: its webhook is sent again then, as a new event.
+                # Only now, once the items are queued: before, the batch still reads as ended.
+                changes["webhook_pending"] = True
             self._batches.document(batch.id).update(
-                {
-                    "updated_at": datetime.now(UTC),
-                    "expire_at": datetime.now(UTC) + timedelta(seconds=self._result_ttl_s),
-                },
-                retry=self._retry,
-                timeout=self._timeout_s,
+                changes, retry=self._retry, timeout=self._timeout_s
             )
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore batch retry failed: {type(exc).__name__}") from exc

@@ -243,9 +243,11 @@ def delivery_key(kind: str, resource_id: str) -> str:
     return f"{kind}-{resource_id}"
 
 
-def message_id(kind: str, resource_id: str) -> str:
-    """``webhook-id``: one per event, the same on every attempt and redelivery of it."""
-    return f"msg_{kind}_{resource_id}"
+def message_id(kind: str, resource_id: str, sequence: int = 1) -> str:
+    """``webhook-id``: one per event, the same on every attempt and redelivery of it. A job ends
+    once; a batch that is retried ends again, and its ``sequence``-th end is a new event."""
+    suffix = f"_{sequence}" if sequence > 1 else ""
+    return f"msg_{kind}_{resource_id}{suffix}"
 
 
 def event_type(kind: str, status: str) -> str:
@@ -258,6 +260,8 @@ class DeliveryAttempt(BaseModel):
 
     attempt: int
     at: datetime
+    webhook_id: str | None = None
+    """The event this attempt sent (a retried batch's later ends are new events)."""
     status_code: int | None = None
     latency_ms: float | None = None
     error: str | None = None
@@ -282,7 +286,7 @@ class WebhookDeliveries(BaseModel):
         state = DeliveryState(doc.get("state") or DeliveryState.WAITING)
         return cls(
             url=doc.get("url") or url,
-            webhook_id=message_id(kind, resource_id),
+            webhook_id=message_id(kind, resource_id, int(doc.get("sequence") or 1)),
             event=doc.get("event"),
             state=state,
             next_attempt_at=doc.get("next_at") if state is DeliveryState.PENDING else None,

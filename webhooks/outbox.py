@@ -38,7 +38,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from schemas.batches import COUNTERS, Batch, BatchStatus
 from schemas.jobs import TERMINAL_STATUSES, Job
-from schemas.webhooks import DeliveryState, delivery_key, event_type
+from schemas.webhooks import DeliveryState, delivery_key, event_type, message_id
 from webhooks.delivery import Outcome
 from webhooks.settings import SenderSettings
 
@@ -143,6 +143,7 @@ class Outbox:
             "next_at": now,
             "attempt_count": 0,
             "round_start": 0,
+            "sequence": 1,
             "attempts": [],
             "lease": None,
             "created_at": now,
@@ -155,7 +156,25 @@ class Outbox:
             {"webhook_pending": False},
             option=self._client.write_option(last_update_time=snapshot.update_time),
         )
-        writes.create(self._deliveries.document(delivery_key(kind, snapshot.id)), ledger)
+        ref = self._deliveries.document(delivery_key(kind, snapshot.id))
+        previous = ref.get(timeout=TIMEOUT_S) if kind == "batch" else None
+        if previous is not None and previous.exists:
+            # A retried batch ended again: a new event (its own webhook-id) in the same ledger,
+            # replacing whatever was left of the previous one's attempts.
+            old = previous.to_dict() or {}
+            writes.update(
+                ref,
+                {
+                    **{k: ledger[k] for k in ("url", "event", "state", "next_at", "updated_at")},
+                    "sequence": int(old.get("sequence") or 1) + 1,
+                    "round_start": int(old.get("attempt_count") or 0),
+                    "lease": None,
+                    "expire_at": ledger["expire_at"],
+                },
+                option=self._client.write_option(last_update_time=previous.update_time),
+            )
+        else:
+            writes.create(ref, ledger)
         try:
             writes.commit(timeout=TIMEOUT_S)
         except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict):
@@ -226,6 +245,9 @@ class Outbox:
             entry = {
                 "attempt": number,
                 "at": now,
+                "webhook_id": message_id(
+                    str(doc.get("kind")), str(doc.get("resource_id")), int(doc.get("sequence") or 1)
+                ),
                 "status_code": outcome.status_code,
                 "latency_ms": outcome.latency_ms,
                 "error": outcome.error,

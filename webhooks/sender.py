@@ -146,7 +146,9 @@ class Sender:
         if payload is None:
             return Outcome(error=f"the {claimed.doc['kind']} no longer exists", final=True)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        msg_id = message_id(claimed.doc["kind"], claimed.doc["resource_id"])
+        msg_id = message_id(
+            claimed.doc["kind"], claimed.doc["resource_id"], int(claimed.doc.get("sequence") or 1)
+        )
         return self._send(
             claimed.doc["url"],
             body.encode(),

@@ -487,6 +487,41 @@ def test_the_sender_refuses_a_host_resolving_to_loopback_before_connecting(
     assert receiver.connections == before and receiver.on("/hooks/guard") == []
 
 
+def test_a_retried_batch_that_ends_again_posts_a_new_event(
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
+) -> None:
+    path = "/hooks/batch-retried"
+    body = {
+        "task": "predict",
+        "items": [{"model": "no-such-model", "instances": [[1.0]]} for _ in range(3)],
+        "webhook": receiver.url(path),
+    }
+    batch = requests.post(
+        f"{hook_ingress.url}/v1/batches", json=body, headers=A, timeout=TIMEOUT_S
+    ).json()
+    (first,) = receiver.wait_for(path, 1)
+    assert verified(first)["type"] == "batch.failed"
+    assert first.headers["webhook-id"] == f"msg_batch_{batch['id']}"
+    ledger(hook_ingress, "batches", batch["id"], until="succeeded")
+
+    retried = requests.post(
+        f"{hook_ingress.url}/v1/batches/{batch['id']}/retry", headers=A, timeout=TIMEOUT_S
+    )
+    assert retried.status_code == 200, retried.text
+    _, second = receiver.wait_for(path, 2)
+    event = verified(second)
+    assert event["type"] == "batch.failed" and event["data"]["counts"]["failed"] == 3
+    assert second.headers["webhook-id"] == f"msg_batch_{batch['id']}_2"  # a new event
+    book = ledger(hook_ingress, "batches", batch["id"], until="succeeded")
+    assert book["webhook_id"] == f"msg_batch_{batch['id']}_2"
+    assert [a["webhook_id"] for a in book["attempts"]] == [
+        f"msg_batch_{batch['id']}",
+        f"msg_batch_{batch['id']}_2",
+    ]
+    time.sleep(1.0)
+    assert len(receiver.on(path)) == 2
+
+
 def test_the_senders_health_and_metrics_show_what_it_did(sender: RunningSender) -> None:
     """Runs after the delivery tests above (file order): their attempts are counted."""
     health = requests.get(f"{sender.url}/healthz", timeout=TIMEOUT_S)
