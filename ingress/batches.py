@@ -23,7 +23,6 @@ from ingress.batchinput import NDJSON_TYPES, json_items, ndjson_items
 from ingress.batchstore import Batch as StoredBatch
 from ingress.batchstore import BatchCancelled, BatchExists, BatchStore
 from ingress.errors import (
-    ApiError,
     BadRequest,
     Conflict,
     NotFound,
@@ -34,7 +33,7 @@ from ingress.events import SSE_HEADERS
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation
 from ingress.publisher import PublishFailed
-from ingress.services import Services, services, unavailable
+from ingress.services import admit, release, services, unavailable
 from ingress.store import AlreadyFinished, StoreUnavailable
 from ingress.webhookcheck import checked_webhook
 from schemas import JOB_ID_PATTERN, JobStatus
@@ -106,14 +105,7 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
             raise unavailable("job store") from exc
         batch_id = reservation.resource_id
     if reservation is None or not reservation.replayed:  # a replay creates nothing: answered
-        try:
-            svc.in_flight.check(tenant, len(items.inputs))
-        except StoreUnavailable as exc:
-            _release(svc, reservation)
-            raise unavailable("job store") from exc
-        except ApiError:
-            _release(svc, reservation)
-            raise
+        admit(tenant, len(items.inputs), reservation)
     bind_log_context(batch_id=batch_id, task=spec.name)
     headers = {"Location": f"/v1/batches/{batch_id}"}
     try:
@@ -123,10 +115,10 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     except BatchExists as exc:
         return _replayed(batch_id, exc.doc, tenant, headers)
     except StoreUnavailable as exc:
-        _release(svc, reservation)
+        release(reservation)
         raise unavailable("job store") from exc
     except PublishFailed as exc:
-        _release(svc, reservation)
+        release(reservation)
         raise unavailable("job queue") from exc
     logger.info("batch queued", extra={"items": len(items.inputs)})
     metrics.batch_submitted(spec.name, len(items.inputs))
@@ -159,11 +151,6 @@ def _replayed(
     batch = owned_batch(batch_id)
     logger.info("idempotent replay")
     return jsonify(_resource(batch)), 202, {**headers, "Idempotent-Replayed": "true"}
-
-
-def _release(svc: Services, reservation: Reservation | None) -> None:
-    if reservation is not None:
-        svc.idempotency.release(reservation)
 
 
 # -- read --------------------------------------------------------------------------------------
@@ -233,14 +220,12 @@ def retry_batch(batch_id: str) -> Response:
     # Each failed item becomes a queued job again: they count against the cap like new ones.
     failed = Batch.from_documents(batch.id, batch.doc, batch.shards).counts.failed
     try:
-        svc.in_flight.check(g.tenant, failed)
+        admit(g.tenant, failed)
     except PayloadTooLarge as exc:
         raise Conflict(
             f"the batch has {failed} failed items, more than this tenant's cap of jobs in "
             "flight: submit them again as smaller batches"
         ) from exc
-    except StoreUnavailable as exc:
-        raise unavailable("job store") from exc
     try:
         requeued = svc.batches.retry_failed(batch)
     except BatchCancelled as exc:

@@ -12,13 +12,13 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from ingress import metrics
-from ingress.errors import ApiError, BadRequest, Conflict, NotFound, ValidationFailed
+from ingress.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_until_terminal
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.publisher import PublishFailed
 from ingress.requests import HUGE_INT, has_huge_int, json_body
-from ingress.services import Services, services, unavailable
+from ingress.services import Services, admit, release, services, unavailable
 from ingress.store import AlreadyFinished, StoreRejected, StoreUnavailable
 from ingress.webhookcheck import checked_webhook
 from schemas import (
@@ -87,15 +87,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         job_id = reservation.resource_id
         if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
             return replayed
-    try:
-        # After the replay, which creates nothing: a replay is answered even at the cap.
-        svc.in_flight.check(tenant, 1)
-    except StoreUnavailable as exc:
-        _release(svc, reservation)
-        raise unavailable("job store") from exc
-    except ApiError:
-        _release(svc, reservation)
-        raise
+    admit(tenant, 1, reservation)  # after the replay, which creates nothing: answered at the cap
     bind_log_context(job_id=job_id, task=spec.name)
     doc = new_job_document(
         tenant=tenant,
@@ -112,17 +104,17 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             written_at = svc.store.create(job_id, doc)
     except StoreRejected as exc:
         item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
-        _release(svc, reservation)
+        release(reservation)
         raise ValidationFailed([item]) from exc
     except StoreUnavailable as exc:
-        _release(svc, reservation)
+        release(reservation)
         raise unavailable("job store") from exc
     try:
         svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
     except PublishFailed as exc:
         # The client will retry with a new job; this one must not sit in queued forever.
         svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
-        _release(svc, reservation)
+        release(reservation)
         raise unavailable("job queue") from exc
     logger.info("job queued")
     metrics.job_submitted(spec.name)
@@ -157,11 +149,6 @@ def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dic
     return _accepted(
         svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"}
     )
-
-
-def _release(svc: Services, reservation: Reservation | None) -> None:
-    if reservation is not None:
-        svc.idempotency.release(reservation)
 
 
 @bp.get("/<job_id>")

@@ -13,14 +13,14 @@ from flask import current_app
 
 from ingress.auth import KeyRing
 from ingress.batchstore import BatchStore
-from ingress.errors import ServiceUnavailable
-from ingress.idempotency import IdempotencyStore
+from ingress.errors import ApiError, ServiceUnavailable
+from ingress.idempotency import IdempotencyStore, Reservation
 from ingress.instances import InstanceRegistry
 from ingress.publisher import JobPublisher
 from ingress.quota import InFlightCap
 from ingress.ratelimit import RateLimiter
 from ingress.settings import Settings
-from ingress.store import JobStore
+from ingress.store import JobStore, StoreUnavailable
 from ingress.watch import JobWatcher
 from ingress.webhookstore import WebhookLedger
 from schemas.webhooks import SigningSecrets
@@ -57,3 +57,23 @@ def unavailable(what: str) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"the {what} is unavailable; try again", services().settings.retry_after_s
     )
+
+
+def release(reservation: Reservation | None) -> None:
+    """Free an ``Idempotency-Key`` whose request created nothing, so that it can be used again."""
+    if reservation is not None:
+        services().idempotency.release(reservation)
+
+
+def admit(tenant: str, new_jobs: int, reservation: Reservation | None = None) -> None:
+    """The tenant's cap on jobs in flight, checked before a view creates ``new_jobs``: its 429
+    (or 413) as raised, a 503 when the count cannot be read, and on either the request's
+    ``Idempotency-Key`` freed first, so the same key works once there is room."""
+    try:
+        services().in_flight.check(tenant, new_jobs)
+    except StoreUnavailable as exc:
+        release(reservation)
+        raise unavailable("job store") from exc
+    except ApiError:
+        release(reservation)
+        raise
