@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 from google.cloud import firestore
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from emulators.process import free_port, stop_group, wait_until_answers
 from schemas.jobs import new_job_document, new_job_id
@@ -43,6 +43,8 @@ from webhooks.settings import SenderSettings
 pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + base64.b64encode(b"omni-webhook-test-secret-32bytes").decode()
+SECRET_B = "whsec_" + base64.b64encode(b"tenant-b's-own-webhook-secret-32").decode()
+SECRETS = f"tenant-a:{SECRET},tenant-b:{SECRET_B}"
 BACKOFF_S = (0.3, 0.6)
 """The test sender's retry schedule: three attempts in all, within a second."""
 TIMEOUT_S = 10
@@ -141,7 +143,7 @@ def hook_ingress(emulators: Emulators, log_dir: Path, worker: Service) -> Iterat
         emulators,
         log_dir,
         "ingress-webhooks",
-        WEBHOOK_SECRETS=f"tenant-a:{SECRET}",
+        WEBHOOK_SECRETS=SECRETS,
         WEBHOOK_ALLOW_PRIVATE="1",
     )
     yield service
@@ -164,7 +166,7 @@ def sender(emulators: Emulators, log_dir: Path) -> Iterator[RunningSender]:
         WEBHOOK_HTTP_HOST="127.0.0.1",
         WEBHOOK_HTTP_PORT=str(port),
         **emulators.env(),
-        WEBHOOK_SECRETS=f"tenant-a:{SECRET}",
+        WEBHOOK_SECRETS=SECRETS,
         WEBHOOK_ALLOW_PRIVATE="1",
         WEBHOOK_BACKOFF_S=",".join(str(s) for s in BACKOFF_S),
         WEBHOOK_POLL_S="0.2",
@@ -390,11 +392,28 @@ def test_the_strict_ingress_refuses_private_and_plain_http_webhooks(
     assert error["loc"] == ["body", "webhook"] and reason in error["msg"]
 
 
-def test_webhook_refusals_name_where_the_url_came_from(hook_ingress: Service) -> None:
-    no_secret = submit(
+def test_each_tenant_signs_with_its_own_secret(
+    hook_ingress: Service, sender: RunningSender, receiver: Receiver
+) -> None:
+    path = "/hooks/tenant-b"
+    job = submit(
         hook_ingress,
-        {"task": "embed", "input": {"texts": ["x"]}, "webhook": "https://hooks.example.com/h"},
+        {"task": "embed", "input": {"texts": ["x"]}, "webhook": receiver.url(path)},
         headers=B,
+    ).json()
+    (post,) = receiver.wait_for(path, 1)
+    event = Webhook(SECRET_B).verify(post.body, post.headers)
+    assert event["data"]["id"] == job["id"]
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(post.body, post.headers)  # tenant-a's secret does not verify it
+
+
+def test_webhook_refusals_name_where_the_url_came_from(
+    ingress: Service, hook_ingress: Service
+) -> None:
+    no_secret = submit(  # the session's ingress has no signing secrets at all
+        ingress,
+        {"task": "embed", "input": {"texts": ["x"]}, "webhook": "https://hooks.example.com/h"},
     )
     assert no_secret.status_code == 422
     assert "signing secret" in no_secret.json()["errors"][0]["msg"]
