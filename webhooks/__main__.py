@@ -10,6 +10,7 @@ not a valid configuration.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -28,6 +29,9 @@ def main() -> int:
         print(json.dumps({"severity": "CRITICAL", "message": f"bad configuration: {exc}"}))
         return 2
     configure_logging(settings.log_level)
+    # httpx logs every request with its whole URL, which may carry a receiver's token: the
+    # sender's own "webhook attempt" line says what happened, without the URL.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     from google.cloud import firestore
 
