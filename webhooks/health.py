@@ -7,19 +7,19 @@ comes round, and restarting would not bring Firestore back), and ``/metrics`` co
 outcome, times them, and shows the newest look's time and the attempts in flight, so an alert can
 fire on failures or on a sender that stopped looking.
 
-A stdlib server on a daemon thread, as the worker's (``worker/health.py``).
+The server is the worker's too (``schemas/healthserver.py``).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
+
+from schemas.healthserver import HealthServer as _Server
+from schemas.healthserver import json_answer
 
 STALE_AFTER_S = 120.0
 """``/healthz`` fails when the loop has not come round for this long, seconds: far above a look
@@ -85,43 +85,20 @@ class Heartbeat:
             return time.monotonic() - self._at
 
 
-class HealthServer:
+class HealthServer(_Server):
     def __init__(self, host: str, port: int, heartbeat: Heartbeat):
-        class _Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path == "/healthz":
-                    age = heartbeat.age_s()
-                    ok = age < STALE_AFTER_S
-                    body = {"ok": ok, "service": "webhooks", "last_look_s_ago": round(age, 1)}
-                    self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-                elif self.path == "/metrics":
-                    self._send(200, _generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                else:
-                    self._send(404, b'{"title": "Not Found", "status": 404}', "application/json")
+        def healthz() -> tuple[int, bytes, str]:
+            age = heartbeat.age_s()
+            ok = age < STALE_AFTER_S
+            body = {"ok": ok, "service": "webhooks", "last_look_s_ago": round(age, 1)}
+            return json_answer(200 if ok else 503, body)
 
-            def _send(self, status: int, payload: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                return  # probes and scrapes would drown the attempt logs
-
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="webhooks-health", daemon=True
+        super().__init__(
+            host,
+            port,
+            {
+                "/healthz": healthz,
+                "/metrics": lambda: (200, _generate_latest(REGISTRY), CONTENT_TYPE_LATEST),
+            },
+            "webhooks-health",
         )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
