@@ -93,14 +93,10 @@ SSE_PING_S = 1.0
 
 
 def start_ingress(emulators: Emulators, log_dir: Path, name: str, **extra: str) -> Service:
+    """A gunicorn ingress on a free port; ``extra`` adds to its environment or overrides it
+    (``API_KEYS`` included)."""
     port = free_port()
-    env = python_env(
-        **emulators.env(),
-        API_KEYS=API_KEYS,
-        HOST="127.0.0.1",
-        PORT=str(port),
-        SSE_PING_S=str(SSE_PING_S),
-        **extra,
-    )
+    defaults = {"API_KEYS": API_KEYS, "SSE_PING_S": str(SSE_PING_S)}
+    env = python_env(**emulators.env(), **{**defaults, **extra}, HOST="127.0.0.1", PORT=str(port))
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
     return _start(name, argv, env, "/health", port, log_dir, 60)

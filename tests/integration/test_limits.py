@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from subprocess import DEVNULL, STDOUT, Popen
 from typing import Any
 
 import pytest
@@ -23,14 +21,13 @@ import requests
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from emulators.localrun import ROOT
-from emulators.process import free_port, stop_group, wait_until_answers
+from emulators.process import stop_group
 from ingress.store import JobStore
 from schemas.jobs import new_job_document, new_job_id
 from schemas.quota import in_flight_of, shard_paths
 from tests.conftest import Emulators
-from tests.integration.conftest import Service
-from tests.support import python_env, wait_for
+from tests.integration.conftest import Service, start_ingress
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30
@@ -59,27 +56,18 @@ def limited_ingress(
     **extra: str,
 ) -> Iterator[Service]:
     """A gunicorn ingress whose tenants are ``names`` (key ``key-<tenant>``) under ``limits``."""
-    port = free_port()
-    env = python_env(
-        **emulators.env(),
+    service = start_ingress(
+        emulators,
+        log_dir,
+        name,
         API_KEYS=",".join(f"{tenant}:key-{tenant}" for tenant in names),
-        HOST="127.0.0.1",
-        PORT=str(port),
         TENANT_LIMITS=json.dumps(limits),
         **extra,
     )
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = Popen(
-            argv, env=env, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answers(url + "/health", process, 60, name)
-        yield Service(process, url, log_path)
+        yield service
     finally:
-        stop_group(process, 30)
+        stop_group(service.process, 30)
 
 
 @pytest.fixture(scope="module")
