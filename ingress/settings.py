@@ -23,8 +23,18 @@ MAX_BODY_BYTES = 1024 * 1024
 """Largest ``POST /v1/jobs`` body, bytes: a job and its input live in one Firestore document."""
 MAX_BATCH_BODY_BYTES = 32 * 1024 * 1024
 """Largest ``POST /v1/batches`` body, bytes: Cloud Run's HTTP/1 request limit."""
+MAX_JSON_BATCH_BODY_BYTES = 2 * 1024 * 1024
+"""Largest ``POST /v1/batches`` body in the JSON form, bytes. Parsed whole, a JSON document costs
+about 24 bytes of Python heap per byte of tiny objects; large batches go through NDJSON, which is
+read a line at a time (docs/limits.md)."""
 MAX_BATCH_ITEMS = 100_000
 """Most items in one batch (the contract asks for at least 100,000)."""
+LARGE_UPLOAD_BYTES = 1024 * 1024
+"""A batch body over this many bytes (or of unknown length) is a large upload: it takes one of
+``MAX_LARGE_UPLOADS`` slots while it is read and accepted."""
+MAX_LARGE_UPLOADS = 1
+"""Large uploads one ingress process accepts at once; more get 503 with ``Retry-After``. Each may
+hold up to ``MAX_BATCH_BODY_BYTES`` of items in memory (peak figures in docs/limits.md)."""
 PUBLISH_TIMEOUT_S = 10.0
 """Seconds a publish may take before the client gets 503 and the job is marked failed."""
 FIRESTORE_TIMEOUT_S = 10.0
@@ -33,6 +43,13 @@ SSE_PING_S = 15.0
 """Seconds between ``: ping`` comments on a quiet event stream (they also reveal a gone client)."""
 RETRY_AFTER_S = 5
 """``Retry-After`` on a 503, seconds."""
+STREAM_MAX_LIFETIME_S = 3300.0
+"""Seconds a job event stream stays open before the server closes it cleanly (the client resumes
+with ``Last-Event-ID``): under Cloud Run's 3,600 s request timeout, so the server, not the
+platform, ends it."""
+HEALTH_CACHE_S = 5.0
+"""Seconds one process reuses its last backend check for ``/health``: a flood of unauthenticated
+probes costs at most one Pub/Sub and one Firestore call per interval."""
 
 
 class ConfigError(ValueError):
@@ -63,11 +80,19 @@ class Settings:
     api_keys_file: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     max_batch_body_bytes: int = MAX_BATCH_BODY_BYTES
+    max_json_batch_body_bytes: int = MAX_JSON_BATCH_BODY_BYTES
     max_batch_items: int = MAX_BATCH_ITEMS
+    large_upload_bytes: int = LARGE_UPLOAD_BYTES
+    max_large_uploads: int = MAX_LARGE_UPLOADS
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
     firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
     retry_after_s: int = RETRY_AFTER_S
     sse_ping_s: float = SSE_PING_S
+    stream_max_lifetime_s: float = STREAM_MAX_LIFETIME_S
+    health_cache_s: float = HEALTH_CACHE_S
+    metrics_port: int | None = None
+    """A second port serving only ``/metrics`` (Cloud Run's collector sidecar scrapes it); None
+    serves ``/metrics`` on the main port, as ``make run`` and the tests do."""
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     log_level: str = "INFO"
     traces_exporter: str = "none"
@@ -94,11 +119,21 @@ class Settings:
                 api_keys_file=env.get("API_KEYS_FILE") or None,
                 max_body_bytes=int(env.get("MAX_BODY_BYTES") or MAX_BODY_BYTES),
                 max_batch_body_bytes=int(env.get("MAX_BATCH_BODY_BYTES") or MAX_BATCH_BODY_BYTES),
+                max_json_batch_body_bytes=int(
+                    env.get("MAX_JSON_BATCH_BODY_BYTES") or MAX_JSON_BATCH_BODY_BYTES
+                ),
                 max_batch_items=int(env.get("MAX_BATCH_ITEMS") or MAX_BATCH_ITEMS),
+                large_upload_bytes=int(env.get("LARGE_UPLOAD_BYTES") or LARGE_UPLOAD_BYTES),
+                max_large_uploads=int(env.get("MAX_LARGE_UPLOADS") or MAX_LARGE_UPLOADS),
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
                 result_ttl_s=result_ttl_from_env(env),
                 sse_ping_s=float(env.get("SSE_PING_S") or SSE_PING_S),
+                stream_max_lifetime_s=float(
+                    env.get("STREAM_MAX_LIFETIME_S") or STREAM_MAX_LIFETIME_S
+                ),
+                health_cache_s=float(env.get("HEALTH_CACHE_S") or HEALTH_CACHE_S),
+                metrics_port=int(env["METRICS_PORT"]) if env.get("METRICS_PORT") else None,
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
                 sentry_dsn=env.get("SENTRY_DSN") or None,
@@ -121,6 +156,24 @@ class Settings:
                 "MAX_BODY_BYTES, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS and PUBLISH_TIMEOUT_S "
                 "must be positive"
             )
+        if (
+            min(
+                settings.max_json_batch_body_bytes,
+                settings.large_upload_bytes,
+                settings.max_large_uploads,
+            )
+            <= 0
+        ):
+            raise ConfigError(
+                "MAX_JSON_BATCH_BODY_BYTES, LARGE_UPLOAD_BYTES and MAX_LARGE_UPLOADS must be "
+                "positive"
+            )
+        if settings.stream_max_lifetime_s <= 0 or settings.health_cache_s < 0:
+            raise ConfigError(
+                "STREAM_MAX_LIFETIME_S must be positive and HEALTH_CACHE_S not negative"
+            )
+        if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
+            raise ConfigError("METRICS_PORT must be a TCP port (1..65535)")
         if settings.traces_exporter not in EXPORTERS:
             raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
         if not 0 < settings.instance_heartbeat_s <= 300:
