@@ -19,6 +19,7 @@ from ingress.requests import (
     has_huge_int,
     has_lone_surrogate,
     json_body,
+    may_hold_surrogate,
     nesting_depth,
 )
 from ingress.settings import Settings
@@ -30,6 +31,8 @@ ITEM_OVERHEAD_BYTES = 64 * 1024
 """Room a job document needs beside its input: an item may be ``MAX_BODY_BYTES`` less this."""
 READ_BYTES = 1024 * 1024
 """How much of an NDJSON body is read at a time."""
+_TOO_DEEP = object()
+"""Stands for a line the parser refused as too deep (``null`` is a value a line may hold)."""
 MAX_REPORTED_ERRORS = 20
 """Invalid items named in a 422; the detail says how many there were in all."""
 
@@ -44,12 +47,21 @@ class Items:
         self.bad = 0
         self.first_bad: str | None = None
 
-    def check(self, spec: TaskSpec, value: Any, size: int, loc: list[str | int], name: str) -> None:
-        """Validate one item against the task's input schema; keep it, or record why not."""
+    def check(
+        self,
+        spec: TaskSpec,
+        value: Any,
+        size: int,
+        loc: list[str | int],
+        name: str,
+        surrogates: bool = True,
+    ) -> None:
+        """Validate one item against the task's input schema; keep it, or record why not.
+        ``surrogates``: whether its text may hold an unpaired surrogate (walked only then)."""
         problems: list[ProblemItem] = []
         if not isinstance(value, dict):
             problems = [ProblemItem(loc=loc, msg="an item is a JSON object: the task's input")]
-        elif has_lone_surrogate(value):
+        elif surrogates and has_lone_surrogate(value):
             problems = [ProblemItem(loc=loc, msg="contains an unpaired UTF-16 surrogate escape")]
         else:
             try:
@@ -100,6 +112,20 @@ def _too_many(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"a batch holds at most {limit} items; split it")
 
 
+WEBHOOK_HEADER = "Webhook-URL"
+"""An NDJSON batch's webhook URL as a request header: unlike ``?webhook=``, it stays out of
+request logs (a receiver's URL may carry its token)."""
+
+
+def ndjson_webhook(req: Request) -> str | None:
+    """The NDJSON batch's webhook URL, from ``Webhook-URL`` or ``?webhook=`` (400 if both are
+    given and differ)."""
+    query, header = req.args.get("webhook"), req.headers.get(WEBHOOK_HEADER)
+    if query is not None and header is not None and query != header:
+        raise BadRequest(f"?webhook= and {WEBHOOK_HEADER} name different URLs; send one")
+    return header if header is not None else query
+
+
 def ndjson_items(req: Request, settings: Settings) -> tuple[TaskSpec, Items, str]:
     """Read an NDJSON body a line at a time, validating each; only the valid inputs are kept
     (in their stored form), never the body itself. Line numbers count every line, blank ones
@@ -111,7 +137,7 @@ def ndjson_items(req: Request, settings: Settings) -> tuple[TaskSpec, Items, str
     req.max_content_length = limit  # Flask's app-wide backstop is the single job's limit
     max_item = settings.max_body_bytes - ITEM_OVERHEAD_BYTES
     digest = hashlib.sha256(f"{req.path}\x00{spec.name}\x00".encode())
-    if webhook := req.args.get("webhook"):
+    if webhook := ndjson_webhook(req):
         digest.update(f"webhook\x00{webhook}\x00".encode())  # another webhook, another request
     items = Items()
     for number, raw in enumerate(_body_lines(req, limit, digest), start=1):
@@ -127,19 +153,21 @@ def ndjson_items(req: Request, settings: Settings) -> tuple[TaskSpec, Items, str
             continue
         if len(items.inputs) + items.bad >= settings.max_batch_items:
             raise _too_many(settings.max_batch_items)
-        if nesting_depth(text) > MAX_JSON_DEPTH:
-            msg = f"nested deeper than {MAX_JSON_DEPTH} levels"
-            items.fail([ProblemItem(loc=loc, msg=msg)], f"line {number}")
-            continue
         try:
-            value = json.loads(text)
+            value = json.loads(text)  # linear; too deep raises RecursionError, not a crash
         except UnicodeDecodeError as exc:
             raise BadRequest(f"line {number} is not valid UTF-8") from exc
         except json.JSONDecodeError as exc:
             msg = f"not valid JSON: {exc.msg} at column {exc.colno}"
             items.fail([ProblemItem(loc=loc, msg=msg)], f"line {number}")
             continue
-        items.check(spec, value, len(raw), loc, f"line {number}")
+        except RecursionError:
+            value = _TOO_DEEP
+        if value is _TOO_DEEP or nesting_depth(value) > MAX_JSON_DEPTH:
+            msg = f"nested deeper than {MAX_JSON_DEPTH} levels"
+            items.fail([ProblemItem(loc=loc, msg=msg)], f"line {number}")
+            continue
+        items.check(spec, value, len(raw), loc, f"line {number}", may_hold_surrogate(text))
     if not items.inputs and not items.bad:
         raise ValidationFailed([ProblemItem(loc=["body"], msg="the batch has no items")])
     items.raise_if_bad("line")
@@ -167,8 +195,16 @@ def _body_lines(req: Request, limit: int, digest: Any) -> Iterator[bytes]:
 def json_items(
     req: Request, settings: Settings
 ) -> tuple[TaskSpec, Items, str, dict[str, str] | None, str | None]:
-    req.max_content_length = settings.max_batch_body_bytes
-    body = json_body(req, settings.max_batch_body_bytes)
+    limit = settings.max_json_batch_body_bytes
+    req.max_content_length = limit
+    try:
+        body = json_body(req, limit)
+    except PayloadTooLarge as exc:
+        # Parsed whole, a JSON body costs ~24 bytes of memory per byte: large batches stream.
+        raise PayloadTooLarge(
+            f"{exc.detail}; send a larger batch as NDJSON (Content-Type: application/x-ndjson, "
+            f"one input per line, ?task=NAME), up to {settings.max_batch_body_bytes} bytes"
+        ) from exc
     if isinstance(body, dict) and len(body.get("items") or []) > settings.max_batch_items:
         raise _too_many(settings.max_batch_items)
     try:

@@ -110,15 +110,6 @@ def test_chunks_respect_the_item_and_byte_limits() -> None:
     assert chunks([]) == []
 
 
-def test_nesting_depth_ignores_brackets_inside_strings() -> None:
-    from ingress.requests import nesting_depth
-
-    assert nesting_depth(b'{"a": [1, {"b": "x[[[[{"}]}') == 3
-    assert nesting_depth(b'"\\"[[" ') == 0
-    assert nesting_depth(b"[" * 5000) == 5000  # found without parsing: no recursion
-    assert nesting_depth(b"{}") == 1 and nesting_depth(b"7") == 0
-
-
 def test_huge_integers_are_found_anywhere_in_a_stored_input() -> None:
     from ingress.requests import has_huge_int
 
