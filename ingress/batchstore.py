@@ -89,6 +89,9 @@ class BatchStore:
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
         self._result_ttl_s = result_ttl_s
+        # Guards _sweeping, the batches whose cancel sweep runs in this process now.
+        self._sweeps_lock = threading.Lock()
+        self._sweeping: set[str] = set()
 
     # -- create --------------------------------------------------------------------------------
 
@@ -277,8 +280,12 @@ class BatchStore:
     # -- cancel --------------------------------------------------------------------------------
 
     def request_cancel(self, batch: Batch) -> Batch:
-        """Record the cancel (from now on no worker starts an item of the batch);
-        ``AlreadyFinished`` if nothing is in flight any more."""
+        """Record the cancel (from now on no worker starts an item of the batch) and start the
+        sweep of its queued items; ``AlreadyFinished`` if nothing is in flight any more.
+
+        Only the request that records the cancel starts a sweep: a repeated cancel (a client
+        retrying, or fifty at once) is answered from the batch and starts nothing, so cancels
+        cannot be used to pile up sweep threads."""
         batch_id = batch.id
         counts = counts_of(batch.doc, batch.shards)
         if counts.in_flight == 0:  # as for a job: a finished batch cannot be cancelled
@@ -296,19 +303,25 @@ class BatchStore:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore batch cancel failed: {type(exc).__name__}") from exc
         batch.doc.update(cancel_requested=True, cancelled_at=now)
+        self.sweep_in_background(batch_id)
         return batch
 
-    def sweep_in_background(self, batch_id: str) -> threading.Thread:
-        """End the batch's queued items ``cancelled`` without holding up the request.
+    def sweep_in_background(self, batch_id: str) -> None:
+        """End the batch's queued items ``cancelled`` without holding up the request; at most
+        one sweep of a batch runs in this process at a time (concurrent first cancels, an
+        abandon during a cancel), whatever asks for it.
 
         Correctness does not depend on it: a worker that claims an item of a cancelled batch
         ends it ``cancelled`` itself. The sweep makes the counts show the cancel at once rather
         than as the backlog drains, and frees the workers from those messages."""
-        thread = threading.Thread(
+        with self._sweeps_lock:
+            if batch_id in self._sweeping:
+                return
+            self._sweeping.add(batch_id)
+        logger.info("batch cancel sweep started", extra={"batch_id": batch_id})
+        threading.Thread(
             target=self._sweep_logged, args=(batch_id,), name="batch-cancel", daemon=True
-        )
-        thread.start()
-        return thread
+        ).start()
 
     def _sweep_logged(self, batch_id: str) -> None:
         try:
@@ -316,6 +329,9 @@ class BatchStore:
             logger.info("batch cancel swept", extra={"batch_id": batch_id, "cancelled": swept})
         except Exception:  # noqa: BLE001 - a background thread: log, the workers finish the job
             logger.exception("batch cancel sweep failed", extra={"batch_id": batch_id})
+        finally:
+            with self._sweeps_lock:
+                self._sweeping.discard(batch_id)
 
     def sweep_cancelled(self, batch_id: str) -> int:
         """Cancel every queued item of the batch, a page at a time; returns how many."""
