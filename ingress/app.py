@@ -24,6 +24,7 @@ from ingress import (
 from ingress.auth import KeyRing, presented_key
 from ingress.batchstore import BatchStore
 from ingress.errors import TooManyRequests, Unauthorized, register_error_handlers
+from ingress.holds import Holds
 from ingress.idempotency import IdempotencyStore
 from ingress.instances import InstanceRegistry
 from ingress.listen import MultiListen
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         limiter=RateLimiter(settings.tenant_limits, instances.live if instances else lambda: 1),
+        holds=Holds.for_policy(settings.tenant_limits, settings.retry_after_s),
         in_flight=InFlightCap(
             firestore_client, settings.tenant_limits, settings.firestore_timeout_s
         ),

@@ -243,10 +243,16 @@ def retry_batch(batch_id: str) -> Response:
 def batch_events(batch_id: str) -> Response:
     """``progress`` (the batch, counts included) at once and as counts change (at most every
     ``PROGRESS_EVERY_S``), ``item`` as each item finishes (``?results=true``: with its result),
-    then ``done`` with the final batch, and the stream closes."""
+    then ``done`` with the final batch, and the stream closes. It takes one of the tenant's
+    ``streams`` slots until it ends (429 when none is free), and ends after
+    ``stream_max_lifetime_s`` at the latest, between two events."""
     svc = services()
     batch = owned_batch(batch_id)
     with_results = request.args.get("results", "").lower() in {"1", "true", "yes"}
-    stream = batch_stream(svc.batches, batch, svc.settings.sse_ping_s, with_results)
+    hold = svc.holds.acquire(g.tenant)
+    settings = svc.settings
+    stream = batch_stream(
+        svc.batches, batch, settings.sse_ping_s, with_results, settings.stream_max_lifetime_s
+    )
     logger.info("batch event stream opened")
-    return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(hold.stream(stream), mimetype="text/event-stream", headers=SSE_HEADERS)

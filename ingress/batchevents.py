@@ -1,5 +1,11 @@
 """``GET /v1/batches/ID/events``: the stream behind the view, fed by two Firestore listeners (the
-counter shards for ``progress``, the batch's items finishing for ``item``), ending with ``done``."""
+counter shards for ``progress``, the batch's items finishing for ``item``), ending with ``done``.
+
+Like a job stream, it ends after ``STREAM_MAX_LIFETIME_S`` at the latest, between two events,
+before Cloud Run's request timeout cuts it mid-event. Its events carry no ids yet: a client that
+reconnects gets a fresh ``progress`` (the whole counts) and the items that finished from
+``CLOCK_SLACK_S`` before, so an item event may come twice but none is lost to a prompt reconnect.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +44,11 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 
 @metrics.counted_stream
 def batch_stream(
-    store: BatchStore, batch: StoredBatch, ping_s: float, with_results: bool
+    store: BatchStore, batch: StoredBatch, ping_s: float, with_results: bool, lifetime_s: float
 ) -> Iterator[str]:
     # Runs after the view returned: everything it needs is passed in. Two listeners feed one
     # queue: the counter shards (progress) and the batch's items finishing (item events).
+    ends_at = time.monotonic() + lifetime_s
     resource = Batch.from_documents(batch.id, batch.doc, batch.shards)
     yield _sse("progress", resource.to_json_dict())
     if resource.status is not BatchStatus.RUNNING:
@@ -62,7 +69,9 @@ def batch_stream(
     try:
         while True:
             now = time.monotonic()
-            wait = ping_s - (now - last_write)
+            if now >= ends_at:
+                return  # its lifetime is over, between two events: the client reconnects
+            wait = min(ping_s - (now - last_write), ends_at - now)
             if dirty:
                 wait = min(wait, PROGRESS_EVERY_S - (now - last_progress))
             try:

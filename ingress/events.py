@@ -5,6 +5,11 @@ Both follow the job through the shared listener (``ingress/watch.py``), never by
 Firestore in a loop. Events come from the job's stored event log (``schemas/jobevents.py``), so the
 ids are the same on every ingress instance and after a restart: a client that lost its stream
 resumes anywhere with ``Last-Event-ID`` and gets exactly what it missed.
+
+Each stream and each wait holds a thread while it lasts, so each takes one of its tenant's
+``streams`` slots in this process (``ingress/holds.py``; 429 past the cap). A stream open for
+``STREAM_MAX_LIFETIME_S`` is ended by the server between two events, before Cloud Run's request
+timeout cuts it wherever it is; the client resumes with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -120,6 +125,17 @@ def wait_until_terminal(
     return doc
 
 
+def long_poll(job_id: str, doc: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """``wait_until_terminal`` for a request that has not waited yet: while it waits it holds
+    one of the tenant's ``streams`` slots (429 when none is free). A job already terminal, or
+    no time to wait, answers at once and takes no slot."""
+    if is_terminal(doc) or timeout_s <= 0:
+        return doc
+    svc = services()
+    with svc.holds.acquire(g.tenant):
+        return wait_until_terminal(svc.watcher, job_id, doc, timeout_s)
+
+
 def _last_event_id(raw: str | None) -> int | None:
     """The id the client last saw; None when it sent none (then it gets the current state)."""
     if raw is None or raw.strip() == "":
@@ -135,7 +151,8 @@ def stream_events(job_id: str) -> Response:
 
     With ``Last-Event-ID: N``, the events after N instead of the current state (0: all of them).
     A client that already has the terminal event gets 204, which tells ``EventSource`` to stop
-    reconnecting."""
+    reconnecting. The stream takes one of the tenant's ``streams`` slots until it ends (429 when
+    none is free), and ends after ``stream_max_lifetime_s`` at the latest, between two events."""
     svc = services()
     doc = owned_job(job_id)
     after = _last_event_id(request.headers.get("Last-Event-ID"))
@@ -143,18 +160,30 @@ def stream_events(job_id: str) -> Response:
         after = min(after, event_count(doc))  # no client can have seen an id beyond the log
         if is_terminal(doc) and after == event_count(doc):
             return Response(status=204)
-    stream = _stream(svc.watcher, job_id, doc, after, svc.settings.sse_ping_s)
+    hold = svc.holds.acquire(g.tenant)
+    settings = svc.settings
+    stream = _stream(
+        svc.watcher, job_id, doc, after, settings.sse_ping_s, settings.stream_max_lifetime_s
+    )
     logger.info("event stream opened", extra={"last_event_id": after})
-    return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(hold.stream(stream), mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
 @metrics.counted_stream
 def _stream(
-    watcher: JobWatcher, job_id: str, doc: dict[str, Any], after: int | None, ping_s: float
+    watcher: JobWatcher,
+    job_id: str,
+    doc: dict[str, Any],
+    after: int | None,
+    ping_s: float,
+    lifetime_s: float,
 ) -> Iterator[str]:
     # Runs after the view returned, outside the request context: everything it needs is passed in.
     # A client that went away is seen at the next write (an event or a ping): the generator is
     # closed there and the finally below releases the listener.
+    # Invariant: the generator only stops between two whole events, so the last id a client
+    # holds is always one it received complete, and Last-Event-ID resumes exactly after it.
+    ends_at = time.monotonic() + lifetime_s
     sent = 0 if after is None else after
     for event in _new_events(job_id, doc, after):
         yield event.to_sse()
@@ -171,7 +200,10 @@ def _stream(
         # carry no event (a lease renewal writes the job every few seconds while it runs).
         last_write = time.monotonic()
         while True:
-            item = feed.get(ping_s - (time.monotonic() - last_write))
+            now = time.monotonic()
+            if now >= ends_at:
+                return  # its lifetime is over: the client resumes with Last-Event-ID
+            item = feed.get(min(ping_s - (now - last_write), ends_at - now))
             if item is CLOSED:
                 return  # this instance is shutting down: the client resumes with Last-Event-ID
             if isinstance(item, dict):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,14 @@ from pydantic import ValidationError
 
 from ingress import metrics
 from ingress.errors import BadRequest, Conflict, NotFound, ValidationFailed
-from ingress.events import checked_id, owned_job, prefer_wait, wait_param, wait_until_terminal
+from ingress.events import (
+    checked_id,
+    long_poll,
+    owned_job,
+    prefer_wait,
+    wait_param,
+    wait_until_terminal,
+)
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.publisher import PublishFailed
@@ -73,59 +81,65 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     stored_input = spec.input_to_store(task_input.model_dump(mode="json"))
     if has_huge_int(stored_input):
         raise ValidationFailed([ProblemItem(loc=["body", "input"], msg=HUGE_INT)])
-    job_id = new_job_id()
-    reservation: Reservation | None = None
-    if key is not None:
+    # A request that will wait holds one of its tenant's stream slots until it is answered; at the
+    # cap it is refused here, before a key is reserved or a job written, so a retry is safe.
+    wait_s = prefer_wait(request.headers.get("Prefer"))
+    with svc.holds.acquire(tenant) if wait_s else nullcontext():
+        job_id = new_job_id()
+        reservation: Reservation | None = None
+        if key is not None:
+            try:
+                reservation = svc.idempotency.reserve(
+                    tenant, key, fingerprint(request.path, body), job_id
+                )
+            except KeyMismatch as exc:
+                raise Conflict(str(exc)) from exc
+            except StoreUnavailable as exc:
+                raise unavailable("job store") from exc
+            job_id = reservation.resource_id
+            if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
+                return replayed
+        # After the replay, which creates nothing: a replay is answered at the cap.
+        admit(tenant, 1, reservation)
+        bind_log_context(job_id=job_id, task=spec.name)
+        doc = new_job_document(
+            tenant=tenant,
+            task=spec.name,
+            input=stored_input,
+            metadata=job_request.metadata,
+            now=datetime.now(UTC),
+            result_ttl_s=svc.settings.result_ttl_s,
+            webhook=webhook,
+        )
+        doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
         try:
-            reservation = svc.idempotency.reserve(
-                tenant, key, fingerprint(request.path, body), job_id
-            )
-        except KeyMismatch as exc:
-            raise Conflict(str(exc)) from exc
+            with _tracer.start_as_current_span("firestore create job"):
+                written_at = svc.store.create(job_id, doc)
+        except StoreRejected as exc:
+            item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
+            release(reservation)
+            raise ValidationFailed([item]) from exc
         except StoreUnavailable as exc:
+            release(reservation)
             raise unavailable("job store") from exc
-        job_id = reservation.resource_id
-        if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
-            return replayed
-    admit(tenant, 1, reservation)  # after the replay, which creates nothing: answered at the cap
-    bind_log_context(job_id=job_id, task=spec.name)
-    doc = new_job_document(
-        tenant=tenant,
-        task=spec.name,
-        input=stored_input,
-        metadata=job_request.metadata,
-        now=datetime.now(UTC),
-        result_ttl_s=svc.settings.result_ttl_s,
-        webhook=webhook,
-    )
-    doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
-    try:
-        with _tracer.start_as_current_span("firestore create job"):
-            written_at = svc.store.create(job_id, doc)
-    except StoreRejected as exc:
-        item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
-        release(reservation)
-        raise ValidationFailed([item]) from exc
-    except StoreUnavailable as exc:
-        release(reservation)
-        raise unavailable("job store") from exc
-    try:
-        svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
-    except PublishFailed as exc:
-        # The client will retry with a new job; this one must not sit in queued forever.
-        svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
-        release(reservation)
-        raise unavailable("job queue") from exc
-    logger.info("job queued")
-    metrics.job_submitted(spec.name)
-    return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
+        try:
+            svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
+        except PublishFailed as exc:
+            # The client will retry with a new job; this one must not sit in queued forever.
+            svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
+            release(reservation)
+            raise unavailable("job queue") from exc
+        logger.info("job queued")
+        metrics.job_submitted(spec.name)
+        return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
 
 
 def _accepted(
     svc: Services, job_id: str, doc: dict[str, Any], headers: dict[str, str]
 ) -> tuple[Response, int, dict[str, str]]:
     """202 with the job; with ``Prefer: wait=N``, held until the job ends (then 200) or N runs
-    out (still 202). A replayed idempotent request waits the same way as the first one did."""
+    out (still 202). A replayed idempotent request waits the same way as the first one did.
+    The caller holds the tenant's stream slot for the wait (``create_job``)."""
     wait_s = prefer_wait(request.headers.get("Prefer"))
     status = 202
     if wait_s is not None:
@@ -158,7 +172,7 @@ def get_job(job_id: str) -> Response:
     wait_s = wait_param(request.args.get("wait"))
     doc = owned_job(job_id)
     if wait_s:
-        doc = wait_until_terminal(services().watcher, job_id, doc, wait_s)
+        doc = long_poll(job_id, doc, wait_s)
     return jsonify(Job.from_document(job_id, doc).to_json_dict())
 
 

@@ -2,13 +2,15 @@
 
 A policy is a JSON object of tenant name to limits, with ``"*"`` the default for every tenant::
 
-    {"*": {"rate": 50, "burst": 100, "in_flight": 200000},
+    {"*": {"rate": 50, "burst": 100, "in_flight": 200000, "streams": 200},
      "acme": {"rate": 5, "burst": 10, "in_flight": 100}}
 
 ``rate`` is requests a second, ``burst`` the most requests at once (default: ``rate``, at least
-1), ``in_flight`` the most jobs queued + running. A tenant's entry overrides the default field by
-field: a field it leaves out is the default's, a field it sets to ``null`` is unlimited. No policy,
-or a field unset everywhere, means no limit.
+1), ``in_flight`` the most jobs queued + running, ``streams`` the most event streams and held
+requests (long polls, ``Prefer: wait``) open at once in one ingress process. A tenant's entry
+overrides the default field by field: a field it leaves out is the default's, a field it sets to
+``null`` is unlimited. No policy, or a field unset everywhere, means no limit, except ``streams``:
+``DEFAULT_STREAMS`` applies unless a policy sets it (``null`` lifts it).
 
 **The request rate is a token bucket per tenant per ingress process**, not shared state: a shared
 bucket would be one Firestore document written on every request, and a document takes about one
@@ -16,7 +18,8 @@ write a second. Each process gives its bucket ``rate / N`` and ``burst / N``, wh
 of live ingress processes (``ingress/instances.py``), so the buckets add up to the tenant's rate
 when the load balancer spreads a tenant's requests evenly. What that costs in accuracy is measured
 in ``bench/ratelimit.py`` (docs/limits.md). The jobs-in-flight cap is exact and shared:
-``ingress/quota.py``.
+``ingress/quota.py``. The streams cap is counted per process too (``ingress/holds.py``): it guards
+that process's threads.
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ from typing import Any
 
 DEFAULT = "*"
 """The policy entry that applies to every tenant without its own (and under every entry)."""
-_FIELDS = ("rate", "burst", "in_flight")
+DEFAULT_STREAMS = 200
+"""Event streams and held requests one tenant may have open at once in one ingress process, when
+no policy says otherwise. Each holds one of the process's ~1,100 gthread threads for as long as it
+lasts: 200 leaves the rest to other tenants and to short requests."""
+_FIELDS = ("rate", "burst", "in_flight", "streams")
+_WHOLE = ("in_flight", "streams")
 
 
 @dataclass(frozen=True)
 class TenantLimits:
-    """One tenant's limits; None is unlimited."""
+    """One tenant's limits; None is unlimited (``streams`` has a default: ``DEFAULT_STREAMS``)."""
 
     rate: float | None = None
     """Requests a second, across every ingress process."""
@@ -44,6 +52,9 @@ class TenantLimits:
     """Requests at once: the bucket's size (across every process)."""
     in_flight: int | None = None
     """Jobs queued + running at once."""
+    streams: int | None = DEFAULT_STREAMS
+    """Event streams, long polls and ``Prefer: wait`` requests open at once, in each ingress
+    process (not across them)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class LimitPolicy:
 def _entry(source: str, name: str, value: Any) -> dict[str, Any]:
     where = f"{source}[{name!r}]"
     if not isinstance(value, dict):
-        raise ValueError(f"{where} must be an object with rate, burst and/or in_flight")
+        raise ValueError(f"{where} must be an object with some of {', '.join(_FIELDS)}")
     unknown = sorted(set(value) - set(_FIELDS))
     if unknown:
         raise ValueError(f"{where} has unknown fields {unknown}; known: {', '.join(_FIELDS)}")
@@ -91,13 +102,14 @@ def _entry(source: str, name: str, value: Any) -> dict[str, Any]:
             raise ValueError(f"{where}.{key} must be a positive number or null")
         if not math.isfinite(number):
             raise ValueError(f"{where}.{key} must be finite")
-        if key == "in_flight" and not float(number).is_integer():
-            raise ValueError(f"{where}.in_flight must be a whole number")
+        if key in _WHOLE and not float(number).is_integer():
+            raise ValueError(f"{where}.{key} must be a whole number")
     return dict(value)
 
 
 def _limits(source: str, name: str, merged: dict[str, Any]) -> TenantLimits:
-    rate, burst, in_flight = (merged.get(key) for key in _FIELDS)
+    rate, burst, in_flight = (merged.get(key) for key in ("rate", "burst", "in_flight"))
+    streams = merged.get("streams", DEFAULT_STREAMS)  # absent: the default; null: unlimited
     if burst is not None and rate is None:
         raise ValueError(f"{source}[{name!r}] sets a burst without a rate")
     if rate is not None and burst is None:
@@ -106,6 +118,7 @@ def _limits(source: str, name: str, merged: dict[str, Any]) -> TenantLimits:
         rate=None if rate is None else float(rate),
         burst=None if burst is None else float(burst),
         in_flight=None if in_flight is None else int(in_flight),
+        streams=None if streams is None else int(streams),
     )
 
 

@@ -1,5 +1,5 @@
 """What a request needs beyond itself: settings, keys, the job store, the publisher, the watcher,
-the tenant limits.
+the tenant limits (the rate, jobs in flight, and the open streams this process holds).
 
 Built once by ``create_app`` and kept on ``app.extensions`` (no module-level clients: gunicorn
 workers fork, and gRPC clients must be created after the fork).
@@ -14,6 +14,7 @@ from flask import current_app
 from ingress.auth import KeyRing
 from ingress.batchstore import BatchStore
 from ingress.errors import ApiError, ServiceUnavailable
+from ingress.holds import Holds
 from ingress.idempotency import IdempotencyStore, Reservation
 from ingress.instances import InstanceRegistry
 from ingress.publisher import JobPublisher
@@ -41,6 +42,8 @@ class Services:
     in_flight: InFlightCap
     instances: InstanceRegistry | None
     """Runs only when some tenant has a request rate."""
+    holds: Holds
+    """Each tenant's open event streams and held requests in this process, and their cap."""
     signing: SigningSecrets
     """Which tenants may submit a webhook (those with a signing secret)."""
     webhooks: WebhookLedger

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ingress.instances import InstanceRegistry
-from ingress.ratelimit import LimitPolicy, RateLimiter, TenantLimits, limits_from
+from ingress.ratelimit import DEFAULT_STREAMS, LimitPolicy, RateLimiter, TenantLimits, limits_from
 from ingress.settings import ConfigError, Settings
 
 KEYS = {"API_KEYS": "acme:k1"}
@@ -44,12 +44,35 @@ def test_a_tenant_entry_overrides_the_default_field_by_field() -> None:
     assert policy.limits_rate
 
 
-def test_no_policy_limits_nobody() -> None:
+def test_no_policy_limits_nobody_but_the_built_in_streams_cap() -> None:
     policy = limits_from(None, None)
 
     assert policy.for_tenant("anyone") == TenantLimits()
+    assert policy.for_tenant("anyone") == TenantLimits(None, None, None, streams=DEFAULT_STREAMS)
     assert not policy.limits_rate
     assert Settings.from_env(KEYS).tenant_limits == LimitPolicy()
+
+
+def test_streams_merge_field_by_field_and_null_lifts_the_built_in_cap() -> None:
+    policy = LimitPolicy.parse(
+        '{"*": {"rate": 50, "streams": 20}, "big": {"streams": 500}, "open": {"streams": null},'
+        ' "slow": {"rate": 1}}'
+    )
+
+    assert policy.for_tenant("anyone").streams == 20
+    assert policy.for_tenant("big") == TenantLimits(rate=50, burst=50, streams=500)
+    assert policy.for_tenant("open").streams is None
+    assert policy.for_tenant("slow") == TenantLimits(rate=1, burst=1, streams=20)
+
+
+def test_a_policy_without_streams_keeps_the_built_in_cap_and_may_lift_it_for_all() -> None:
+    kept = LimitPolicy.parse('{"*": {"in_flight": 10}, "acme": {"rate": 5}}')
+    lifted = LimitPolicy.parse('{"*": {"streams": null}, "acme": {"streams": 3}}')
+
+    assert kept.for_tenant("anyone").streams == DEFAULT_STREAMS
+    assert kept.for_tenant("acme").streams == DEFAULT_STREAMS
+    assert lifted.for_tenant("anyone").streams is None
+    assert lifted.for_tenant("acme").streams == 3
 
 
 def test_a_rate_without_a_burst_bursts_its_rate_and_at_least_one() -> None:
@@ -72,6 +95,9 @@ def test_a_rate_without_a_burst_bursts_its_rate_and_at_least_one() -> None:
         ('{"a": {"rate": "5"}}', "positive number"),
         ('{"a": {"rate": true}}', "positive number"),
         ('{"a": {"in_flight": 2.5}}', "whole number"),
+        ('{"a": {"streams": 2.5}}', "a'].streams must be a whole number"),
+        ('{"a": {"streams": 0}}', "a'].streams must be a positive number"),
+        ('{"*": {"streams": "many"}}', r"\*'].streams must be a positive number"),
         ('{"a": {"burst": 10}}', "burst without a rate"),
         ('{"*": {"burst": 10}}', "burst without a rate"),
     ],
