@@ -12,6 +12,8 @@ transport errors from httpx are translated into those at one place, ``OmniClient
   ``Idempotency-Key`` the contract honours.
 * A refused connection is never retried: a server that is not listening is reported at once.
 * Event streams reconnect on their own (``STREAM_RECONNECTS``), resuming from ``Last-Event-ID``.
+  A stream the server ended cleanly after sending something (its maximum lifetime, a restart) is
+  resumed after the first backoff and is not counted as a failure: a job outlives many streams.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ MAX_WAIT_S = 60
 STREAM_READ_TIMEOUT_S = 45.0
 """Silence after which an event stream counts as dropped: three of the server's 15 s pings."""
 STREAM_RECONNECTS = 5
-"""Reconnects of an event stream in a row without an event in between, before giving up."""
+"""Reconnects of an event stream in a row without an event in between, before giving up (a stream
+the server ended cleanly after sending something does not count)."""
 UPLOAD_TIMEOUT_S = 300.0
 """How long a batch upload may wait for its answer (the server validates every line), seconds."""
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -325,6 +328,9 @@ class OmniClient:
 
         ``resume``: reconnect with ``Last-Event-ID`` (the job stream replays what came after it).
         Only the first connection fails fast; once connected, a refused reconnect is one more try.
+        A stream the server closed cleanly after sending anything (an event or a ping) ended on
+        purpose, at an event boundary (its lifetime, a shutdown): it is no failure, so a job
+        outlives any number of such streams.
         """
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT_S))
@@ -355,6 +361,8 @@ class OmniClient:
                         if last(sse):
                             return
                     reason = "the stream ended before its last event"
+                    if response.num_bytes_downloaded:
+                        failures = 0  # ended on purpose, not broken: the next one starts afresh
                 except _DROPPED as exc:
                     reason = _describe(exc)
                 finally:

@@ -299,6 +299,41 @@ def test_job_events_reconnect_when_the_stream_ends_early() -> None:
     assert seen[1].headers["Last-Event-ID"] == "1"
 
 
+def test_streams_the_server_ends_cleanly_are_resumed_however_many_there_are() -> None:
+    # The server ends each stream at its maximum lifetime, between two events; a job that stays
+    # running longer than STREAM_RECONNECTS lifetimes must still be followed to its end.
+    seen: list[httpx.Request] = []
+    quiet_lifetimes = omniclient.STREAM_RECONNECTS + 3
+    answers = [event_stream([sse("running", {**JOB, "status": "running"}, 2), b": ping\n\n"])]
+    answers += [event_stream([b": ping\n\n"]) for _ in range(quiet_lifetimes)]
+    answers += [event_stream([sse("succeeded", {**JOB, "status": "succeeded"}, 3)])]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0)
+
+    sleeps = Sleeps()
+    events = list(make(handler, sleeps).job_events("j1"))
+
+    assert [(e.name, e.id) for e in events] == [("running", "2"), ("succeeded", "3")]
+    assert "Last-Event-ID" not in seen[0].headers
+    assert [r.headers["Last-Event-ID"] for r in seen[1:]] == ["2"] * (quiet_lifetimes + 1)
+    assert sleeps == [omniclient.BACKOFF_S] * (quiet_lifetimes + 1)  # no growing backoff
+
+
+def test_streams_that_end_cleanly_with_nothing_sent_still_count_as_failures() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return event_stream([sse("running", JOB, 2)] if calls == 1 else [])
+
+    with pytest.raises(OmniConnectionError, match="ended before its last event"):
+        list(make(handler).job_events("j1"))
+    assert calls == omniclient.STREAM_RECONNECTS + 1  # the first stream, then the empty ones
+
+
 def test_a_refused_reconnect_is_one_more_try_once_the_stream_was_open() -> None:
     calls = 0
 
