@@ -34,6 +34,7 @@ from ingress.ratelimit import RateLimiter
 from ingress.services import EXTENSION, Services, services
 from ingress.settings import ConfigError, Settings
 from ingress.store import JobStore
+from ingress.uploads import UploadSlots
 from ingress.watch import JobWatcher
 from ingress.webhookstore import WebhookLedger
 from schemas import tracing
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         webhooks=WebhookLedger(
             firestore_client, settings.webhook_deliveries_collection, settings.firestore_timeout_s
         ),
+        uploads=UploadSlots(settings.max_large_uploads),
     )
 
     register_error_handlers(app)

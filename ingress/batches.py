@@ -19,7 +19,13 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from ingress import metrics
 from ingress.batchevents import batch_stream, render_item
-from ingress.batchinput import NDJSON_TYPES, json_items, ndjson_items
+from ingress.batchinput import (
+    NDJSON_TYPES,
+    WEBHOOK_HEADER,
+    json_items,
+    ndjson_items,
+    ndjson_webhook,
+)
 from ingress.batchstore import Batch as StoredBatch
 from ingress.batchstore import BatchCancelled, BatchExists, BatchStore
 from ingress.errors import (
@@ -76,7 +82,17 @@ def _resource(batch: StoredBatch) -> dict[str, Any]:
 @bp.post("")
 def create_batch() -> tuple[Response, int, dict[str, str]]:
     """202 with the batch once every item is durably queued; 422 naming each bad line (or
-    item) and creating nothing when any is invalid."""
+    item) and creating nothing when any is invalid. A large body (``LARGE_UPLOAD_BYTES``, or
+    of unknown length) first takes one of this process's upload slots: 503 when none is free."""
+    svc = services()
+    size = request.content_length
+    if size is not None and size <= svc.settings.large_upload_bytes:
+        return _create_batch()
+    with svc.uploads.slot(size):
+        return _create_batch()
+
+
+def _create_batch() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     tenant: str = g.tenant
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -85,7 +101,12 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     metadata: dict[str, str] | None = None
     if request.mimetype in NDJSON_TYPES:
         spec, items, request_fingerprint = ndjson_items(request, svc.settings)
-        webhook = checked_webhook(request.args.get("webhook"), ["query", "webhook"])
+        where: list[str | int] = (
+            ["header", WEBHOOK_HEADER]
+            if WEBHOOK_HEADER in request.headers
+            else ["query", "webhook"]
+        )
+        webhook = checked_webhook(ndjson_webhook(request), where)
     elif request.mimetype == "application/json":
         spec, items, request_fingerprint, metadata, webhook = json_items(request, svc.settings)
         webhook = checked_webhook(webhook, ["body", "webhook"])
@@ -207,7 +228,6 @@ def cancel_batch(batch_id: str) -> Response:
         ) from exc
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
-    svc.batches.sweep_in_background(batch_id)
     logger.info("batch cancel requested")
     return jsonify(_resource(batch))
 

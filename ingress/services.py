@@ -22,6 +22,7 @@ from ingress.quota import InFlightCap
 from ingress.ratelimit import RateLimiter
 from ingress.settings import Settings
 from ingress.store import JobStore, StoreUnavailable
+from ingress.uploads import UploadSlots
 from ingress.watch import JobWatcher
 from ingress.webhookstore import WebhookLedger
 from schemas.webhooks import SigningSecrets
@@ -47,6 +48,8 @@ class Services:
     signing: SigningSecrets
     """Which tenants may submit a webhook (those with a signing secret)."""
     webhooks: WebhookLedger
+    uploads: UploadSlots
+    """This process's slots for large batch uploads (``MAX_LARGE_UPLOADS``)."""
 
 
 def services() -> Services:
