@@ -328,8 +328,7 @@ def test_fifty_cancels_of_one_batch_start_one_sweep(hostile_ingress: Service) ->
     started = [
         line
         for line in hostile_ingress.log_lines()
-        if line.get("message") == "batch cancel sweep started"
-        and line.get("batch_id") == batch_id
+        if line.get("message") == "batch cancel sweep started" and line.get("batch_id") == batch_id
     ]
     assert len(started) == 1, started
 
