@@ -35,7 +35,13 @@ const EXAMPLES = {
 let tasks = {};
 let following = null; // the AbortController of the stream being read
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status, retryAfterS) {
+    super(message);
+    this.status = status;
+    this.retryAfterS = retryAfterS; // seconds, from Retry-After (null when absent)
+  }
+}
 
 async function api(path, options = {}) {
   const key = $("api-key").value.trim();
@@ -48,7 +54,8 @@ async function api(path, options = {}) {
       text = `${problem.status} ${problem.title}: ${problem.detail || ""}`;
       for (const e of problem.errors || []) text += `\n  ${(e.loc || []).join(".")}: ${e.msg}`;
     } catch (_) { /* not problem+json: keep the status line */ }
-    throw new ApiError(text);
+    const retryAfter = Number(response.headers.get("Retry-After"));
+    throw new ApiError(text, response.status, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null);
   }
   return response;
 }
@@ -121,7 +128,8 @@ function setStatus(status) {
 }
 
 // Reads the job's event stream; on a dropped connection, resumes after the last event seen.
-// Gives up after 10 failures in a row; a 503 (the ingress is busy or restarting) is retried.
+// Gives up after 10 failures in a row; a 503 (the ingress is busy or restarting) and a 429 (this
+// tenant is at its cap of open streams, say) are retried after their Retry-After.
 async function follow(jobId) {
   if (following) following.abort();
   const controller = new AbortController();
@@ -130,6 +138,7 @@ async function follow(jobId) {
   let done = false;
   let failures = 0;
   while (!done && failures < 10 && !controller.signal.aborted) {
+    let waitMs = 1000;
     try {
       const headers = lastId === null ? {} : { "Last-Event-ID": String(lastId) };
       const response = await api(`/v1/jobs/${jobId}/events`, { headers, signal: controller.signal });
@@ -155,9 +164,12 @@ async function follow(jobId) {
     } catch (error) {
       if (controller.signal.aborted) return;
       failures += 1;
-      if (error instanceof ApiError && !error.message.startsWith("503")) { showError(error); return; }
+      if (error instanceof ApiError) {
+        if (error.status !== 503 && error.status !== 429) { showError(error); return; }
+        if (error.retryAfterS !== null) waitMs = Math.min(error.retryAfterS, 60) * 1000;
+      }
     }
-    if (!done) await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (!done) await new Promise((resolve) => setTimeout(resolve, waitMs));
   }
 }
 
