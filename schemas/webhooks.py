@@ -212,6 +212,11 @@ class SigningSecrets:
     def for_tenant(self, tenant: str) -> str | None:
         return self._secrets.get(tenant)
 
+    def tenants(self) -> tuple[str, ...]:
+        """The tenants that have a secret, sorted (the sender asks about each one's due webhooks
+        in turn)."""
+        return tuple(sorted(self._secrets))
+
     def __contains__(self, tenant: object) -> bool:
         return tenant in self._secrets
 

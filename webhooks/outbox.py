@@ -21,6 +21,13 @@ transaction::
 ``next_at`` is when it is due (pending) or when a claim's lease runs out (delivering: a sender
 that died mid-attempt is replaced after ``lease_s``). Only the claim holding ``lease`` may record
 the attempt's outcome.
+
+**Finding what is due**, two bounded queries, each reading only the ``tenant`` and ``next_at``
+fields of what it returns: ``due`` (``next_at <= now`` by ``next_at``, a limit: the head of the
+queue, every tenant's, a ledger without a tenant included) and ``due_of`` (``tenant == T and
+next_at <= now`` by ``next_at``, a limit of T's free slots: the composite index ``(tenant,
+next_at)``). The sender asks ``due_of`` only when the head comes back full, and for a bounded
+number of tenants a look (``webhooks/fairness.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from schemas.batches import COUNTERS, Batch, BatchStatus
 from schemas.jobs import TERMINAL_STATUSES, Job
 from schemas.webhooks import DeliveryState, delivery_key, event_type, message_id
 from webhooks.delivery import Outcome
+from webhooks.fairness import Due
 from webhooks.settings import SenderSettings
 
 logger = logging.getLogger(__name__)
@@ -187,14 +195,31 @@ class Outbox:
 
     # -- the ledger ------------------------------------------------------------------------------
 
-    def due(self, now: datetime, limit: int) -> list[str]:
-        """Ledger keys whose attempt is due (or whose sender's lease ran out), oldest first."""
-        query = (
-            self._deliveries.where(filter=FieldFilter("next_at", "<=", now))
-            .order_by("next_at")
-            .limit(limit)
+    def due(self, now: datetime, limit: int) -> list[Due]:
+        """Attempts that are due (or whose sender's lease ran out), oldest first, every tenant's:
+        the head of the queue. One range on ``next_at`` (its single-field index)."""
+        query = self._deliveries.where(filter=FieldFilter("next_at", "<=", now))
+        return self._due(query, limit)
+
+    def due_of(self, tenant: str, now: datetime, limit: int) -> list[Due]:
+        """``tenant``'s due attempts, oldest first: an equality on ``tenant`` and a range on
+        ``next_at``, served by the composite index ``(tenant, next_at)`` in
+        ``firestore.indexes.json``, so it reads only what it returns."""
+        query = self._deliveries.where(filter=FieldFilter("tenant", "==", tenant)).where(
+            filter=FieldFilter("next_at", "<=", now)
         )
-        return [snapshot.id for snapshot in query.stream(timeout=TIMEOUT_S)]
+        return self._due(query, limit)
+
+    def _due(self, query: Any, limit: int) -> list[Due]:
+        # Only the two fields the choice needs: the claim reads the whole ledger anyway.
+        query = query.order_by("next_at").limit(limit).select(["tenant", "next_at"])
+        found = []
+        for snapshot in query.stream(timeout=TIMEOUT_S):
+            doc = snapshot.to_dict() or {}
+            tenant = doc.get("tenant")  # None, or no field at all: a group of its own
+            group = tenant if isinstance(tenant, str) else None
+            found.append(Due(snapshot.id, group, doc["next_at"]))
+        return found
 
     def claim(self, key: str, now: datetime) -> Claimed | None:
         """Hold the attempt for ``lease_s``; None if it is not due (any more)."""

@@ -2,7 +2,9 @@
 
 One thread looks (every ``poll_s``, at once again when a look came back full); a pool of
 ``concurrency`` threads sends, each attempt claimed first (``webhooks/outbox.py``), so any number
-of senders may run side by side and an attempt runs once at a time.
+of senders may run side by side and an attempt runs once at a time. Which due attempts a look
+starts is fair across tenants: round-robin, at most ``tenant_in_flight`` per tenant
+(``webhooks/fairness.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -19,6 +22,7 @@ from typing import Any
 from schemas.webhooks import SigningSecrets, message_id
 from webhooks import health
 from webhooks.delivery import Outcome, attempt, signed_headers
+from webhooks.fairness import TenantKey, TenantRotation, round_robin
 from webhooks.health import Heartbeat
 from webhooks.outbox import Claimed, Outbox
 from webhooks.settings import SenderSettings
@@ -26,6 +30,10 @@ from webhooks.settings import SenderSettings
 logger = logging.getLogger(__name__)
 
 Attempt = Callable[..., Outcome]
+
+HEAD_FACTOR = 2
+"""A look reads the oldest ``HEAD_FACTOR × concurrency`` due attempts (two fields each); when
+that many come back, it also asks the tenants missing from them, a ``concurrency`` a look."""
 
 
 class Sender:
@@ -43,9 +51,12 @@ class Sender:
         self._send = send
         self._heartbeat = heartbeat or Heartbeat()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="webhook-send")
-        # Guards ``_in_flight``: the loop thread adds a key, a pool thread removes it when done.
+        # Guards ``_in_flight``: the loop thread adds a key, a pool thread removes it when done
+        # (only the loop adds, so during a look a tenant's count can only fall: its checks hold).
         self._lock = threading.Lock()
-        self._in_flight: set[str] = set()
+        self._in_flight: dict[str, TenantKey] = {}
+        """Ledger key → its tenant, for every attempt being sent."""
+        self._rotation = TenantRotation(signing.tenants(), settings.concurrency)
 
     def run(self, stop: threading.Event) -> None:
         """Look and send until ``stop`` is set; then let the attempts in hand finish."""
@@ -71,25 +82,37 @@ class Sender:
             self._pool.shutdown(wait=True)
 
     def look(self) -> bool:
-        """One look: take in what ended, start every due attempt there is room for. True when
-        there was more than room (look again at once)."""
+        """One look: take in what ended, start every due attempt there is room for, round-robin
+        across tenants and at most ``tenant_in_flight`` per tenant. True when there was more than
+        room (look again at once)."""
         now = datetime.now(UTC)
         self._outbox.discover(now)
+        cap = self._settings.tenant_in_flight
         with self._lock:
             room = self._settings.concurrency - len(self._in_flight)
+            counts = Counter(self._in_flight.values())
         if room <= 0:
             return False
-        keys = self._outbox.due(now, room * 2)
+        head = self._settings.concurrency * HEAD_FACTOR
+        found = self._outbox.due(now, head)
+        if len(found) >= head:
+            # A backlog: the head may be one tenant's, hiding others' newer due attempts.
+            seen = {due.tenant for due in found}
+            full = {tenant for tenant, n in counts.items() if n >= cap}
+            for tenant in self._rotation.take(seen | full):
+                found += self._outbox.due_of(tenant, now, cap - counts[tenant])
         started = 0
-        for key in keys:
+        for due in round_robin(found, counts, cap):
             with self._lock:
-                if key in self._in_flight:
+                if due.key in self._in_flight:
                     continue
-            claimed = self._outbox.claim(key, now)
+                if sum(1 for t in self._in_flight.values() if t == due.tenant) >= cap:
+                    continue  # this tenant's earlier candidates were claimed
+            claimed = self._outbox.claim(due.key, now)
             if claimed is None:
                 continue
             with self._lock:
-                self._in_flight.add(key)
+                self._in_flight[due.key] = due.tenant
                 health.IN_FLIGHT.set(len(self._in_flight))
             self._pool.submit(self._deliver, claimed)
             started += 1
@@ -134,7 +157,7 @@ class Sender:
             logger.exception("webhook attempt could not be recorded", extra=log)
         finally:
             with self._lock:
-                self._in_flight.discard(claimed.key)
+                self._in_flight.pop(claimed.key, None)
                 health.IN_FLIGHT.set(len(self._in_flight))
 
     def _attempt(self, claimed: Claimed) -> Outcome:

@@ -19,6 +19,11 @@ TIMEOUT_S = 10.0
 the request and receiving the response's status line."""
 CONCURRENCY = 16
 """``WEBHOOK_CONCURRENCY``: attempts in flight at once, per sender process."""
+TENANT_IN_FLIGHT = 2
+"""``WEBHOOK_TENANT_IN_FLIGHT``: attempts one tenant may have in flight at once, per sender
+process (a count of attempts; ledgers without a tenant count as one tenant). Below
+``WEBHOOK_CONCURRENCY``, so a tenant whose receivers answer only at the deadline holds at most
+this many slots (2 of 16) and the others keep sending; seven such tenants still leave two."""
 LEASE_MARGIN_S = 50.0
 """A claim's lease is the attempt's deadline plus this, seconds: the payload's read and the
 outcome's write (10 s each at most) and room to spare. Past the lease another sender may take the
@@ -43,6 +48,7 @@ class SenderSettings:
     batch_check_s: float = BATCH_CHECK_S
     timeout_s: float = TIMEOUT_S
     concurrency: int = CONCURRENCY
+    tenant_in_flight: int = TENANT_IN_FLIGHT
     log_level: str = "INFO"
     http_host: str = "0.0.0.0"  # noqa: S104 (a pod's probes and scrapes come from outside it)
     http_port: int | None = None
@@ -67,6 +73,7 @@ class SenderSettings:
                 ),
                 timeout_s=parse_duration(env.get("WEBHOOK_TIMEOUT_S") or str(TIMEOUT_S)),
                 concurrency=int(env.get("WEBHOOK_CONCURRENCY") or CONCURRENCY),
+                tenant_in_flight=int(env.get("WEBHOOK_TENANT_IN_FLIGHT") or TENANT_IN_FLIGHT),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 http_host=env.get("WEBHOOK_HTTP_HOST") or "0.0.0.0",  # noqa: S104
                 http_port=int(env["WEBHOOK_HTTP_PORT"]) if env.get("WEBHOOK_HTTP_PORT") else None,
@@ -76,6 +83,11 @@ class SenderSettings:
         if settings.poll_s <= 0 or settings.timeout_s <= 0 or settings.concurrency <= 0:
             raise ConfigError(
                 "WEBHOOK_POLL_S, WEBHOOK_TIMEOUT_S and WEBHOOK_CONCURRENCY must be positive"
+            )
+        if not 1 <= settings.tenant_in_flight < settings.concurrency:
+            raise ConfigError(
+                "WEBHOOK_TENANT_IN_FLIGHT must be at least 1 and below WEBHOOK_CONCURRENCY "
+                f"({settings.concurrency}), so one tenant leaves room for the others"
             )
         return settings
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +26,11 @@ from schemas.webhooks import (
     resolve_checked,
     url_refusal,
 )
-from webhooks.delivery import attempt, pinned_request, signed_headers
+from webhooks.delivery import Outcome, attempt, pinned_request, signed_headers
+from webhooks.fairness import Due, TenantRotation, round_robin
 from webhooks.health import outcome_label
+from webhooks.outbox import Claimed
+from webhooks.sender import Sender
 from webhooks.settings import ConfigError, SenderSettings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -347,3 +352,135 @@ def test_attempt_outcomes_are_labelled_for_metrics() -> None:
     assert outcome_label(None, "ConnectTimeout", False) == "error"
     assert outcome_label(None, "refused: 10.0.0.1 is not a public address", True) == "refused"
     assert outcome_label(None, "the job no longer exists", True) == "unsendable"
+
+
+# -- fairness across tenants: round-robin, the per-tenant cap, the tenants asked one by one ------
+
+
+def _due(key: str, tenant: str | None, second: int) -> Due:
+    return Due(key, tenant, datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=second))
+
+
+def test_round_robin_takes_one_per_tenant_per_round_oldest_tenant_first() -> None:
+    found = [_due(f"slow-{i}", "slow", i) for i in range(100)]
+    found += [_due("b-0", "b", 150), _due("b-1", "b", 151), _due("none-0", None, 120)]
+
+    order = round_robin(found, {}, cap=2)
+
+    assert [d.key for d in order] == ["slow-0", "none-0", "b-0", "slow-1", "b-1"]
+
+
+def test_round_robin_counts_what_each_tenant_has_in_flight() -> None:
+    found = [_due(f"slow-{i}", "slow", i) for i in range(10)] + [_due("b-0", "b", 50)]
+
+    assert [d.key for d in round_robin(found, {"slow": 2}, cap=2)] == ["b-0"]
+    assert [d.key for d in round_robin(found, {"slow": 1, "b": 2}, cap=2)] == ["slow-0"]
+    # A key found twice (the head and a tenant's own query) is a candidate once.
+    again = [*found, _due("b-0", "b", 50)]
+    assert [d.key for d in round_robin(again, {"slow": 2}, cap=3)] == ["slow-0", "b-0"]
+
+
+def test_ledgers_without_a_tenant_are_one_group_of_their_own() -> None:
+    found = [_due(f"old-{i}", None, i) for i in range(5)] + [_due("a-0", "a", 9)]
+
+    assert [d.key for d in round_robin(found, {None: 1}, cap=2)] == ["old-0", "a-0"]
+
+
+def test_the_rotation_asks_a_bounded_number_of_tenants_and_goes_round() -> None:
+    rotation = TenantRotation(["e", "d", "c", "b", "a"], per_look=2)
+
+    assert rotation.take(skip=()) == ["a", "b"]
+    assert rotation.take(skip={"d"}) == ["c", "e"]  # a skipped tenant costs nothing
+    assert rotation.take(skip=()) == ["a", "b"]
+    assert rotation.take(skip={"a", "b", "c", "d", "e"}) == []
+    assert TenantRotation([], per_look=4).take(skip=()) == []
+
+
+class _Outbox:
+    """The sender's view of Firestore, in memory: ``due`` answers the oldest due attempts
+    (every tenant's) and ``due_of`` one tenant's, as the real queries do."""
+
+    def __init__(self, found: list[Due]):
+        self.due_now = {d.key: d for d in found}
+        self.asked: list[str] = []
+
+    def discover(self, now: datetime) -> int:
+        return 0
+
+    def due(self, now: datetime, limit: int) -> list[Due]:
+        return sorted(self.due_now.values(), key=lambda d: (d.next_at, d.key))[:limit]
+
+    def due_of(self, tenant: str, now: datetime, limit: int) -> list[Due]:
+        self.asked.append(tenant)
+        return [d for d in self.due(now, len(self.due_now)) if d.tenant == tenant][:limit]
+
+    def claim(self, key: str, now: datetime) -> Claimed | None:
+        due = self.due_now.pop(key, None)
+        if due is None:
+            return None
+        doc = {"kind": "job", "resource_id": key, "event": "job.succeeded", "tenant": due.tenant}
+        return Claimed(key, {**doc, "url": "https://h.example/x"}, "token")
+
+    def record(self, claimed: Claimed, outcome: Outcome, now: datetime) -> str:
+        return "failed"
+
+    def payload(self, claimed: Claimed, now: datetime) -> dict[str, Any]:
+        return {"type": "job.succeeded", "data": {"id": claimed.key}}
+
+
+def test_a_slow_tenants_backlog_leaves_room_for_another_tenant() -> None:
+    """The slow tenant's 100 due attempts come first by time, more than the head holds: the
+    other tenant's, found by asking for it, is started in the same look, and the slow tenant
+    never has more than its cap in flight."""
+    backlog = [_due(f"slow-{i:03}", "slow", i) for i in range(100)]
+    outbox = _Outbox([*backlog, _due("other-0", "other", 200)])
+    release = threading.Event()
+    started: list[str] = []
+
+    def send(url: str, body: bytes, headers: dict[str, str], **_: Any) -> Outcome:
+        started.append(headers["webhook-id"])
+        release.wait(10)
+        return Outcome(error="no answer within 1 s")
+
+    settings = SenderSettings(concurrency=4, tenant_in_flight=2)
+    signing = SigningSecrets({"slow": SECRET, "other": SECRET})
+    sender = Sender(outbox, signing, settings, send=send)  # type: ignore[arg-type]
+    try:
+        sender.look()
+        sender.look()  # nothing more for the slow tenant while two of its attempts are out
+
+        assert set(outbox.asked) == {"other"}  # the head was all the slow tenant's
+        assert sorted(started) == ["msg_job_other-0", "msg_job_slow-000", "msg_job_slow-001"]
+    finally:
+        release.set()
+        assert sender.wait_idle(10)
+    sender.look()  # its slots free again, the slow tenant goes on with its next two
+    assert sender.wait_idle(10)
+    assert started[3:] in (
+        ["msg_job_slow-002", "msg_job_slow-003"],
+        ["msg_job_slow-003", "msg_job_slow-002"],
+    )
+
+
+def test_the_tenant_cap_is_read_once_and_leaves_room_for_others() -> None:
+    assert SenderSettings.from_env({}).tenant_in_flight == 2
+    settings = SenderSettings.from_env(
+        {"WEBHOOK_CONCURRENCY": "8", "WEBHOOK_TENANT_IN_FLIGHT": "3"}
+    )
+    assert settings.tenant_in_flight == 3
+    for bad in ("0", "8", "9"):
+        with pytest.raises(ConfigError, match="WEBHOOK_TENANT_IN_FLIGHT"):
+            SenderSettings.from_env({"WEBHOOK_CONCURRENCY": "8", "WEBHOOK_TENANT_IN_FLIGHT": bad})
+    assert SigningSecrets({"b": SECRET, "a": SECRET}).tenants() == ("a", "b")
+
+
+def test_a_tenants_due_query_has_its_composite_index() -> None:
+    # webhooks/outbox.py due_of: tenant == T and next_at <= now, by next_at.
+    indexes = json.loads(
+        (Path(__file__).resolve().parents[2] / "firestore.indexes.json").read_text()
+    )["indexes"]
+    fields = [
+        (index["collectionGroup"], [(f["fieldPath"], f["order"]) for f in index["fields"]])
+        for index in indexes
+    ]
+    assert ("webhook_deliveries", [("tenant", "ASCENDING"), ("next_at", "ASCENDING")]) in fields
