@@ -88,3 +88,5 @@ def test_the_webhook_senders_query_has_its_composite_index() -> None:
         if method == "create_index"
     }
     assert ("jobs", ("webhook_pending", "status")) in indexes
+    # webhooks/fairness.py: one tenant's due deliveries, oldest first.
+    assert ("webhook_deliveries", ("tenant", "next_at")) in indexes
