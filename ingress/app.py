@@ -9,6 +9,7 @@ import time
 from flask import Flask, Response, g, request
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from werkzeug.datastructures import Headers
 
 from ingress import (
     batches,
@@ -121,12 +122,14 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     )
 
     register_error_handlers(app)
-    metrics.instrument(app)  # first: its timing then covers the hooks below
+    # First: its timing then covers the hooks below. With METRICS_PORT, gunicorn's master serves
+    # the metrics there (ingress/gunicorn.conf.py) and this port has no /metrics.
+    metrics.instrument(app, serve=settings.metrics_port is None)
     app.before_request(_start_request)
     app.after_request(_log_request)
     app.after_request(_rate_limit_headers)
     app.teardown_request(_end_request)
-    app.register_blueprint(health.bp)
+    health.init_app(app)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
@@ -162,21 +165,12 @@ def _start_request() -> None:
     svc = services()
     g.started = time.perf_counter()
     clear_log_context()
-    # One span per request, continuing the caller's trace (W3C traceparent) if it sent one.
-    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    span = _tracer.start_span(
-        f"{request.method} {rule}",
-        context=tracing.from_headers(request.headers),
-        kind=trace.SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "http.route": rule},
-    )
-    g.span, g.trace_token = span, otel_context.attach(trace.set_span_in_context(span))
-    project = svc.settings.project
-    bind_log_context(
-        **(tracing.log_fields(project, span) or trace_fields(project, request.headers))
-    )
-    if request.path.startswith("/v1/"):
-        tenant = svc.keys.tenant_for(presented_key(request.headers))
+    secured = request.path.startswith("/v1/")
+    tenant = svc.keys.tenant_for(presented_key(request.headers)) if secured else None
+    # A span for every request, 401s included; only an authenticated one continues the caller's
+    # trace (W3C traceparent), so an anonymous caller cannot choose our sampling or our trace ids.
+    _start_span(svc.settings.project, request.headers if tenant is not None else Headers())
+    if secured:
         if tenant is None:
             raise Unauthorized("send a valid API key in X-API-Key or Authorization: Bearer")
         g.tenant = tenant
@@ -192,6 +186,21 @@ def _start_request() -> None:
                     decision.retry_after_s,
                     headers=g.rate_limit_headers,
                 )
+
+
+def _start_span(project: str, caller: Headers) -> None:
+    """Start the request's span, a child of the trace context in ``caller`` (the headers of an
+    authenticated request) or else the root of a new trace that our sampler decides on, and bind
+    its ids to the request's log lines."""
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    span = _tracer.start_span(
+        f"{request.method} {rule}",
+        context=tracing.from_headers(caller),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "http.route": rule},
+    )
+    g.span, g.trace_token = span, otel_context.attach(trace.set_span_in_context(span))
+    bind_log_context(**(tracing.log_fields(project, span) or trace_fields(project, caller)))
 
 
 def _end_request(_exc: BaseException | None) -> None:

@@ -9,7 +9,9 @@ each worker.
 
 Metrics: every worker writes its Prometheus metrics to files in ``PROMETHEUS_MULTIPROC_DIR``, which
 the master empties (or creates) at start, before anything imports prometheus-client; a dead
-worker's live gauges are dropped in ``child_exit``. See ``ingress/metrics.py``.
+worker's live gauges are dropped in ``child_exit``. With ``METRICS_PORT`` set, the master serves
+them, merged, on ``127.0.0.1:METRICS_PORT`` (``when_ready``) and the app's port has no
+``/metrics``. See ``ingress/metrics.py``.
 """
 
 import os
@@ -74,6 +76,35 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         server.log.error("configuration error: %s", exc)
         on_exit(server)
         sys.exit(3)
+    server.omni_metrics_port = settings.metrics_port
+
+
+def when_ready(server):  # type: ignore[no-untyped-def]
+    """With ``METRICS_PORT``, serve every worker's metrics, merged, from the master on
+    127.0.0.1 (prometheus-client's multiprocess pattern): the master outlives any worker, and
+    the app's public port then has no ``/metrics`` (``create_app``)."""
+    import sys
+
+    port = getattr(server, "omni_metrics_port", None)
+    if port is None:
+        return
+    from ingress.metrics import METRICS_HOST, serve_merged
+
+    try:
+        server.omni_metrics_server = serve_merged(port)
+    except OSError as exc:
+        server.log.error("cannot serve metrics on %s:%s: %s", METRICS_HOST, port, exc)
+        on_exit(server)
+        sys.exit(3)
+    server.log.info("serving metrics on http://%s:%s/metrics", METRICS_HOST, port)
+
+
+def post_fork(server, worker):  # type: ignore[no-untyped-def]
+    """A worker does not serve the master's metrics port: close its inherited copy of the
+    listening socket, so the port is free once the master has gone."""
+    metrics_server = getattr(server, "omni_metrics_server", None)
+    if metrics_server is not None:
+        metrics_server.socket.close()
 
 
 def prepare_multiproc_dir(environ):  # type: ignore[no-untyped-def]

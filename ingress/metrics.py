@@ -10,6 +10,12 @@ marks each dead worker, so that its open streams stop counting while its counter
 the variable (the Flask test client, ``create_app()`` in a test) the metrics live in this process
 and ``/metrics`` serves the default registry.
 
+Where they are served: on the app's own port (``GET /metrics``) unless ``METRICS_PORT`` is set.
+With it (Cloud Run), the public port answers 404 on ``/metrics`` and gunicorn's master serves the
+merged metrics on ``127.0.0.1:METRICS_PORT`` (``serve_merged``, started from gunicorn.conf.py's
+``when_ready``: prometheus-client's documented multiprocess pattern), which only the Managed
+Service for Prometheus sidecar in the same instance reaches.
+
 What a request's time is: from the first ``before_request`` hook (``instrument`` is called before
 the app registers its own, so authentication counts) to the response's start. A streamed response
 (server-sent events, NDJSON results) is timed to the start of its body, not its end: how long a
@@ -23,6 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -33,6 +40,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.routing import Rule
@@ -85,10 +93,20 @@ BATCH_ITEMS_SUBMITTED = Counter(
     "Items of batches accepted by POST /v1/batches (idempotent replays not counted).",
     ["task"],
 )
+HEALTH_CHECKS = Counter(
+    "omni_ingress_health_checks",
+    "Backend calls made by GET /health (cached per process for HEALTH_CACHE_S), by outcome.",
+    ["backend", "outcome"],
+)
+
+METRICS_HOST = "127.0.0.1"
+"""Where ``METRICS_PORT`` listens, always: on Cloud Run the sidecar shares the instance's network
+namespace and scrapes it over loopback; nothing outside the instance can reach it."""
 
 
-def instrument(app: Flask) -> None:
-    """Count and time every request ``app`` answers, and serve ``GET /metrics``.
+def instrument(app: Flask, *, serve: bool = True) -> None:
+    """Count and time every request ``app`` answers, and serve ``GET /metrics`` unless ``serve``
+    is false (``METRICS_PORT`` set: the metrics are served on that port instead).
 
     Call it before the app registers its own hooks: ``before_request`` hooks run in the order
     they were registered, ``after_request`` hooks in reverse, so the time covers all of them."""
@@ -100,16 +118,28 @@ def instrument(app: Flask) -> None:
 
     app.before_request(_start)
     app.after_request(_observe)
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+    if serve:
+        app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
 
 
 def exposition(multiprocess: bool) -> bytes:
     """The metrics in Prometheus's text format: every worker's, merged, in multiprocess mode."""
-    if not multiprocess:
-        return generate_latest(REGISTRY)
-    registry = CollectorRegistry()  # fresh per scrape: the collector reads the files each time
+    return generate_latest(_merged() if multiprocess else REGISTRY)
+
+
+def _merged() -> CollectorRegistry:
+    """A registry of every worker's metrics: its collector reads the files at each scrape."""
+    registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+    return registry
+
+
+def serve_merged(port: int) -> WSGIServer:
+    """Serve every worker's metrics, merged, at any path of ``http://127.0.0.1:port``, from a
+    daemon thread of this process (gunicorn's master); returns the server, whose ``socket`` is
+    the listening one. Needs ``PROMETHEUS_MULTIPROC_DIR``, as under gunicorn.conf.py."""
+    server, _thread = start_http_server(port, addr=METRICS_HOST, registry=_merged())
+    return server
 
 
 def route_label(rule: Rule | None) -> str:
@@ -174,3 +204,7 @@ def job_submitted(task: str) -> None:
 
 def batch_submitted(task: str, items: int) -> None:
     BATCH_ITEMS_SUBMITTED.labels(task).inc(items)
+
+
+def health_checked(backend: str, ok: bool) -> None:
+    HEALTH_CHECKS.labels(backend, "ok" if ok else "failed").inc()

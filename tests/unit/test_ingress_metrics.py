@@ -223,3 +223,38 @@ def test_only_a_directory_made_at_start_is_removed_at_exit(
     conf["on_exit"](server)
 
     assert not made.exists() and tmp_path.exists()
+
+
+# -- METRICS_PORT: the metrics off the app's port ------------------------------------------------
+
+
+def test_an_app_told_not_to_serve_metrics_has_no_route_and_still_counts() -> None:
+    app = Flask(__name__)
+    metrics.instrument(app, serve=False)
+    labels = {"route": metrics.UNMATCHED, "method": "GET", "status": "404"}
+    before = value("omni_ingress_requests_total", **labels)
+
+    assert app.test_client().get("/metrics").status_code == 404
+
+    assert value("omni_ingress_requests_total", **labels) - before == 1
+
+
+def test_the_merged_metrics_are_served_on_loopback_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.request import urlopen
+
+    from emulators.process import free_port
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    server = metrics.serve_merged(free_port())
+    try:
+        host, port = server.server_address[:2]
+        with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            status, content_type = response.status, response.headers["Content-Type"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert host == metrics.METRICS_HOST == "127.0.0.1"
+    assert status == 200 and content_type.startswith("text/plain")
