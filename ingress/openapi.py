@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from ingress.batchinput import WEBHOOK_HEADER
 from schemas import TASKS, Job, JobRequest, JobStatus, Problem
 from schemas.batches import Batch, BatchRequest
 from schemas.errors import PROBLEM_CONTENT_TYPE
@@ -140,8 +141,14 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         public=True,
         tags=("operations",),
     ),
+    ("/health/live", "GET"): _Op(
+        "Liveness: this instance answers HTTP (no backend is called)",
+        {200: _json(_ref("Liveness"), "Alive")},
+        public=True,
+        tags=("operations",),
+    ),
     ("/metrics", "GET"): _Op(
-        "Prometheus metrics",
+        "Prometheus metrics (absent when `METRICS_PORT` serves them on a private port)",
         {200: _stream("text/plain", "Prometheus text exposition format")},
         public=True,
         tags=("operations",),
@@ -205,9 +212,16 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
             ),
             _query(
                 "webhook",
-                "An NDJSON batch's webhook URL (the JSON form has `webhook` in its body, where it "
-                f"may have up to {MAX_URL_CHARS} characters).",
+                f"An NDJSON batch's webhook URL; prefer the `{WEBHOOK_HEADER}` header, which "
+                "request logs never record (they record the query string). The JSON form has "
+                f"`webhook` in its body, where it may have up to {MAX_URL_CHARS} characters.",
                 {"type": "string", "maxLength": QUERY_URL_CHARS, "pattern": "^[\\x21-\\x7e]*$"},
+            ),
+            _header(
+                WEBHOOK_HEADER,
+                "An NDJSON batch's webhook URL, kept out of request logs (a receiver's URL may "
+                "carry its token). With `?webhook=` too, both must name the same URL, else 400.",
+                {"type": "string", "maxLength": MAX_URL_CHARS, "pattern": "^[\\x21-\\x7e]*$"},
             ),
         ),
         body={
@@ -286,6 +300,13 @@ class _Health(BaseModel):
     service: str
 
 
+class _Liveness(BaseModel):
+    """``GET /health/live``."""
+
+    ok: bool
+    service: str
+
+
 def documented_rules() -> set[tuple[str, str]]:
     """``(rule, method)`` of every operation the table documents."""
     return set(_OPERATIONS)
@@ -311,6 +332,7 @@ def _components() -> dict[str, Any]:
     keys, top = models_json_schema(models, ref_template=REF_TEMPLATE)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     schemas["Health"] = _Health.model_json_schema(ref_template=REF_TEMPLATE)
+    schemas["Liveness"] = _Liveness.model_json_schema(ref_template=REF_TEMPLATE)
     schemas["TaskList"] = _task_list_schema()
     for envelope in ("JobRequest", "BatchRequest"):
         _narrow_envelope(schemas[envelope])

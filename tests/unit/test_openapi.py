@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from ingress import create_app, openapi
 from ingress.settings import Settings
 from schemas import TASKS
+from schemas.webhooks import MAX_URL_CHARS
 
 IGNORED = {"HEAD", "OPTIONS"}
 
@@ -105,3 +106,38 @@ def test_streams_and_ndjson_are_described(served: dict[str, Any]) -> None:
 def test_paths_use_openapi_templates() -> None:
     assert openapi.openapi_path("/v1/jobs/<job_id>/events") == "/v1/jobs/{job_id}/events"
     assert openapi.openapi_path("/x/<path:rest>") == "/x/{rest}"
+
+
+def test_liveness_is_public_and_touches_no_backend(served: dict[str, Any]) -> None:
+    live = served["paths"]["/health/live"]["get"]
+    assert live["security"] == []
+    assert live["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Liveness"
+    }
+    assert set(served["components"]["schemas"]["Liveness"]["properties"]) == {"ok", "service"}
+
+
+def test_an_ndjson_batch_takes_its_webhook_url_from_a_header_or_the_query(
+    served: dict[str, Any],
+) -> None:
+    parameters = served["paths"]["/v1/batches"]["post"]["parameters"]
+    by_place = {(p["in"], p["name"]): p for p in parameters}
+    header = by_place[("header", "Webhook-URL")]
+    assert ("query", "webhook") in by_place  # kept, beside the header
+    assert header["required"] is False
+    assert header["schema"]["maxLength"] == MAX_URL_CHARS
+    assert "400" in served["paths"]["/v1/batches"]["post"]["responses"]  # both, and different
+
+
+def test_metrics_are_left_out_where_a_private_port_serves_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+    settings = Settings(project="omni-openapi-test", api_keys="t:k-0123456789", metrics_port=9091)
+    client = create_app(settings, configure_logs=False).test_client()
+
+    document = client.get("/openapi.json").get_json()
+
+    assert "/metrics" not in document["paths"]
+    assert client.get("/metrics").status_code == 404
