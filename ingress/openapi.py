@@ -47,7 +47,10 @@ _ERROR_TITLES = {
     413: "Body too large",
     415: "Unsupported content type",
     422: "Input fails the task's schema, or unknown task",
-    429: "Over the tenant's request rate or jobs-in-flight cap; retry after Retry-After seconds",
+    429: (
+        "Over the tenant's request rate, jobs-in-flight cap or open-streams cap; retry after "
+        "Retry-After seconds"
+    ),
     503: "Pub/Sub or Firestore unreachable; retry after Retry-After seconds",
 }
 _READ_ERRORS = (401, 404, 503)

@@ -17,7 +17,7 @@ def load(name: str) -> Any:
 def test_cloudrun_service_binds_all_interfaces_and_probes_health() -> None:
     service = load("cloudrun.yaml")
     assert service["kind"] == "Service"
-    (container,) = service["spec"]["template"]["spec"]["containers"]
+    container = service["spec"]["template"]["spec"]["containers"][0]  # then the sidecar
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["HOST"] == "0.0.0.0"
     assert "API_KEYS" not in env, "keys come from a mounted secret file, never plain env"
