@@ -80,6 +80,19 @@ REDELIVERIES = Counter(
     "with a dead-letter policy).",
     ["task"],
 )
+PREDICT_LOADED = Gauge(
+    "omni_worker_predict_loaded_versions",
+    "Model versions the predict task holds loaded (at most PREDICT_MAX_LOADED).",
+)
+PREDICT_EVICTIONS = Counter(
+    "omni_worker_predict_evictions",
+    "Model versions the predict task dropped, least recently used first, to load another.",
+)
+PREDICT_LISTINGS = Counter(
+    "omni_worker_predict_repository_listings",
+    "Listings of MODEL_REPOSITORY by the predict task (at start, and on a miss once the last "
+    "listing is older than PREDICT_MISS_CACHE_S or the folders changed).",
+)
 
 
 class Received(Protocol):
@@ -118,6 +131,18 @@ def batch_ran(task: str, size: int, seconds: float) -> None:
     """One micro-batch's model call: ``size`` jobs in ``seconds``."""
     INFERENCE_SECONDS.labels(task).observe(seconds)
     BATCH_SIZE.labels(task).observe(size)
+
+
+def predict_loaded(versions: int, evicted: int = 0) -> None:
+    """``predict`` holds ``versions`` model versions now, having dropped ``evicted`` of them."""
+    PREDICT_LOADED.set(versions)
+    if evicted:
+        PREDICT_EVICTIONS.inc(evicted)
+
+
+def predict_listed() -> None:
+    """``predict`` listed its model repository once."""
+    PREDICT_LISTINGS.inc()
 
 
 def skipped(task: str) -> None:

@@ -52,6 +52,15 @@ as the subscription's ``max_delivery_attempts`` (the worker enforces it only whe
 carries no delivery count, i.e. the subscription has no dead-letter policy)."""
 FIRESTORE_TIMEOUT_S = 10.0
 """Seconds one Firestore operation may take, retries included."""
+PREDICT_MAX_LOADED = 4
+"""``PREDICT_MAX_LOADED``: model versions ``predict`` keeps loaded at once, a count. The least
+recently used one is dropped to load another, so the worker's memory holds this many models
+whatever the jobs ask for; size it (with the pod's memory limit) to the models actually served."""
+PREDICT_MISS_CACHE_S = 5.0
+"""``PREDICT_MISS_CACHE_S``: seconds a listing of ``MODEL_REPOSITORY`` answers for a model or
+version it did not find, so a flood of jobs naming unknown models does not list the repository
+each time. A model published later is found at most this long after (at once when the folder's
+modification time shows it). 0: every miss lists again."""
 
 
 class ConfigError(ValueError):
@@ -89,6 +98,8 @@ class WorkerSettings:
     retry_backoff_s: tuple[float, float] = (RETRY_MIN_BACKOFF_S, RETRY_MAX_BACKOFF_S)
     fault_injection: bool = False
     model_repository: str | None = None
+    predict_max_loaded: int = PREDICT_MAX_LOADED
+    predict_miss_cache_s: float = PREDICT_MISS_CACHE_S
     log_level: str = "INFO"
     traces_exporter: str = "none"
     sentry_dsn: str | None = field(default=None, repr=False)  # holds a key: never printed
@@ -154,6 +165,8 @@ class WorkerSettings:
                 ),
                 fault_injection=env.get("WORKER_FAULT_INJECTION", "") == "1",
                 model_repository=env.get("MODEL_REPOSITORY") or None,
+                predict_max_loaded=int(env.get("PREDICT_MAX_LOADED") or PREDICT_MAX_LOADED),
+                predict_miss_cache_s=float(env.get("PREDICT_MISS_CACHE_S") or PREDICT_MISS_CACHE_S),
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
                 sentry_dsn=env.get("SENTRY_DSN") or None,
@@ -174,6 +187,8 @@ class WorkerSettings:
             )
         if settings.task_timeout_s < 0:
             raise ConfigError("WORKER_TASK_TIMEOUT_S must not be negative")
+        if settings.predict_max_loaded < 1 or not 0 <= settings.predict_miss_cache_s <= 3600:
+            raise ConfigError("PREDICT_MAX_LOADED must be at least 1, PREDICT_MISS_CACHE_S 0..3600")
         for task, size, wait_s in settings.batching:
             if not 1 <= size <= MAX_BATCH_LIMIT or not 0 <= wait_s <= 10:
                 raise ConfigError(

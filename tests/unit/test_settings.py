@@ -58,6 +58,7 @@ def test_worker_defaults_and_variables() -> None:
     # Flow control lets in one batch running and one gathering.
     assert default.leased_messages("embed") == 64 and default.leased_messages("forecast") == 8
     assert default.lease_extension_s <= 30
+    assert (default.predict_max_loaded, default.predict_miss_cache_s) == (4, 5.0)
     custom = WorkerSettings.from_env(
         {
             "WORKER_HTTP_PORT": "9001",
@@ -68,6 +69,8 @@ def test_worker_defaults_and_variables() -> None:
             "WORKER_MAX_BATCH_EMBED": "64",
             "WORKER_MAX_WAIT_MS_ENTITIES": "20",
             "WORKER_MAX_MESSAGES": "10",
+            "PREDICT_MAX_LOADED": "2",
+            "PREDICT_MISS_CACHE_S": "0",
         }
     )
     assert (custom.http_port, custom.device, custom.torch_threads, custom.subscription_prefix) == (
@@ -80,6 +83,7 @@ def test_worker_defaults_and_variables() -> None:
     assert custom.batch_policy("embed") == (64, 0.005)
     assert custom.batch_policy("entities") == (32, 0.02)
     assert custom.leased_messages("embed") == 10
+    assert (custom.predict_max_loaded, custom.predict_miss_cache_s) == (2, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,10 @@ def test_worker_defaults_and_variables() -> None:
         {"WORKER_MAX_BATCH_EMBED": "0"},
         {"WORKER_MAX_BATCH_EMBED": "501"},
         {"WORKER_MAX_WAIT_MS_EMBED": "x"},
+        {"PREDICT_MAX_LOADED": "0"},
+        {"PREDICT_MAX_LOADED": "two"},
+        {"PREDICT_MISS_CACHE_S": "-1"},
+        {"PREDICT_MISS_CACHE_S": "nan"},
     ],
 )
 def test_worker_rejects_bad_values(env: dict[str, str]) -> None:
