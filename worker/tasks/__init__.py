@@ -58,7 +58,11 @@ def _predict(settings: WorkerSettings) -> Adapter:
     from worker.tasks.predict import PredictAdapter
 
     return PredictAdapter(
-        settings.model_repository, threads=settings.torch_threads, device=settings.device
+        settings.model_repository,
+        threads=settings.torch_threads,
+        device=settings.device,
+        max_loaded=settings.predict_max_loaded,
+        miss_cache_s=settings.predict_miss_cache_s,
     )
 
 
