@@ -11,7 +11,7 @@ from typing import Any
 from flask import Request
 from pydantic import ValidationError
 
-from ingress.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from ingress.errors import MAX_REPORTED_ERRORS, BadRequest, PayloadTooLarge, ValidationFailed
 from ingress.idempotency import fingerprint
 from ingress.requests import (
     HUGE_INT,
@@ -33,8 +33,6 @@ READ_BYTES = 1024 * 1024
 """How much of an NDJSON body is read at a time."""
 _TOO_DEEP = object()
 """Stands for a line the parser refused as too deep (``null`` is a value a line may hold)."""
-MAX_REPORTED_ERRORS = 20
-"""Invalid items named in a 422; the detail says how many there were in all."""
 
 
 class Items:

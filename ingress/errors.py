@@ -86,6 +86,10 @@ class UnsupportedMediaType(ApiError):
     status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
 
 
+MAX_REPORTED_ERRORS = 20
+"""Validation errors listed in one 422 (``errors``); its ``detail`` says how many there were."""
+
+
 class ValidationFailed(ApiError):
     status, title, slug = 422, "Unprocessable Content", "validation-failed"
 
@@ -95,11 +99,18 @@ class ValidationFailed(ApiError):
 
     @classmethod
     def from_pydantic(cls, exc: ValidationError, prefix: Sequence[str | int]) -> ValidationFailed:
+        """The first ``MAX_REPORTED_ERRORS`` of pydantic's errors; the detail says how many there
+        were. A 1 MiB body can hold 100,000 bad ``metadata`` values: listing each would answer
+        megabytes."""
+        errors = exc.errors(include_url=False, include_input=False)
         items = [
             ProblemItem(loc=[*prefix, *error["loc"]], msg=error["msg"])
-            for error in exc.errors(include_url=False, include_input=False)
+            for error in errors[:MAX_REPORTED_ERRORS]
         ]
-        return cls(items)
+        if len(errors) <= MAX_REPORTED_ERRORS:
+            return cls(items)
+        listed = "; ".join(f"{_dotted(e.loc)}: {e.msg}" for e in items[:3])
+        return cls(items, f"{len(errors)} problems, the first {len(items)} listed: {listed}; ...")
 
     def problem(self) -> Problem:
         problem = super().problem()

@@ -193,6 +193,21 @@ def test_a_pathological_body_is_refused_in_time_linear_in_its_size(
     assert set(probe.answers) <= {200, 503}  # answered (503 only if a backend is down)
 
 
+def test_a_body_with_sixty_thousand_bad_values_gets_a_short_422(
+    hostile_ingress: Service,
+) -> None:
+    """One error per bad value would answer megabytes to a 1 MiB body: the 422 lists the first
+    few and says how many there were."""
+    metadata = {f"{i:x}": i for i in range(60_000)}  # ~0.9 MiB
+    body = json.dumps({"task": "embed", "input": {"texts": ["x"]}, "metadata": metadata})
+    response = post_job(hostile_ingress.url, body.encode())
+    assert response.status_code == 422, response.text[:300]
+    problem = response.json()
+    assert len(problem["errors"]) == 20
+    assert problem["detail"].startswith("60000 problems")
+    assert len(response.content) < 8 * 1024
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 
