@@ -3,15 +3,23 @@
 Starts both emulators, provisions them, starts ``WORKERS`` workers, the dead-letter function
 (functions-framework on ``127.0.0.1:$DEADLETTER_PORT``, fed by a push subscription), the reconciler,
 the webhook sender and the ingress (gunicorn on ``127.0.0.1:$PORT``), prints the URL and a working
-``curl``, and stops everything on Ctrl-C or SIGTERM. ``local_stack()`` is the same sequence as a
-context manager, for benchmarks and tests.
+``curl``, and stops everything on Ctrl-C or SIGTERM.
+
+Once the stack is up, a worker, the reconciler, the webhook sender, the dead-letter function or
+the ingress's gunicorn master that dies is started again after a back-off, as Kubernetes would
+(``emulators/supervisor.py``); an emulator that dies ends the stack, since a new one would start
+empty. While the stack starts, a part that exits before it answers (an emulator, the dead-letter
+function, the ingress, a worker) ends it with its error: a configuration mistake shows at once
+instead of as a crash loop.
+
+``local_stack()`` is the same sequence as a context manager, for benchmarks and tests; it
+restarts nothing (nothing watches the children while the block runs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -22,6 +30,7 @@ from typing import IO
 from emulators.process import (
     START_TIMEOUT_S,
     firestore_command,
+    listener_on,
     pubsub_command,
     wait_until_answers,
 )
@@ -87,15 +96,15 @@ class StackConfig:
 
 
 def _check_ports_free(config: StackConfig) -> None:
+    """Refuse to start when something already listens on one of the ports.
+
+    Only a listener counts: the connections of a ``make run`` stopped a moment ago linger in
+    TIME_WAIT for a minute, and every server of the stack binds through them (``listener_on``)."""
     for name, port in config.ports().items():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((config.host, port))
-            except OSError:
-                raise SystemExit(
-                    f"port {port} ({name}) is in use: "
-                    f"stop what holds it or set {name.split('+')[0]}"
-                ) from None
+        if listener_on(config.host, port):
+            raise SystemExit(
+                f"port {port} ({name}) is in use: stop what holds it or set {name.split('+')[0]}"
+            )
 
 
 def deadletter_command(host: str, port: int) -> list[str]:
@@ -117,7 +126,10 @@ def _tenants(pairs: str) -> set[str]:
 
 
 def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> None:
-    """Start every part under ``supervisor`` and return once the ingress and workers are ready."""
+    """Start every part under ``supervisor`` and return once the ingress and workers are ready.
+
+    Raises ``RuntimeError`` if a part exits before it answers (restarts begin with
+    ``Supervisor.wait``), ``InterruptedError`` if a signal arrives first."""
     _check_ports_free(config)
     pubsub = supervisor.spawn(
         "pubsub",
@@ -156,6 +168,7 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         deadletter_command(config.host, config.deadletter_port),
         env=env,
         tier=TIER_WORKERS,
+        restart=True,
     )
     # A CloudEvent function answers a bare GET with 405: that is "up".
     wait_until_answers(
@@ -166,8 +179,10 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
     supervisor.log(
         "provisioned", topic=resources.topic, subscriptions=resources.subscription_prefix + "-*"
     )
-    supervisor.spawn("reconciler", [sys.executable, "-m", "reconciler"], env=env, tier=TIER_WORKERS)
-    supervisor.spawn("webhooks", [sys.executable, "-m", "webhooks"], env=env, tier=TIER_WORKERS)
+    for name in ("reconciler", "webhooks"):
+        supervisor.spawn(
+            name, [sys.executable, "-m", name], env=env, tier=TIER_WORKERS, restart=True
+        )
     supervisor.log(
         "webhook signing secrets: "
         + (
@@ -183,7 +198,11 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         worker_env = {**env, "WORKER_HTTP_PORT": str(config.worker_http_port + i)}
         workers.append(
             supervisor.spawn(
-                f"worker-{i}", [sys.executable, "-m", "worker"], env=worker_env, tier=TIER_WORKERS
+                f"worker-{i}",
+                [sys.executable, "-m", "worker"],
+                env=worker_env,  # a restarted worker serves on the same port
+                tier=TIER_WORKERS,
+                restart=True,
             )
         )
     ingress_env = {**env, "HOST": config.host, "PORT": str(config.port)}
@@ -192,6 +211,7 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")],
         env=ingress_env,
         tier=TIER_INGRESS,
+        restart=True,
     )
     wait_until_answers(
         f"{config.url}/health", ingress.process, START_TIMEOUT_S, "ingress", stopping

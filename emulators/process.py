@@ -8,6 +8,7 @@ own, and ``stop()`` signals the whole process group, waits, and kills what is le
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -56,6 +57,26 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free loopback port in {PORT_RANGE}")
+
+
+def listener_on(host: str, port: int) -> bool:
+    """Whether a server could not bind ``host:port`` because something holds it: a listener,
+    or a socket bound there without ``SO_REUSEADDR``.
+
+    The probe binds with ``SO_REUSEADDR``, as every server ``make run`` starts does (gunicorn,
+    the emulators' JVMs, Python's ``http.server``): on Linux that succeeds past the TIME_WAIT
+    connections a server stopped a moment ago leaves behind, which a plain bind counts as the
+    port being in use for a minute. Other errors (an address not on this machine) are raised.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 def _answers(url: str, status: int = 200) -> bool:
