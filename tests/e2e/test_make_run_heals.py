@@ -1,5 +1,6 @@
 """``make run`` heals like production: it starts again at once on the ports it just left, restarts a
-SIGKILLed worker while jobs run (all of them succeed), and ends when an emulator dies.
+SIGKILLed gunicorn master, restarts a SIGKILLed worker while jobs run (all of them succeed), and
+ends when an emulator dies.
 
 Processes are found as children of the supervisor that this test's ``make run`` started, by their
 argv and environment, never by name; only those are signalled.
@@ -185,7 +186,7 @@ def embed(client: OmniClient, texts: list[str]) -> dict[str, Any]:
     return client.submit("embed", {"texts": texts})
 
 
-def test_make_run_starts_again_at_once_on_the_same_ports() -> None:
+def test_make_run_starts_again_at_once_and_restarts_a_dead_gunicorn_master() -> None:
     ports = fresh_ports()
     with MakeRun(ports, workers=1) as first:
         first.wait_up()
@@ -199,6 +200,20 @@ def test_make_run_starts_again_at_once_on_the_same_ports() -> None:
     with MakeRun(ports, workers=1) as second:  # at once, on the same ports
         second.wait_up()
         assert requests.get(f"{second.url}/health", timeout=10).status_code == 200
+
+        # gunicorn's master SIGKILLed: its orphaned workers die with it, and a new master binds
+        # the same port.
+        master = second.supervisor_child("-m", "gunicorn")
+        master_workers = children(master)
+        os.kill(master, signal.SIGKILL)
+        wait_for(
+            lambda: any(e["message"] == "restarted ingress" for e in second.supervisor_lines()),
+            30,
+            "the ingress to be restarted",
+        )
+        wait_for(lambda: answers(f"{second.url}/health"), 60, "the new ingress to answer", 0.2)
+        assert second.supervisor_child("-m", "gunicorn") != master
+        assert master_workers and not [pid for pid in master_workers if alive(pid)]
         with OmniClient(second.url, API_KEY) as client:
             job = client.submit("embed", {"texts": ["again"]}, wait=60)
             if job["status"] != "succeeded":
