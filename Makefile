@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-omni
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint bench clean provision
+.PHONY: install run test unit lint bench clean provision deploy
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,16 @@ bench: $(STAMP)
 # dead-letter function. Idempotent. make provision PROJECT=my-project REGION=europe-west1
 provision: $(STAMP)
 	$(PY) -m emulators.provision --project $(PROJECT) --region $(REGION) --deploy-deadletter
+
+# Everything, in order, idempotently (docs/deploy.md): make deploy PROJECT=my-project REGION=europe-west1
+# DRY_RUN=1 prints every command and API call and runs none (make's own -n would run nothing and
+# print only this recipe). TAG=... overrides the images' tag (default: the commit's short sha);
+# ONLY=STEP runs one step; API_KEYS_FILE / WEBHOOK_SECRETS_FILE give those secrets' first version.
+deploy: $(STAMP)
+	$(PY) -m deploy --project "$(PROJECT)" --region "$(REGION)" $(if $(TAG),--tag "$(TAG)") \
+		$(if $(ONLY),--only "$(ONLY)") $(if $(DRY_RUN),--dry-run) \
+		$(if $(API_KEYS_FILE),--api-keys-file "$(API_KEYS_FILE)") \
+		$(if $(WEBHOOK_SECRETS_FILE),--webhook-secrets-file "$(WEBHOOK_SECRETS_FILE)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -14,11 +14,16 @@ task's subscription (competing consumers), so pools can be composed freely (``WO
 no task is delivered to two pools. The emulator stores filters but does not apply them; the worker
 applies the same rule (docs/decisions.md, "Routing").
 
-On a real project it also applies ``firestore.indexes.json``: the TTL policies on ``expire_at``
-and the indexes the reconciler's queries need (the Firestore emulator has neither).
+On a real project it also applies ``firestore.indexes.json``: the composite indexes the queries
+need, the TTL policies on ``expire_at``, and the single-field index exemptions of its
+``fieldOverrides`` (``"indexes": []``): every TTL field (a timestamp that only grows is a write
+hotspot when indexed, Firestore's TTL best practice) and the large fields no query reads
+(``input``, ``result``, ``events``, ``error``), whose index entries cost write latency and storage.
+The Firestore emulator has none of these.
 
     python -m emulators.provision --project my-project \
-        --deadletter-endpoint https://deadletter-xyz.run.app/     # real project
+        --deadletter-endpoint https://deadletter-xyz.run.app/ \
+        --deadletter-push-service-account omni-deadletter-push@my-project.iam.gserviceaccount.com
     python -m emulators.provision --project omni-local --emulator 127.0.0.1:8085
 
 The worker subscription has no retry policy: the worker delays a failed job's redelivery itself
@@ -26,7 +31,12 @@ The worker subscription has no retry policy: the worker delays a failed job's re
 dead-letter policy are combined and a subscriber dies (docs/reliability.md has the measurement).
 
 In production the Pub/Sub service agent needs publisher rights on ``jobs-dead`` and subscriber
-rights on each ``jobs-worker-<task>`` for dead-lettering to work (see docs/reliability.md).
+rights on each ``jobs-worker-<task>`` for dead-lettering to work (see docs/reliability.md). A push
+subscription to the dead-letter function authenticates with an OIDC token of its own service
+account, which needs ``roles/run.invoker`` on the function (``python -m deploy`` grants it).
+
+Every request is plain data (``pubsub_requests``, ``firestore_admin_requests``), so ``python -m
+deploy --dry-run`` prints exactly what provisioning would send.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import field_mask_pb2
 
 from schemas.messages import (
     DEFAULT_DEAD_LETTER_SUBSCRIPTION,
@@ -83,6 +93,9 @@ class Resources:
     # Where the dead-letter subscription pushes (the function's URL); None creates no
     # subscription (an Eventarc trigger makes its own).
     dead_letter_endpoint: str | None = None
+    # The identity whose OIDC token the push carries (needs roles/run.invoker on the function);
+    # None pushes unauthenticated, which only the emulator's functions-framework accepts.
+    dead_letter_push_service_account: str | None = None
     max_delivery_attempts: int = MAX_DELIVERY_ATTEMPTS
     retry_min_backoff_s: int = RETRY_MIN_BACKOFF_S
     retry_max_backoff_s: int = RETRY_MAX_BACKOFF_S
@@ -106,10 +119,15 @@ class Resources:
         return self._path("subscriptions", self.dead_letter_subscription)
 
 
+def _duration(seconds: int) -> dict[str, int]:
+    """A protobuf Duration as plain data (the clients accept the dict; JSON can print it)."""
+    return {"seconds": seconds}
+
+
 def _retry_policy(resources: Resources) -> dict[str, object]:
     return {
-        "minimum_backoff": duration_pb2.Duration(seconds=resources.retry_min_backoff_s),
-        "maximum_backoff": duration_pb2.Duration(seconds=resources.retry_max_backoff_s),
+        "minimum_backoff": _duration(resources.retry_min_backoff_s),
+        "maximum_backoff": _duration(resources.retry_max_backoff_s),
     }
 
 
@@ -124,19 +142,41 @@ def _subscription_settings(resources: Resources, task: str) -> dict[str, object]
             "dead_letter_topic": resources.dead_letter_topic_path,
             "max_delivery_attempts": resources.max_delivery_attempts,
         },
-        "message_retention_duration": duration_pb2.Duration(seconds=MESSAGE_RETENTION_S),
+        "message_retention_duration": _duration(MESSAGE_RETENTION_S),
     }
 
 
 def _dead_letter_subscription_settings(resources: Resources) -> dict[str, object]:
+    push: dict[str, object] = {"push_endpoint": resources.dead_letter_endpoint}
+    if resources.dead_letter_push_service_account:
+        # Cloud Run checks the token's audience against the service URL.
+        push["oidc_token"] = {
+            "service_account_email": resources.dead_letter_push_service_account,
+            "audience": resources.dead_letter_endpoint,
+        }
     return {
         "name": resources.dead_letter_subscription_path,
         "topic": resources.dead_letter_topic_path,
         "ack_deadline_seconds": ACK_DEADLINE_S,
-        "push_config": {"push_endpoint": resources.dead_letter_endpoint},
+        "push_config": push,
         "retry_policy": _retry_policy(resources),
-        "message_retention_duration": duration_pb2.Duration(seconds=MESSAGE_RETENTION_S),
+        "message_retention_duration": _duration(MESSAGE_RETENTION_S),
     }
+
+
+def pubsub_requests(resources: Resources) -> list[tuple[str, dict[str, Any]]]:
+    """What ``provision`` sends, in order: ``("create_topic", {"name": ...})`` per topic, then
+    ``("converge_subscription", settings)`` per subscription (create, or update if it exists)."""
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("create_topic", {"name": topic})
+        for topic in (resources.dead_letter_topic_path, resources.topic_path)
+    ]
+    # The dead-letter side first: nothing may be dead-lettered before someone listens.
+    if resources.dead_letter_endpoint is not None:
+        calls.append(("converge_subscription", _dead_letter_subscription_settings(resources)))
+    for task in resources.tasks:
+        calls.append(("converge_subscription", _subscription_settings(resources, task)))
+    return calls
 
 
 @contextlib.contextmanager
@@ -170,20 +210,25 @@ def provision(resources: Resources, emulator_host: str | None = None) -> None:
         publisher = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
     try:
-        for topic in (resources.dead_letter_topic_path, resources.topic_path):
-            try:
-                publisher.create_topic(name=topic, timeout=ADMIN_TIMEOUT_S)
-                logger.info("created topic %s", topic)
-            except gexc.AlreadyExists:
-                logger.info("topic %s exists", topic)
-        # The dead-letter side first: nothing may be dead-lettered before someone listens.
-        if resources.dead_letter_endpoint is not None:
-            _converge(subscriber, _dead_letter_subscription_settings(resources))
-        for task in resources.tasks:
-            _converge(subscriber, _subscription_settings(resources, task))
+        for method, request in pubsub_requests(resources):
+            apply_pubsub(publisher, subscriber, method, request)
     finally:
         subscriber.close()
         publisher.transport.close()
+
+
+def apply_pubsub(publisher: Any, subscriber: Any, method: str, request: dict[str, Any]) -> None:
+    """Send one of ``pubsub_requests``' calls; an existing topic is left as it is."""
+    if method == "create_topic":
+        try:
+            publisher.create_topic(name=request["name"], timeout=ADMIN_TIMEOUT_S)
+            logger.info("created topic %s", request["name"])
+        except gexc.AlreadyExists:
+            logger.info("topic %s exists", request["name"])
+    elif method == "converge_subscription":
+        _converge(subscriber, request)
+    else:
+        raise ValueError(f"unknown Pub/Sub call {method}")
 
 
 def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
@@ -221,7 +266,10 @@ def firestore_admin_requests(
     project: str, spec: dict[str, Any]
 ) -> list[tuple[str, dict[str, Any]]]:
     """The Firestore Admin API calls that apply ``firestore.indexes.json`` to ``project``:
-    ``("create_index", request)`` per composite index, ``("update_field", request)`` per TTL."""
+    ``("create_index", request)`` per composite index; per field override, ``("update_field",
+    request)`` for its TTL policy (``"ttl": true``) and another for its single-field indexes
+    (``"indexes": []`` exempts the field: no index at all). One change per request: the Admin API
+    runs each as its own long-running operation."""
     parent = f"projects/{project}/databases/(default)/collectionGroups"
     calls: list[tuple[str, dict[str, Any]]] = []
     for index in spec.get("indexes", []):
@@ -236,8 +284,8 @@ def firestore_admin_requests(
             )
         )
     for override in spec.get("fieldOverrides", []):
+        name = f"{parent}/{override['collectionGroup']}/fields/{override['fieldPath']}"
         if override.get("ttl"):
-            name = f"{parent}/{override['collectionGroup']}/fields/{override['fieldPath']}"
             calls.append(
                 (
                     "update_field",
@@ -247,7 +295,34 @@ def firestore_admin_requests(
                     },
                 )
             )
+        if "indexes" in override:
+            indexes = [_single_field_index(entry) for entry in override["indexes"]]
+            calls.append(
+                (
+                    "update_field",
+                    {
+                        "field": {"name": name, "index_config": {"indexes": indexes}},
+                        "update_mask": {"paths": ["index_config"]},
+                    },
+                )
+            )
     return calls
+
+
+def _single_field_index(entry: dict[str, Any]) -> dict[str, Any]:
+    """A fieldOverrides index entry (Firebase CLI's format) as an Admin API index."""
+    index: dict[str, Any] = {"query_scope": entry.get("queryScope", "COLLECTION")}
+    if "order" in entry:
+        index["fields"] = [{"field_path": "*", "order": entry["order"]}]
+    else:
+        index["fields"] = [{"field_path": "*", "array_config": entry["arrayConfig"]}]
+    return index
+
+
+def firestore_spec() -> dict[str, Any]:
+    """``firestore.indexes.json``, parsed."""
+    spec: dict[str, Any] = json.loads(INDEXES_FILE.read_text())
+    return spec
 
 
 def provision_firestore(project: str) -> None:
@@ -261,13 +336,17 @@ def provision_firestore(project: str) -> None:
     from google.cloud import firestore_admin_v1
 
     admin = firestore_admin_v1.FirestoreAdminClient()
-    spec = json.loads(INDEXES_FILE.read_text())
-    for method, request in firestore_admin_requests(project, spec):
-        try:
-            getattr(admin, method)(request=request, timeout=ADMIN_TIMEOUT_S)
-            logger.info("%s applied", method, extra={"request": str(request)})
-        except gexc.AlreadyExists:
-            logger.info("%s: already there", method)
+    for method, request in firestore_admin_requests(project, firestore_spec()):
+        apply_firestore(admin, method, request)
+
+
+def apply_firestore(admin: Any, method: str, request: dict[str, Any]) -> None:
+    """Send one of ``firestore_admin_requests``' calls; an existing index is left as it is."""
+    try:
+        getattr(admin, method)(request=request, timeout=ADMIN_TIMEOUT_S)
+        logger.info("%s applied", method, extra={"request": str(request)})
+    except gexc.AlreadyExists:
+        logger.info("%s: already there", method)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,6 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         help="URL the dead-letter subscription pushes to (omit when an Eventarc trigger is used)",
     )
     parser.add_argument(
+        "--deadletter-push-service-account",
+        default=os.environ.get("DEADLETTER_PUSH_SERVICE_ACCOUNT"),
+        help="the identity whose OIDC token the push carries (roles/run.invoker on the function)",
+    )
+    parser.add_argument(
         "--deploy-deadletter",
         action="store_true",
         help="also create or update the dead-letter function (gcloud; needs --region)",
@@ -293,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--region", default=os.environ.get("REGION"))
     parser.add_argument(
         "--deadletter-service-account", help="the identity the dead-letter function runs as"
+    )
+    parser.add_argument(
+        "--deadletter-trigger-service-account",
+        help="the identity its Eventarc trigger invokes it as (roles/run.invoker on it)",
     )
     args = parser.parse_args(argv)
     if not args.project:
@@ -307,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         topic=args.topic,
         subscription_prefix=args.subscription_prefix,
         dead_letter_endpoint=args.deadletter_endpoint,
+        dead_letter_push_service_account=args.deadletter_push_service_account,
     )
     provision(resources, emulator_host=args.emulator)
     if args.emulator is None:
@@ -315,7 +404,11 @@ def main(argv: list[str] | None = None) -> None:
         from emulators.deadletter_deploy import deploy
 
         deploy(
-            args.project, args.region, DEFAULT_DEAD_LETTER_TOPIC, args.deadletter_service_account
+            args.project,
+            args.region,
+            DEFAULT_DEAD_LETTER_TOPIC,
+            args.deadletter_service_account,
+            trigger_service_account=args.deadletter_trigger_service_account,
         )
 
 

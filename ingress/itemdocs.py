@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 CHUNK = 499
-"""Jobs per atomic batched write at most (Firestore's limit is 500 writes a commit; the last is
-the tenant's jobs-in-flight counter, ``schemas/quota.py``)."""
+"""Jobs per atomic batched write at most, with the tenant's jobs-in-flight counter as one more
+write (``schemas/quota.py``). Firestore no longer limits a commit's writes (the old 500-write
+limit is gone); this bounds a commit's latency, and ``CHUNK_BYTES`` its 10 MiB request limit."""
 CHUNK_BYTES = 8 * 1024 * 1024
 """Input bytes per batched write at most (Firestore refuses commits over 10 MiB)."""
 

@@ -29,8 +29,10 @@ is short because a batch also grows by itself: messages that arrive while the mo
 make up the next, so under load batches fill without waiting, and a lone job is not held back.
 ``WORKER_MAX_BATCH_<TASK>`` and ``WORKER_MAX_WAIT_MS_<TASK>`` override them."""
 MAX_BATCH_LIMIT = 400
-"""A batch's terminal writes share one Firestore commit, which takes 500 writes at most; the rest
-is room for the counter shards the same commit moves (one per batch and one per tenant)."""
+"""A batch's terminal writes share one Firestore commit. Firestore no longer caps a commit's writes
+(the old 500-write limit is gone); its 10 MiB request limit remains, so this bounds a commit's
+size and latency, with room for the counter shards the same commit moves (one per batch and one
+per tenant)."""
 LEASE_EXTENSION_S = 10
 """FlowControl ``max_duration_per_lease_extension``, seconds. The client keeps extending while a job
 runs; a short extension brings a dead worker's messages back in seconds, not minutes."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from emulators import provision
-from emulators.deadletter_deploy import ROOT, deploy, requirements, stage
+from emulators.deadletter_deploy import ROOT, deploy, requirements, source_hash, stage
 
 
 def test_the_staged_source_imports_without_the_rest_of_the_project(tmp_path: Path) -> None:
@@ -36,7 +36,14 @@ def test_the_staged_source_imports_without_the_rest_of_the_project(tmp_path: Pat
 
 
 def test_the_deploy_command_creates_or_updates_one_function() -> None:
-    argv = deploy("proj", "europe-west1", "jobs-dead", "dl@proj.iam.gserviceaccount.com", True)
+    argv = deploy(
+        "proj",
+        "europe-west1",
+        "jobs-dead",
+        "dl@proj.iam.gserviceaccount.com",
+        True,
+        trigger_service_account="dlt@proj.iam.gserviceaccount.com",
+    )
     assert argv[:4] == ["gcloud", "functions", "deploy", "omni-deadletter"]
     assert {
         "--gen2",
@@ -46,7 +53,20 @@ def test_the_deploy_command_creates_or_updates_one_function() -> None:
         "--trigger-topic=jobs-dead",
         "--retry",
         "--service-account=dl@proj.iam.gserviceaccount.com",
+        # The trigger's identity is explicit (roles/run.invoker on the function, nothing else),
+        # never the Compute Engine default service account.
+        "--trigger-service-account=dlt@proj.iam.gserviceaccount.com",
     } <= set(argv)
+    # The staged source's hash, so a deploy that would change nothing is skipped.
+    (label,) = [a for a in argv if a.startswith("--update-labels=omni-source=")]
+    assert len(label.rpartition("=")[2]) == 16
+
+
+def test_the_source_hash_changes_with_the_source(tmp_path: Path) -> None:
+    first = source_hash(stage(tmp_path))
+    assert source_hash(tmp_path) == first
+    (tmp_path / "main.py").write_text((tmp_path / "main.py").read_text() + "\n# changed\n")
+    assert source_hash(tmp_path) != first
 
 
 def test_deploying_the_function_needs_a_region_and_a_real_project() -> None:

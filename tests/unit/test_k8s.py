@@ -281,13 +281,10 @@ def test_a_pools_autoscaler_reads_the_backlog_of_exactly_its_subscriptions(
 
 
 @pytest.mark.parametrize("pool", POOLS)
-def test_every_pool_keeps_one_warm_pod_as_gke_offers_no_scale_to_zero(
-    rendered: dict[str, list[Manifest]], pool: str
-) -> None:
-    """A HorizontalPodAutoscaler may go to 0 only with the alpha HPAScaleToZero feature gate,
-    which GKE does not offer, so every pool keeps minReplicas 1 (a lone job then waits for no
-    model load and no new node). Scale to zero for the GPU pools would take KEDA's ScaledObject
-    in place of their HPA (k8s/base/hpa.yaml)."""
+def test_every_pool_keeps_one_warm_pod(rendered: dict[str, list[Manifest]], pool: str) -> None:
+    """A choice, no longer a platform limit: GKE 1.37 and later scale an HPA with an External
+    metric to zero (``minReplicas: 0``), but a pool at zero makes a lone job wait for a node and a
+    model load (minutes for a GPU node), so every pool keeps one warm pod (k8s/base/hpa.yaml)."""
     spec = the(rendered[pool], "HorizontalPodAutoscaler")["spec"]
     assert spec["minReplicas"] == 1
     assert spec["maxReplicas"] > spec["minReplicas"]
@@ -354,13 +351,15 @@ def test_gpu_pools_request_a_gpu_and_insist_on_cuda_and_cpu_pools_stay_off_it(
 def test_placeholders_are_whole_words_that_a_word_bounded_substitution_fills(
     rendered: dict[str, list[Manifest]],
 ) -> None:
-    """``PROJECT`` and ``REGION`` stand for the project and the region. GOOGLE_CLOUD_PROJECT
-    contains ``PROJECT``, so only a whole-word substitution is safe (k8s/README.md)."""
+    """``PROJECT``, ``REGION`` and ``TAG`` stand for the project, the region and the images' tag
+    (python -m deploy fills them). GOOGLE_CLOUD_PROJECT contains ``PROJECT``, so only a
+    whole-word substitution is safe (k8s/README.md)."""
     text = yaml.safe_dump_all(rendered["all"])
     filled = re.sub(r"\bREGION\b", "europe-west1", re.sub(r"\bPROJECT\b", "my-project", text))
+    filled = re.sub(r"\bTAG\b", "abc1234", filled)
     documents = [doc for doc in yaml.safe_load_all(filled) if doc]
 
-    assert re.search(r"\b(PROJECT|REGION)\b", filled) is None
+    assert re.search(r"\b(PROJECT|REGION|TAG)\b", filled) is None
     assert the(documents, "ConfigMap")["data"]["GOOGLE_CLOUD_PROJECT"] == "my-project"
     images = {
         container["image"]
@@ -369,9 +368,9 @@ def test_placeholders_are_whole_words_that_a_word_bounded_substitution_fills(
         for container in m["spec"]["template"]["spec"]["containers"]
     }
     assert images == {
-        "europe-west1-docker.pkg.dev/my-project/omni/worker:latest",
-        "europe-west1-docker.pkg.dev/my-project/omni/worker-cuda:latest",
-        "europe-west1-docker.pkg.dev/my-project/omni/ingress:latest",  # the webhook sender
+        "europe-west1-docker.pkg.dev/my-project/omni/worker:abc1234",
+        "europe-west1-docker.pkg.dev/my-project/omni/worker-cuda:abc1234",
+        "europe-west1-docker.pkg.dev/my-project/omni/ingress:abc1234",  # the webhook sender
     }
 
 
@@ -414,7 +413,7 @@ def test_network_policy_lets_in_only_the_metrics_scraper_and_out_only_dns_metada
     (ingress,) = policy["ingress"]
     (source,) = ingress["from"]
     assert source == {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gke-gmp-system"}}
     }
     ports = {pool_settings(rendered, pool).http_port for pool in POOLS}
     assert [port["port"] for port in ingress["ports"]] == sorted(ports)
@@ -526,7 +525,7 @@ def test_the_webhook_senders_network_policy_lets_only_the_scraper_in_and_out_onl
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
     (scrape,) = spec["ingress"]
     assert scrape["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}}
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gke-gmp-system"}}}
     ]
     assert [p["port"] for p in scrape["ports"]] == [sender_settings(rendered).http_port]
 

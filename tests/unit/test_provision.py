@@ -10,6 +10,7 @@ from emulators.provision import (
     _dead_letter_subscription_settings,
     _subscription_settings,
     firestore_admin_requests,
+    pubsub_requests,
 )
 
 
@@ -40,9 +41,43 @@ def test_the_dead_letter_subscription_pushes_to_the_function() -> None:
     assert settings["push_config"] == {"push_endpoint": "https://dl.example/"}
 
 
+def test_a_production_push_carries_an_oidc_token_for_the_functions_url() -> None:
+    # Cloud Run refuses an unauthenticated push; the token's audience is the pushed URL.
+    resources = Resources(
+        project="p",
+        dead_letter_endpoint="https://dl.example/",
+        dead_letter_push_service_account="push@p.iam.gserviceaccount.com",
+    )
+    push = _dead_letter_subscription_settings(resources)["push_config"]
+    assert push == {
+        "push_endpoint": "https://dl.example/",
+        "oidc_token": {
+            "service_account_email": "push@p.iam.gserviceaccount.com",
+            "audience": "https://dl.example/",
+        },
+    }
+
+
+def test_every_request_is_plain_data_the_clients_accept() -> None:
+    # python -m deploy --dry-run prints them as JSON; the clients take the same dicts.
+    from google.pubsub_v1.types import Subscription
+
+    resources = Resources(project="p", dead_letter_endpoint="https://dl.example/")
+    calls = pubsub_requests(resources)
+    assert json.loads(json.dumps(calls)) == [list(call) for call in calls]
+    assert [method for method, _ in calls[:2]] == ["create_topic", "create_topic"]
+    for method, request in calls[2:]:
+        assert method == "converge_subscription"
+        Subscription(**request)  # raises on a field the API does not know
+
+
 def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
     calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
-    ttl_fields = [req["field"]["name"] for method, req in calls if method == "update_field"]
+    ttl_fields = [
+        req["field"]["name"]
+        for method, req in calls
+        if method == "update_field" and req["update_mask"]["paths"] == ["ttl_config"]
+    ]
     base = "projects/p/databases/(default)/collectionGroups"
     assert ttl_fields == [
         f"{base}/jobs/fields/expire_at",
@@ -51,6 +86,29 @@ def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
         f"{base}/webhook_deliveries/fields/expire_at",
         f"{base}/ingress_instances/fields/expire_at",
     ]
+
+
+def test_ttl_fields_and_large_unqueried_fields_are_exempt_from_single_field_indexes() -> None:
+    # Firestore's TTL best practice: an only-growing timestamp indexed is a write hotspot. The
+    # large fields no query reads (input, result, events, error) only cost writes when indexed.
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    exempt = {
+        req["field"]["name"].split("/collectionGroups/")[1]
+        for method, req in calls
+        if method == "update_field" and req["update_mask"]["paths"] == ["index_config"]
+        if req["field"]["index_config"] == {"indexes": []}
+    }
+    assert exempt == {
+        "jobs/fields/expire_at",
+        "idempotency/fields/expire_at",
+        "batches/fields/expire_at",
+        "webhook_deliveries/fields/expire_at",
+        "ingress_instances/fields/expire_at",
+        "jobs/fields/input",
+        "jobs/fields/result",
+        "jobs/fields/events",
+        "jobs/fields/error",
+    }
 
 
 def test_the_reconcilers_queries_have_their_composite_indexes() -> None:
