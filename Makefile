@@ -56,7 +56,9 @@ provision: $(STAMP)
 # DRY_RUN=1 prints every command and API call and runs none (make's own -n would run nothing and
 # print only this recipe). TAG=... overrides the images' tag (default: the commit's short sha);
 # ONLY=STEP runs one step; API_KEYS_FILE / WEBHOOK_SECRETS_FILE give those secrets' first version.
+# A real run first installs the Cloud Monitoring clients (the `monitoring` extra).
 deploy: $(STAMP)
+	$(if $(DRY_RUN),,$(PY) -m pip install --quiet --disable-pip-version-check -e '.[monitoring]')
 	$(PY) -m deploy --project "$(PROJECT)" --region "$(REGION)" $(if $(TAG),--tag "$(TAG)") \
 		$(if $(ONLY),--only "$(ONLY)") $(if $(DRY_RUN),--dry-run) \
 		$(if $(API_KEYS_FILE),--api-keys-file "$(API_KEYS_FILE)") \
