@@ -73,7 +73,13 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             # Cloud Error Reporting reads the stack from the message itself.
             entry["message"] = f"{entry['message']}\n{self.formatException(record.exc_info)}"
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+"""Characters JSON may carry raw but line readers split on (Python's ``splitlines``, some log
+shippers): a request path holding one would otherwise cut its access log line in two. Only
+strings can hold them, so their ``\\u`` escapes keep the line the same JSON."""
 
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:

@@ -51,6 +51,15 @@ def test_exceptions_stay_on_one_line_with_the_stack(captured: io.StringIO) -> No
     assert entry["severity"] == "ERROR" and "RuntimeError: boom" in str(entry["message"])
 
 
+def test_characters_line_readers_split_on_stay_escaped(captured: io.StringIO) -> None:
+    """A fuzzed request path with U+2028 cut the ingress's access line in two for readers that
+    split on it (the tests' own ``splitlines``)."""
+    path = "/v1/jobs/a\u2028b\x85c\u2029d"
+    logging.getLogger("omni.test").info("GET %s 404", path, extra={"path": path})
+    (entry,) = lines(captured)
+    assert entry["message"] == f"GET {path} 404" and entry["path"] == path
+
+
 def test_key_like_extras_are_redacted(captured: io.StringIO) -> None:
     logging.getLogger("omni.test").info("x", extra={"api_key": "sekrit"})
     assert "sekrit" not in captured.getvalue()
