@@ -3,9 +3,12 @@ both on the session's emulators. Tests talk HTTP to the ingress, as a client wou
 
 from __future__ import annotations
 
+import json
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
@@ -100,3 +103,52 @@ def start_ingress(emulators: Emulators, log_dir: Path, name: str, **extra: str) 
     env = python_env(**emulators.env(), **{**defaults, **extra}, HOST="127.0.0.1", PORT=str(port))
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "ingress" / "gunicorn.conf.py")]
     return _start(name, argv, env, "/health", port, log_dir, 60)
+
+
+def fresh_tenants(*names: str) -> dict[str, str]:
+    """Fresh tenant names for one test, by role (a random suffix): their counters, buckets and
+    stream counts start empty. Each one's key is ``tenant_key(tenant)``."""
+    suffix = secrets.token_hex(3)
+    return {name: f"{name}-{suffix}" for name in names}
+
+
+def tenant_key(tenant: str) -> dict[str, str]:
+    """The API key header of a tenant of ``limited_ingress``."""
+    return {"X-API-Key": f"key-{tenant}"}
+
+
+@contextmanager
+def limited_ingress(
+    emulators: Emulators,
+    log_dir: Path,
+    name: str,
+    names: list[str],
+    limits: dict[str, Any],
+    **extra: str,
+) -> Iterator[Service]:
+    """A gunicorn ingress whose tenants are ``names`` (key ``key-<tenant>``) under ``limits``
+    (``TENANT_LIMITS``)."""
+    service = start_ingress(
+        emulators,
+        log_dir,
+        name,
+        API_KEYS=",".join(f"{tenant}:key-{tenant}" for tenant in names),
+        TENANT_LIMITS=json.dumps(limits),
+        **extra,
+    )
+    try:
+        yield service
+    finally:
+        stop_group(service.process, 30)
+
+
+def sink_topic_named(emulators: Emulators, name: str) -> str:
+    """A topic no subscription reads (created if missing): an ingress publishing to it leaves
+    its jobs queued, and no worker of the session spends time on them."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    publisher = pubsub_v1.PublisherClient()
+    with suppress(gexc.AlreadyExists):
+        publisher.create_topic(name=publisher.topic_path(emulators.project, name), timeout=30)
+    return name

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from emulators.process import stop_group
 from ingress.batchinput import ITEM_OVERHEAD_BYTES
 from ingress.settings import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_BATCH_BODY_BYTES
 from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, start_ingress
+from tests.integration.conftest import KEYS, Service, sink_topic_named, start_ingress
 from tests.support import descendants, wait_for
 
 pytestmark = pytest.mark.integration
@@ -44,13 +43,8 @@ regex pre-scan was ~250× (and past the worker's timeout at 1 MiB)."""
 
 @pytest.fixture(scope="module")
 def hostile_ingress(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
-    from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    publisher = pubsub_v1.PublisherClient()
-    with suppress(gexc.AlreadyExists):
-        publisher.create_topic(name=publisher.topic_path(emulators.project, HOSTILE_TOPIC))
-    service = start_ingress(emulators, log_dir, "hostile-ingress", JOBS_TOPIC=HOSTILE_TOPIC)
+    topic = sink_topic_named(emulators, HOSTILE_TOPIC)
+    service = start_ingress(emulators, log_dir, "hostile-ingress", JOBS_TOPIC=topic)
     try:
         yield service
     finally:

@@ -8,25 +8,26 @@ no other test meets a limit and the counters start at zero."""
 from __future__ import annotations
 
 import json
-import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from emulators.process import stop_group
 from ingress.store import JobStore
 from schemas.jobs import new_job_document, new_job_id
 from schemas.quota import in_flight_of, shard_paths
 from tests.conftest import Emulators
-from tests.integration.conftest import Service, start_ingress
+from tests.integration.conftest import (
+    Service,
+    fresh_tenants,
+    limited_ingress,
+    sink_topic_named,
+    tenant_key,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,51 +37,9 @@ SINK_TOPIC = "limits-sink"
 """A topic no subscription reads: jobs published to it stay queued."""
 
 
-def tenants(*names: str) -> dict[str, str]:
-    """Fresh tenant names for one test, by role: their counters and buckets start empty."""
-    suffix = secrets.token_hex(3)
-    return {name: f"{name}-{suffix}" for name in names}
-
-
-def key(tenant: str) -> dict[str, str]:
-    return {"X-API-Key": f"key-{tenant}"}
-
-
-@contextmanager
-def limited_ingress(
-    emulators: Emulators,
-    log_dir: Path,
-    name: str,
-    names: list[str],
-    limits: dict[str, Any],
-    **extra: str,
-) -> Iterator[Service]:
-    """A gunicorn ingress whose tenants are ``names`` (key ``key-<tenant>``) under ``limits``."""
-    service = start_ingress(
-        emulators,
-        log_dir,
-        name,
-        API_KEYS=",".join(f"{tenant}:key-{tenant}" for tenant in names),
-        TENANT_LIMITS=json.dumps(limits),
-        **extra,
-    )
-    try:
-        yield service
-    finally:
-        stop_group(service.process, 30)
-
-
 @pytest.fixture(scope="module")
 def sink_topic(emulators: Emulators) -> str:
-    from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    publisher = pubsub_v1.PublisherClient()
-    with suppress(gexc.AlreadyExists):
-        publisher.create_topic(
-            name=publisher.topic_path(emulators.project, SINK_TOPIC), timeout=TIMEOUT
-        )
-    return SINK_TOPIC
+    return sink_topic_named(emulators, SINK_TOPIC)
 
 
 def in_flight(tenant: str) -> int:
@@ -103,14 +62,17 @@ def counted(tenant: str) -> int:
 def submit(ingress: Service, tenant: str, **headers: str) -> requests.Response:
     body = {"task": "embed", "input": {"texts": ["a limit"]}}
     return requests.post(
-        f"{ingress.url}/v1/jobs", json=body, headers={**key(tenant), **headers}, timeout=TIMEOUT
+        f"{ingress.url}/v1/jobs",
+        json=body,
+        headers={**tenant_key(tenant), **headers},
+        timeout=TIMEOUT,
     )
 
 
 def submit_batch(ingress: Service, tenant: str, items: int) -> requests.Response:
     body = {"task": "embed", "items": [{"texts": [f"item {i}"]} for i in range(items)]}
     return requests.post(
-        f"{ingress.url}/v1/batches", json=body, headers=key(tenant), timeout=TIMEOUT
+        f"{ingress.url}/v1/batches", json=body, headers=tenant_key(tenant), timeout=TIMEOUT
     )
 
 
@@ -131,7 +93,7 @@ def assert_429(response: requests.Response, mentions: str) -> int:
 def test_over_the_rate_is_429_with_retry_after_and_other_tenants_go_on(
     emulators: Emulators, log_dir: Path
 ) -> None:
-    t = tenants("rated", "other", "free")
+    t = fresh_tenants("rated", "other", "free")
     # A token every 2 s: the eight requests below take far less on any machine, so exactly the
     # burst passes however loaded this one is.
     limits = {t["rated"]: {"rate": 0.5, "burst": 3}, t["other"]: {"rate": 0.5, "burst": 3}}
@@ -144,7 +106,9 @@ def test_over_the_rate_is_429_with_retry_after_and_other_tenants_go_on(
         INSTANCES_COLLECTION=f"instances-{t['rated']}",
     ) as ingress:
         tasks = f"{ingress.url}/v1/tasks"
-        answers = [requests.get(tasks, headers=key(t["rated"]), timeout=TIMEOUT) for _ in range(8)]
+        answers = [
+            requests.get(tasks, headers=tenant_key(t["rated"]), timeout=TIMEOUT) for _ in range(8)
+        ]
 
         statuses = [a.status_code for a in answers]
         assert statuses[:4] == [200, 200, 200, 429], statuses  # the burst, then none left
@@ -155,21 +119,25 @@ def test_over_the_rate_is_429_with_retry_after_and_other_tenants_go_on(
         assert answers[0].headers["RateLimit-Remaining"] == "2"
 
         # Another tenant's bucket is its own, and a tenant with no limit has none.
-        assert requests.get(tasks, headers=key(t["other"]), timeout=TIMEOUT).status_code == 200
-        free = [requests.get(tasks, headers=key(t["free"]), timeout=TIMEOUT) for _ in range(10)]
+        assert (
+            requests.get(tasks, headers=tenant_key(t["other"]), timeout=TIMEOUT).status_code == 200
+        )
+        free = [
+            requests.get(tasks, headers=tenant_key(t["free"]), timeout=TIMEOUT) for _ in range(10)
+        ]
         assert {a.status_code for a in free} == {200}
         assert "RateLimit-Limit" not in free[0].headers
         # Public routes are never limited.
         assert requests.get(f"{ingress.url}/health", timeout=TIMEOUT).status_code == 200
 
         time.sleep(retry_after)
-        after = requests.get(tasks, headers=key(t["rated"]), timeout=TIMEOUT)
+        after = requests.get(tasks, headers=tenant_key(t["rated"]), timeout=TIMEOUT)
         assert after.status_code == 200, after.text
 
 
 def test_two_instances_each_take_half_of_the_rate(emulators: Emulators, log_dir: Path) -> None:
     # A slow rate (a token every 10 s per instance), so that refills cannot blur the counts.
-    t = tenants("split")
+    t = fresh_tenants("split")
     limits = {t["split"]: {"rate": 0.2, "burst": 4}}
     collection = f"instances-{t['split']}"
     common = {"INSTANCES_COLLECTION": collection, "INSTANCE_HEARTBEAT_S": "1"}
@@ -192,7 +160,7 @@ def test_two_instances_each_take_half_of_the_rate(emulators: Emulators, log_dir:
         def admitted(ingress: Service) -> list[int]:
             url = f"{ingress.url}/v1/tasks"
             return [
-                requests.get(url, headers=key(t["split"]), timeout=TIMEOUT).status_code
+                requests.get(url, headers=tenant_key(t["split"]), timeout=TIMEOUT).status_code
                 for _ in range(3)
             ]
 
@@ -210,7 +178,7 @@ def test_two_instances_each_take_half_of_the_rate(emulators: Emulators, log_dir:
 def test_over_the_in_flight_cap_is_429_until_a_job_ends(
     emulators: Emulators, log_dir: Path, sink_topic: str
 ) -> None:
-    t = tenants("capped", "uncapped")
+    t = fresh_tenants("capped", "uncapped")
     limits = {t["capped"]: {"in_flight": 3}}
     with limited_ingress(
         emulators, log_dir, "ingress-cap", list(t.values()), limits, JOBS_TOPIC=sink_topic
@@ -236,7 +204,9 @@ def test_over_the_in_flight_cap_is_429_until_a_job_ends(
         # A cancel ends a job: one slot.
         job_id = jobs[1].json()["id"]
         cancel = requests.post(
-            f"{ingress.url}/v1/jobs/{job_id}/cancel", headers=key(t["capped"]), timeout=TIMEOUT
+            f"{ingress.url}/v1/jobs/{job_id}/cancel",
+            headers=tenant_key(t["capped"]),
+            timeout=TIMEOUT,
         )
         assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
         assert in_flight(t["capped"]) == 2
@@ -247,7 +217,7 @@ def test_over_the_in_flight_cap_is_429_until_a_job_ends(
         # and one larger than the whole cap never could.
         requests.post(
             f"{ingress.url}/v1/jobs/{later.json()['id']}/cancel",
-            headers=key(t["capped"]),
+            headers=tenant_key(t["capped"]),
             timeout=TIMEOUT,
         ).raise_for_status()
         assert_429(submit_batch(ingress, t["capped"], 2), "2 more would pass it")
@@ -260,7 +230,7 @@ def test_over_the_in_flight_cap_is_429_until_a_job_ends(
         # Cancelling the batch ends its queued item (the sweep runs in the background).
         requests.post(
             f"{ingress.url}/v1/batches/{batch.json()['id']}/cancel",
-            headers=key(t["capped"]),
+            headers=tenant_key(t["capped"]),
             timeout=TIMEOUT,
         ).raise_for_status()
         wait_for(lambda: in_flight(t["capped"]) == 2, 30, "the batch cancel counted")
@@ -272,7 +242,7 @@ def test_over_the_in_flight_cap_is_429_until_a_job_ends(
 
 
 def test_a_create_counts_once_and_a_failed_publish_uncounts(emulators: Emulators) -> None:
-    t = tenants("store")["store"]
+    t = fresh_tenants("store")["store"]
     store = JobStore(firestore.Client(), "jobs", timeout_s=TIMEOUT, result_ttl_s=3600)
     doc = new_job_document(
         tenant=t, task="embed", input={"texts": ["a"]}, metadata=None, now=datetime.now(UTC)
@@ -290,13 +260,13 @@ def test_a_create_counts_once_and_a_failed_publish_uncounts(emulators: Emulators
 def test_counts_return_to_zero_when_the_worker_finishes_jobs(
     emulators: Emulators, log_dir: Path, worker: Service
 ) -> None:
-    t = tenants("e2e")["e2e"]
+    t = fresh_tenants("e2e")["e2e"]
     with limited_ingress(emulators, log_dir, "ingress-e2e", [t], {t: {"in_flight": 10}}) as ingress:
         good = submit(ingress, t)
         bad = requests.post(
             f"{ingress.url}/v1/jobs",
             json={"task": "predict", "input": {"model": "no-such-model", "instances": [[1.0]]}},
-            headers=key(t),
+            headers=tenant_key(t),
             timeout=TIMEOUT,
         )
         batch = submit_batch(ingress, t, 3)
@@ -304,7 +274,7 @@ def test_counts_return_to_zero_when_the_worker_finishes_jobs(
 
         def finished(job_id: str) -> str | None:
             url = f"{ingress.url}/v1/jobs/{job_id}?wait=5"
-            status = requests.get(url, headers=key(t), timeout=TIMEOUT).json()["status"]
+            status = requests.get(url, headers=tenant_key(t), timeout=TIMEOUT).json()["status"]
             return status if status in ("succeeded", "failed") else None
 
         assert wait_for(lambda: finished(good.json()["id"]), 120, "the job") == "succeeded"
@@ -318,13 +288,15 @@ def test_counts_return_to_zero_when_the_worker_finishes_jobs(
             "items": [{"model": "no-such-model", "instances": [[1.0]]} for _ in range(4)],
         }
         failing = requests.post(
-            f"{ingress.url}/v1/batches", json=body, headers=key(t), timeout=TIMEOUT
+            f"{ingress.url}/v1/batches", json=body, headers=tenant_key(t), timeout=TIMEOUT
         )
         assert failing.status_code == 202, failing.text
         batch_url = f"{ingress.url}/v1/batches/{failing.json()['id']}"
 
         def batch_status() -> str | None:
-            status = requests.get(batch_url, headers=key(t), timeout=TIMEOUT).json()["status"]
+            status = requests.get(batch_url, headers=tenant_key(t), timeout=TIMEOUT).json()[
+                "status"
+            ]
             return None if status == "running" else str(status)
 
         assert wait_for(batch_status, 120, "the failing batch") == "failed"
@@ -332,18 +304,18 @@ def test_counts_return_to_zero_when_the_worker_finishes_jobs(
         with limited_ingress(emulators, log_dir, "ingress-e2e-small", [t], small) as other:
             refused = requests.post(
                 f"{other.url}/v1/batches/{failing.json()['id']}/retry",
-                headers=key(t),
+                headers=tenant_key(t),
                 timeout=TIMEOUT,
             )
             assert refused.status_code == 409 and "4 failed items" in refused.json()["detail"]
         assert in_flight(t) == 0  # nothing was re-queued
 
         def item_jobs() -> list[str]:
-            results = requests.get(f"{batch_url}/results", headers=key(t), timeout=TIMEOUT)
+            results = requests.get(f"{batch_url}/results", headers=tenant_key(t), timeout=TIMEOUT)
             return [json.loads(line)["job_id"] for line in results.text.splitlines()]
 
         before = item_jobs()
-        retried = requests.post(f"{batch_url}/retry", headers=key(t), timeout=TIMEOUT)
+        retried = requests.post(f"{batch_url}/retry", headers=tenant_key(t), timeout=TIMEOUT)
         assert retried.status_code == 200, retried.text
         after = item_jobs()
         assert len(after) == 4 and not set(after) & set(before)  # every item has a new job

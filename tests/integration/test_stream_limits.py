@@ -7,12 +7,9 @@ tenants (a random suffix) and ``TENANT_LIMITS``; jobs it submits go to a topic n
 
 from __future__ import annotations
 
-import json
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +20,17 @@ import requests
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from emulators.process import stop_group
 from schemas import jobstate
 from schemas.jobs import JobStatus, new_job_document, new_job_id
 from schemas.tasks import get_task
 from tests.conftest import Emulators
-from tests.integration.conftest import Service, start_ingress
+from tests.integration.conftest import (
+    Service,
+    fresh_tenants,
+    limited_ingress,
+    sink_topic_named,
+    tenant_key,
+)
 from tests.support import sse_messages, wait_for
 
 pytestmark = pytest.mark.integration
@@ -41,49 +43,9 @@ LIFETIME_S = 3
 ENTITIES = get_task("entities")
 
 
-def tenants(*names: str) -> dict[str, str]:
-    suffix = secrets.token_hex(3)
-    return {name: f"{name}-{suffix}" for name in names}
-
-
-def key(tenant: str) -> dict[str, str]:
-    return {"X-API-Key": f"key-{tenant}"}
-
-
-@contextmanager
-def limited_ingress(
-    emulators: Emulators,
-    log_dir: Path,
-    name: str,
-    names: list[str],
-    limits: dict[str, Any],
-    **extra: str,
-) -> Iterator[Service]:
-    service = start_ingress(
-        emulators,
-        log_dir,
-        name,
-        API_KEYS=",".join(f"{tenant}:key-{tenant}" for tenant in names),
-        TENANT_LIMITS=json.dumps(limits),
-        **extra,
-    )
-    try:
-        yield service
-    finally:
-        stop_group(service.process, 30)
-
-
 @pytest.fixture(scope="module")
 def sink_topic(emulators: Emulators) -> str:
-    from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    publisher = pubsub_v1.PublisherClient()
-    with suppress(gexc.AlreadyExists):
-        publisher.create_topic(
-            name=publisher.topic_path(emulators.project, SINK_TOPIC), timeout=TIMEOUT
-        )
-    return SINK_TOPIC
+    return sink_topic_named(emulators, SINK_TOPIC)
 
 
 class DrivenJob:
@@ -177,12 +139,12 @@ def jobs_of(tenant: str) -> int:
 def test_a_tenant_at_its_stream_cap_gets_429_on_every_kind_of_hold_until_one_closes(
     emulators: Emulators, log_dir: Path, sink_topic: str, streams: Any
 ) -> None:
-    t = tenants("capped", "other")
+    t = fresh_tenants("capped", "other")
     limits = {t["capped"]: {"streams": 2}}
     with limited_ingress(
         emulators, log_dir, "ingress-streams", list(t.values()), limits, JOBS_TOPIC=sink_topic
     ) as ingress:
-        capped, other = key(t["capped"]), key(t["other"])
+        capped, other = tenant_key(t["capped"]), tenant_key(t["other"])
         job, finished = DrivenJob(t["capped"]), DrivenJob(t["capped"])
         finished.run()
         finished.succeed()
@@ -272,7 +234,11 @@ class Connection:
 
 def read_whole(ingress: Service, job_id: str, tenant: str, last_id: int | None) -> Connection:
     """One connection to the job's stream, read until the server ends it."""
-    headers = key(tenant) if last_id is None else {**key(tenant), "Last-Event-ID": str(last_id)}
+    headers = (
+        tenant_key(tenant)
+        if last_id is None
+        else {**tenant_key(tenant), "Last-Event-ID": str(last_id)}
+    )
     started = time.monotonic()
     response = requests.get(
         f"{ingress.url}/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=(5, TIMEOUT)
@@ -286,7 +252,7 @@ def read_whole(ingress: Service, job_id: str, tenant: str, last_id: int | None) 
 def test_a_stream_past_its_lifetime_ends_between_events_and_resumes_without_loss_or_repeat(
     emulators: Emulators, log_dir: Path
 ) -> None:
-    t = tenants("lifetime")
+    t = fresh_tenants("lifetime")
     with limited_ingress(
         emulators,
         log_dir,
