@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from emulators.process import Emulator
 
 T = TypeVar("T")
 
@@ -93,3 +97,33 @@ def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         else:
             field, _, value = line.partition(":")
             message[field] = value[1:] if value.startswith(" ") else value
+
+
+@contextmanager
+def paused(emulator: Emulator) -> Iterator[None]:
+    """The emulator's whole process group stopped (SIGSTOP) for the block: an outage that keeps
+    its state, resumed (SIGCONT) on every exit path."""
+    os.killpg(emulator.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(emulator.process.pid, signal.SIGCONT)
+
+
+MAKE_RUN_UNSET = (
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "PUBSUB_EMULATOR_HOST",
+    "FIRESTORE_EMULATOR_HOST",
+    "GOOGLE_CLOUD_PROJECT",
+    "MAKEFLAGS",
+)
+"""What a test's own environment must not pass to the ``make run`` it starts: ``make run`` picks
+its own keys, emulators and project, and this pytest's make flags are not its own."""
+
+
+def make_run_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``make run`` started by a test, ``extra`` added."""
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_RUN_UNSET}
+    env.update(extra)
+    return env

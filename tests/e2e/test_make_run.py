@@ -17,7 +17,7 @@ import requests
 
 from emulators.localrun import ROOT
 from emulators.process import free_port
-from tests.support import alive, descendants, wait_for
+from tests.support import alive, descendants, make_run_env, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -37,19 +37,7 @@ def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> No
         for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT", "DEADLETTER_PORT")
     }
     ports["WORKER_HTTP_PORT"] = str(free_port_pair())  # worker i serves on WORKER_HTTP_PORT + i
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "API_KEYS",
-            "API_KEYS_FILE",
-            "PUBSUB_EMULATOR_HOST",
-            "FIRESTORE_EMULATOR_HOST",
-            "GOOGLE_CLOUD_PROJECT",
-            "MAKEFLAGS",
-        )
-    }
+    env = make_run_env()
     env.update(ports, WORKERS="2")
     with tempfile.TemporaryFile("w+") as log:
         make = subprocess.Popen(

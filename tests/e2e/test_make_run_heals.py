@@ -28,7 +28,7 @@ import requests
 from emulators.localrun import DEV_API_KEYS, ROOT
 from emulators.process import free_port
 from omniclient.client import OmniClient
-from tests.support import alive, descendants, wait_for
+from tests.support import alive, descendants, make_run_env, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -42,19 +42,7 @@ class MakeRun:
     """One ``make run`` on fixed ports, its output in a temporary file."""
 
     def __init__(self, ports: dict[str, int], workers: int) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k
-            not in (
-                "API_KEYS",
-                "API_KEYS_FILE",
-                "PUBSUB_EMULATOR_HOST",
-                "FIRESTORE_EMULATOR_HOST",
-                "GOOGLE_CLOUD_PROJECT",
-                "MAKEFLAGS",
-            )
-        }
+        env = make_run_env()
         # Workers load the embedding model only: the stack comes up in seconds, not minutes.
         env.update(
             {k: str(v) for k, v in ports.items()}, WORKERS=str(workers), WORKER_TASKS="embed"

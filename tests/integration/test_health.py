@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
@@ -35,7 +33,7 @@ from emulators.localrun import ROOT
 from emulators.process import Emulator, free_port, start_firestore, stop_group, wait_until_answers
 from tests.conftest import Emulators
 from tests.integration.conftest import API_KEYS, KEYS, Service
-from tests.support import descendants, python_env, wait_for
+from tests.support import descendants, paused, python_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT_S = 30
@@ -161,15 +159,6 @@ def test_a_flood_of_health_requests_costs_one_backend_call_per_interval(
         made = checks(after, backend) - checks(before, backend)
         print(f"{backend}: {made:.0f} calls for {FLOOD} requests in {elapsed:.2f} s")
         assert 1 <= made <= bound, (backend, made, bound)
-
-
-@contextmanager
-def paused(emulator: Emulator) -> Iterator[None]:
-    os.killpg(emulator.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(emulator.process.pid, signal.SIGCONT)
 
 
 def test_liveness_answers_while_firestore_is_paused(

@@ -7,10 +7,7 @@ on a private pair of emulators so that pausing one cannot disturb the rest of th
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +21,7 @@ from emulators.provision import Resources, provision
 from emulators.reset import reset_firestore
 from ingress import create_app
 from ingress.settings import HEALTH_CACHE_S, Settings
-from tests.support import wait_for
+from tests.support import paused, wait_for
 
 pytestmark = pytest.mark.integration
 PROJECT = "omni-outage-test"
@@ -60,15 +57,6 @@ def client_for(pair: Pair, **overrides: Any) -> FlaskClient:
         patch.setenv("PUBSUB_EMULATOR_HOST", pair.pubsub.address)
         patch.setenv("FIRESTORE_EMULATOR_HOST", pair.firestore.address)
         return create_app(settings, configure_logs=False).test_client()
-
-
-@contextmanager
-def paused(emulator: Emulator) -> Iterator[None]:
-    os.killpg(emulator.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(emulator.process.pid, signal.SIGCONT)
 
 
 def stored_jobs(pair: Pair) -> list[dict[str, Any]]:
