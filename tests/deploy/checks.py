@@ -18,6 +18,9 @@ from typing import Any
 from deploy.plan import Action
 from tests.deploy.needs import NEEDS, REQUIRED_ENV
 
+LARGE_FIELDS = {"input", "result", "events", "error"}
+"""Fields of a job document that can be large and that no query reads: exempt from indexing."""
+
 GMP_NAMESPACE = "gke-gmp-system"
 """Where GKE's managed collection runs Managed Service for Prometheus's collectors."""
 Manifest = dict[str, Any]

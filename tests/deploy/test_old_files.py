@@ -20,7 +20,6 @@ from deploy.render import ROOT, fill
 from tests.deploy import checks
 from tests.deploy.checks import Facts
 from tests.deploy.conftest import PROJECT, REGION, kustomize
-from tests.deploy.test_consistency import LARGE_FIELDS
 
 OLD = "df11c69"
 """The last commit before python -m deploy."""
@@ -158,7 +157,8 @@ def test_exemptions_were_never_applied(old: Path) -> None:
     spec = yaml.safe_load((old / "firestore.indexes.json").read_text())
     calls = provision.firestore_admin_requests(PROJECT, spec)
     problems = caught(
-        "check_firestore_exemptions", checks.check_firestore_exemptions(spec, calls, LARGE_FIELDS)
+        "check_firestore_exemptions",
+        checks.check_firestore_exemptions(spec, calls, checks.LARGE_FIELDS),
     )
     assert any(p.startswith("jobs.expire_at ") for p in problems)
     assert any(p.startswith("jobs.input ") for p in problems)
