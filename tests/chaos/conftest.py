@@ -42,7 +42,7 @@ from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from emulators.localrun import ROOT, deadletter_command
 from emulators.process import Emulator, free_port, running_emulators, stop_group, wait_until_answers
 from emulators.provision import Resources, provision
-from emulators.reset import reset_firestore
+from emulators.reset import reset_firestore, reset_pubsub
 from tests.support import python_env, wait_for
 
 TENANT, KEY = "chaos", "chaos-key-0123456789"
@@ -94,6 +94,7 @@ class ChaosStack:
     ingress: Proc | None = None
     deadletter: Proc | None = None
     workers: list[Proc] = field(default_factory=list)
+    resources: Resources | None = None
     _started: int = 0
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -206,8 +207,10 @@ def stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
             wait_until_answers(
                 stack.deadletter.url + "/", stack.deadletter.process, 60, "deadletter", status=405
             )
-            resources = Resources(project=project, dead_letter_endpoint=stack.deadletter.url + "/")
-            provision(resources, emulator_host=pubsub.address)
+            stack.resources = Resources(
+                project=project, dead_letter_endpoint=stack.deadletter.url + "/"
+            )
+            provision(stack.resources, emulator_host=pubsub.address)
             port = free_port()
             argv = [
                 sys.executable,
@@ -238,8 +241,19 @@ def _dump_logs(log_dir: Path) -> None:
 
 @pytest.fixture
 def clean(stack: ChaosStack) -> ChaosStack:
-    """No documents and no workers at the start of the test (messages may remain in flight)."""
+    """No documents, no messages and no workers at the start of the test.
+
+    Pub/Sub is reset and provisioned again, not just left to drain: **an emulator limit** keeps
+    the earlier test's stopped workers' streams alive in the emulator, which goes on sending them a
+    share of the messages, and a message that lands on such a dead stream comes back only after the
+    stream's ack deadline (10 s) — possibly to a dead stream again. Five such rounds and a fresh
+    job of the next test is dead-lettered without ever reaching its live worker (seen in CI, once
+    in each of two modules). Dropping the subscriptions ends those streams; production Pub/Sub
+    closes a stream whose client went away."""
     stack.stop_workers()
+    assert stack.resources is not None
+    reset_pubsub(stack.pubsub.address)
+    provision(stack.resources, emulator_host=stack.pubsub.address)
     reset_firestore(stack.firestore_emulator.address, stack.project)
     return stack
 
