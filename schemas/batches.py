@@ -44,6 +44,7 @@ COUNTERS = "counters"
 
 
 class BatchStatus(StrEnum):
+    OPEN = "open"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -122,9 +123,9 @@ class Batch(BaseModel):
         ``finished_at`` is the last counted change once nothing is in flight: the newest shard's
         ``at`` (every counted change writes it), so no writer has to know it moved the last item."""
         counts = counts_of(doc, shards)
-        status = batch_status(counts, bool(doc.get("cancel_requested")))
+        status = batch_status(counts, bool(doc.get("cancel_requested")), bool(doc.get("open")))
         finished_at = None
-        if status is not BatchStatus.RUNNING:
+        if status not in (BatchStatus.RUNNING, BatchStatus.OPEN):
             times = [s["at"] for s in shards if s.get("at") is not None]
             finished_at = max(times) if times else doc.get("created_at")
         return cls(
@@ -147,15 +148,20 @@ def counts_of(doc: dict[str, Any], shards: list[dict[str, Any]]) -> BatchCounts:
     """The batch document's counts at creation plus every shard's deltas."""
     base = doc.get("counts") or {}
     totals = {status: int(base.get(status) or 0) for status in COUNTED}
+    total = int(base.get("total") or 0)
     for shard in shards:
         for status in COUNTED:
             totals[status] += int(shard.get(status) or 0)
-    return BatchCounts(total=int(base.get("total") or 0), **totals)
+        total += int(shard.get("total") or 0)  # the items of each part, as it was accepted
+    return BatchCounts(total=total, **totals)
 
 
-def batch_status(counts: BatchCounts, cancel_requested: bool) -> BatchStatus:
-    """``running`` while any item is queued or running; then ``cancelled`` if a cancel was
-    accepted, else ``succeeded`` if no item failed, else ``failed`` (the contract's rule)."""
+def batch_status(counts: BatchCounts, cancel_requested: bool, open_: bool = False) -> BatchStatus:
+    """``open`` while an open batch takes parts (and no cancel came); ``running`` while any item
+    is queued or running; then ``cancelled`` if a cancel was accepted, else ``succeeded`` if no
+    item failed, else ``failed`` (the contract's rule)."""
+    if open_ and not cancel_requested:
+        return BatchStatus.OPEN
     if counts.in_flight > 0:
         return BatchStatus.RUNNING
     if cancel_requested:
@@ -219,6 +225,14 @@ class CountDeltas:
         deltas = self._by_batch.setdefault(path, Counter())
         deltas[before] -= count
         deltas[after] += count
+
+    def added(self, batch_path: str, tenant: str, count: int) -> None:
+        """Count ``count`` new queued items of a batch (a part, as it is accepted): the batch's
+        ``total`` and ``queued``, and the tenant's items in flight."""
+        deltas = self._by_batch.setdefault(batch_path, Counter())
+        deltas["total"] += count
+        deltas["queued"] += count
+        self._by_tenant[tenant] += count
 
     def created(self, tenant: str, count: int = 1) -> None:
         """Count ``count`` new queued jobs of ``tenant`` (a batch's items are counted in the

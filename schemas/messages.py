@@ -1,8 +1,13 @@
-"""The Pub/Sub message that carries a job from the ingress to a worker.
+"""The Pub/Sub messages that carry work from the ingress to a worker: a job, or a batch's chunk.
 
-The message names the job; the job's input stays in its Firestore document (the source of truth),
-which the worker reads anyway when it claims the job. Attributes repeat the routing fields so that a
+A message names its unit of work; the input stays in its Firestore document (the source of truth),
+which the worker reads anyway when it claims it. Attributes repeat the routing fields so that a
 subscription filter or a router can act without parsing the body.
+
+Every message says its ``kind`` (attribute and body) and its version (``v``). A job is version 1
+(its body also carried no kind before chunks existed: still read as a job); a chunk is version 2.
+``parse`` tells garbage (``ValueError``: acked as poison) from a message of a kind or version this
+release does not know (``UnknownMessage``: nacked, so a newer worker takes it, during a rollout).
 """
 
 from __future__ import annotations
@@ -12,8 +17,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.chunks import ChunkMessage
+
 MESSAGE_VERSION = 1
-"""Bumped when the body's shape changes; workers refuse versions they do not know."""
+"""A job message's version; workers refuse versions they do not know."""
+CHUNK_VERSION = 2
+"""A chunk message's version."""
+JOB_KIND, CHUNK_KIND = "job", "chunk"
+
+
+class UnknownMessage(ValueError):
+    """A well-formed message of a kind or version this release cannot read: not poison."""
 
 
 class JobMessage(BaseModel):
@@ -25,8 +39,9 @@ class JobMessage(BaseModel):
 
     def to_pubsub(self) -> tuple[bytes, dict[str, str]]:
         """The message body and attributes to publish."""
-        body = json.dumps({"v": MESSAGE_VERSION, "job_id": self.job_id}).encode()
-        return body, {"job_id": self.job_id, "task": self.task, "tenant": self.tenant}
+        body = json.dumps({"v": MESSAGE_VERSION, "kind": JOB_KIND, "job_id": self.job_id})
+        attributes = {"kind": JOB_KIND, "job_id": self.job_id}
+        return body.encode(), {**attributes, "task": self.task, "tenant": self.tenant}
 
     @classmethod
     def from_pubsub(cls, data: bytes, attributes: dict[str, str]) -> JobMessage:
@@ -38,13 +53,47 @@ class JobMessage(BaseModel):
         if not isinstance(body, dict):
             raise ValueError("message body is not a JSON object")
         if body.get("v") != MESSAGE_VERSION:
-            raise ValueError(f"unknown message version {body.get('v')!r}")
+            raise UnknownMessage(f"unknown message version {body.get('v')!r}")
         job_id = body.get("job_id")
         if not isinstance(job_id, str) or job_id != attributes.get("job_id"):
             raise ValueError("job_id in body and attributes differ")
         return cls(
             job_id=job_id, task=attributes.get("task", ""), tenant=attributes.get("tenant", "")
         )
+
+
+def chunk_to_pubsub(message: ChunkMessage) -> tuple[bytes, dict[str, str]]:
+    """A chunk message's body and attributes."""
+    ids = {"batch_id": message.batch_id, "chunk_id": message.chunk_id}
+    body = json.dumps({"v": CHUNK_VERSION, "kind": CHUNK_KIND, **ids}).encode()
+    return body, {"kind": CHUNK_KIND, **ids, "task": message.task, "tenant": message.tenant}
+
+
+def parse(data: bytes, attributes: dict[str, str]) -> JobMessage | ChunkMessage:
+    """Either kind of message; ``UnknownMessage`` for a kind or version this release does not
+    read, ``ValueError`` for anything that is not one of ours."""
+    kind = attributes.get("kind", JOB_KIND)
+    if kind == JOB_KIND:
+        return JobMessage.from_pubsub(data, attributes)
+    if kind != CHUNK_KIND:
+        raise UnknownMessage(f"unknown message kind {kind!r}")
+    try:
+        body: Any = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError("message body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("message body is not a JSON object")
+    if body.get("v") != CHUNK_VERSION:
+        raise UnknownMessage(f"unknown chunk message version {body.get('v')!r}")
+    for field in ("batch_id", "chunk_id"):
+        if not isinstance(body.get(field), str) or body[field] != attributes.get(field):
+            raise ValueError(f"{field} in body and attributes differ")
+    return ChunkMessage(
+        batch_id=body["batch_id"],
+        chunk_id=body["chunk_id"],
+        task=attributes.get("task", ""),
+        tenant=attributes.get("tenant", ""),
+    )
 
 
 DEFAULT_TOPIC = "jobs"
