@@ -8,7 +8,6 @@ from typing import Any
 
 from google.cloud.firestore import Increment
 
-from ingress.itemdocs import CHUNK, CHUNK_BYTES, chunks
 from schemas.batches import Batch, BatchCounts, BatchStatus, CountDeltas, batch_status, counts_of
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -89,6 +88,32 @@ def test_status_follows_the_contract() -> None:
     assert status(succeeded=2, failed=1) is BatchStatus.FAILED
     assert status(succeeded=2, cancelled=1, cancel=True) is BatchStatus.CANCELLED
     assert status(succeeded=3, cancel=True) is BatchStatus.CANCELLED  # a cancel was accepted
+    # An open batch is open until it is closed, whatever its items do; a cancel closes it.
+    assert batch_status(BatchCounts(total=0), False, True) is BatchStatus.OPEN
+    assert batch_status(BatchCounts(total=3, succeeded=3), False, True) is BatchStatus.OPEN
+    assert batch_status(BatchCounts(total=3, queued=3), True, True) is BatchStatus.RUNNING
+
+
+def test_each_parts_items_are_counted_from_the_shards() -> None:
+    doc = {"task": "embed", "created_at": NOW, "counts": {"total": 0}, "open": True}
+    shards = [{"total": 300, "queued": 300, "at": NOW}, {"total": 5, "queued": 4, "succeeded": 1}]
+    counts = counts_of(doc, shards)
+    assert counts == BatchCounts(total=305, queued=304, succeeded=1)
+    assert Batch.from_documents("b" * 32, doc, shards).status is BatchStatus.OPEN
+    closed = Batch.from_documents("b" * 32, {**doc, "open": False}, shards)
+    assert closed.status is BatchStatus.RUNNING
+
+
+def test_a_parts_items_are_added_to_the_batch_and_the_tenant() -> None:
+    deltas = CountDeltas()
+    deltas.added("batches/b1", "acme", 256)
+    writer = Recorder()
+    deltas.write(writer, writer, NOW)
+    batch_writes = [w for w in writer.writes if w[0].startswith("batches/b1/counters/")]
+    assert len(batch_writes) == 1
+    assert increments(batch_writes[0][1]) == {"total": 256, "queued": 256}
+    tenant_writes = [w for w in writer.writes if not w[0].startswith("batches/")]
+    assert len(tenant_writes) == 1 and list(increments(tenant_writes[0][1]).values()) == [256]
 
 
 def test_finished_at_is_the_last_counted_change_once_done() -> None:
@@ -100,14 +125,6 @@ def test_finished_at_is_the_last_counted_change_once_done() -> None:
     running = Batch.from_documents("b" * 32, doc, shards[:1])
     assert running.status is BatchStatus.RUNNING and running.finished_at is None
     assert running.to_json_dict()["links"]["results"] == f"/v1/batches/{'b' * 32}/results"
-
-
-def test_chunks_respect_the_item_and_byte_limits() -> None:
-    assert chunks([10] * 1200) == [(0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 1200)]
-    big = CHUNK_BYTES // 3 + 1
-    assert chunks([big] * 4) == [(0, 2), (2, 4)]
-    assert chunks([CHUNK_BYTES * 2]) == [(0, 1)]  # one oversized item still gets a commit
-    assert chunks([]) == []
 
 
 def test_huge_integers_are_found_anywhere_in_a_stored_input() -> None:
