@@ -1,48 +1,45 @@
-"""``/v1/batches``: submit many inputs of one task at once (JSON or NDJSON), follow their
-progress (counts, item events), read the results in input order, cancel, and retry what failed.
+"""``/v1/batches``: submit many inputs of one task at once (JSON or NDJSON), in one request or, for
+an open batch (``?open=1``), in parts (``/items``) until it is closed (``/close``); read a batch.
 
-The body is read and validated in ``ingress/batchinput.py``, the event stream lives in
-``ingress/batchevents.py``; storage and counting in ``ingress/batchstore.py`` and
-``schemas/batches.py``.
+Items are accepted in chunks (``schemas/chunks.py``): the body is read and validated a line at a
+time (``ingress/batchinput.py``), each chunk written as soon as it is full
+(``ingress/chunkwriter.py``), and the request's chunks accepted in one commit once every line was
+valid (``ingress/batchstore.py``), then published. A bad line refuses the whole request (422
+naming it) and removes what it wrote. Results, events, cancel and retry live in
+``ingress/batchreads.py``.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from ingress import metrics
-from ingress.batchevents import batch_stream, render_item
 from ingress.batchinput import (
     NDJSON_TYPES,
     WEBHOOK_HEADER,
+    Item,
+    NdjsonItems,
+    Problems,
     json_items,
-    ndjson_items,
+    ndjson_spec,
     ndjson_webhook,
 )
 from ingress.batchstore import Batch as StoredBatch
-from ingress.batchstore import BatchCancelled, BatchExists, BatchStore
-from ingress.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
-from ingress.events import SSE_HEADERS
+from ingress.batchstore import BatchStore, Part, PartLost, PartRefused
+from ingress.chunkwriter import ChunkTaken, Written
+from ingress.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType, ValidationFailed
+from ingress.idempotency import DONE, KEY_PATTERN, KeyMismatch, Reservation
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
-from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation
 from ingress.publisher import PublishFailed
 from ingress.services import admit, release, services, unavailable
-from ingress.store import AlreadyFinished, StoreUnavailable
+from ingress.store import StoreUnavailable
 from ingress.webhookcheck import checked_webhook
-from schemas import JOB_ID_PATTERN, JobStatus
+from schemas import JOB_ID_PATTERN, ProblemItem, TaskSpec, get_task
 from schemas.batches import Batch
 from schemas.jobs import new_job_id
 from schemas.jsonlog import bind_log_context
@@ -52,7 +49,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 CREATING_STALE_S = 300.0
-"""A batch still being accepted this long after it was created never will be: its request died."""
+"""A batch (or part) still being accepted this long after it began never will be: its request
+died."""
 
 
 def _store() -> BatchStore:
@@ -75,85 +73,113 @@ def owned_batch(batch_id: str) -> StoredBatch:
     return batch
 
 
-def _resource(batch: StoredBatch) -> dict[str, Any]:
-    return Batch.from_documents(batch.id, batch.doc, batch.shards).to_json_dict()
+def batch_resource(batch: StoredBatch) -> dict[str, Any]:
+    """The batch as the API shows it: ``schemas.batches.Batch`` plus ``open`` (whether it takes
+    parts) and, for a batch created open, ``open_expires_at`` and ``closed_at``."""
+    resource = Batch.from_documents(batch.id, batch.doc, batch.shards).to_json_dict()
+    resource["open"] = bool(batch.doc.get("open"))
+    for field in ("open_expires_at", "closed_at"):
+        if batch.doc.get(field) is not None:
+            resource[field] = batch.doc[field].isoformat().replace("+00:00", "Z")
+    return resource
 
 
-@bp.post("")
-def create_batch() -> tuple[Response, int, dict[str, str]]:
-    """202 with the batch once every item is durably queued; 422 naming each bad line (or
-    item) and creating nothing when any is invalid. A large body (``LARGE_UPLOAD_BYTES``, or
-    of unknown length) first takes one of this process's upload slots: 503 when none is free."""
-    svc = services()
-    size = request.content_length
-    if size is not None and size <= svc.settings.large_upload_bytes:
-        return _create_batch()
-    with svc.uploads.slot(size):
-        return _create_batch()
-
-
-def _create_batch() -> tuple[Response, int, dict[str, str]]:
-    svc = services()
-    tenant: str = g.tenant
+def _idempotency_key() -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not KEY_PATTERN.match(key):
         raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1..255 printable ASCII characters")
+    return key
+
+
+_Answer = tuple[Response, int, dict[str, str]]
+
+
+def _with_upload_slot(view: Callable[[], _Answer]) -> _Answer:
+    """Run ``view`` holding one of this process's upload slots when the body is large
+    (``LARGE_UPLOAD_BYTES``, or of unknown length): 503 when none is free."""
+    svc = services()
+    size = request.content_length
+    if size is not None and size <= svc.settings.large_upload_bytes:
+        return view()
+    with svc.uploads.slot(size):
+        return view()
+
+
+# -- create ------------------------------------------------------------------------------------
+
+
+@bp.post("")
+def create_batch() -> _Answer:
+    """202 with the batch once every item is durably queued; 422 naming each bad line (or
+    item), and nothing kept, when any is invalid. ``?open=1`` makes an open batch, whose body
+    (the first part) may be empty."""
+    return _with_upload_slot(_create_batch)
+
+
+def _open_flag() -> bool:
+    return request.args.get("open", "").lower() in {"1", "true", "yes"}
+
+
+def _create_batch() -> _Answer:
+    svc = services()
+    tenant: str = g.tenant
+    key = _idempotency_key()
+    open_ = _open_flag()
     metadata: dict[str, str] | None = None
-    if request.mimetype in NDJSON_TYPES:
-        spec, items, request_fingerprint = ndjson_items(request, svc.settings)
+    items: NdjsonItems | list[Item]
+    if request.mimetype in NDJSON_TYPES or (open_ and not request.mimetype):
+        spec = ndjson_spec(request)
         where: list[str | int] = (
             ["header", WEBHOOK_HEADER]
             if WEBHOOK_HEADER in request.headers
             else ["query", "webhook"]
         )
         webhook = checked_webhook(ndjson_webhook(request), where)
+        items = NdjsonItems(request, svc.settings, spec)
+        fingerprint = items.fingerprint
     elif request.mimetype == "application/json":
-        spec, items, request_fingerprint, metadata, webhook = json_items(request, svc.settings)
-        webhook = checked_webhook(webhook, ["body", "webhook"])
+        form = json_items(request, svc.settings)
+        spec, items, metadata = form.spec, form.items, form.metadata
+        webhook = checked_webhook(form.webhook, ["body", "webhook"])
+
+        def fingerprint() -> str:
+            return form.fingerprint
+
     else:
         raise UnsupportedMediaType(
             "send the items as application/x-ndjson (one input per line, ?task=NAME) or as "
             f'application/json {{"task", "items"}} (got {request.mimetype or "none"})'
         )
     batch_id = new_job_id()
+    bind_log_context(batch_id=batch_id, task=spec.name)
+    open_ttl_s = svc.settings.open_batch_ttl_s if open_ else None
+    try:
+        part = svc.batches.begin_create(batch_id, tenant, spec.name, metadata, webhook, open_ttl_s)
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    written, count = _write_part(part, spec, items, allow_empty=open_)
     reservation: Reservation | None = None
     if key is not None:
-        try:
-            reservation = svc.idempotency.reserve(tenant, key, request_fingerprint, batch_id)
-        except KeyMismatch as exc:
-            raise Conflict(str(exc)) from exc
-        except StoreUnavailable as exc:
-            raise unavailable("job store") from exc
-        batch_id = reservation.resource_id
-    if reservation is None or not reservation.replayed:  # a replay creates nothing: answered
-        admit(tenant, len(items.inputs), reservation)
-    bind_log_context(batch_id=batch_id, task=spec.name)
+        reservation = _reserve(part, written, tenant, key, fingerprint(), batch_id)
+        if reservation.replayed:
+            return _replayed(reservation.resource_id, tenant)
+    _accept(part, written, count, reservation)
+    logger.info("batch queued", extra={"items": count, "chunks": len(written), "open": open_})
+    metrics.batch_submitted(spec.name, count)
     headers = {"Location": f"/v1/batches/{batch_id}"}
-    try:
-        batch = svc.batches.create(
-            batch_id, tenant, spec.name, items.inputs, items.sizes, metadata, webhook
-        )
-    except BatchExists as exc:
-        return _replayed(batch_id, exc.doc, tenant, headers)
-    except StoreUnavailable as exc:
-        release(reservation)
-        raise unavailable("job store") from exc
-    except PublishFailed as exc:
-        release(reservation)
-        raise unavailable("job queue") from exc
-    logger.info("batch queued", extra={"items": len(items.inputs)})
-    metrics.batch_submitted(spec.name, len(items.inputs))
-    return jsonify(_resource(batch)), 202, headers
+    return jsonify(batch_resource(owned_batch(batch_id))), 202, headers
 
 
-def _replayed(
-    batch_id: str, doc: dict[str, Any], tenant: str, headers: dict[str, str]
-) -> tuple[Response, int, dict[str, str]]:
+def _replayed(batch_id: str, tenant: str) -> _Answer:
     """A second request with the same Idempotency-Key and body."""
     failed = Conflict(
         f"the request first sent with this {IDEMPOTENCY_HEADER} failed; use a new key"
     )
-    if doc.get("tenant") != tenant or doc.get("state") == "abandoned":
+    try:
+        doc = _store().document(batch_id)
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    if doc is None or doc.get("tenant") != tenant or doc.get("state") == "abandoned":
         raise failed
     created = doc.get("created_at")
     if (
@@ -162,7 +188,7 @@ def _replayed(
         and (datetime.now(UTC) - created > timedelta(seconds=CREATING_STALE_S))
     ):
         # Its request died mid-way (the instance went down): no answer will come for it.
-        services().batches.abandon(batch_id)
+        _store().abandon(batch_id)
         raise failed
     if doc.get("state") != "accepted":
         raise Conflict(
@@ -171,108 +197,190 @@ def _replayed(
         )
     batch = owned_batch(batch_id)
     logger.info("idempotent replay")
-    return jsonify(_resource(batch)), 202, {**headers, "Idempotent-Replayed": "true"}
+    headers = {"Location": f"/v1/batches/{batch_id}", "Idempotent-Replayed": "true"}
+    return jsonify(batch_resource(batch)), 202, headers
 
 
-# -- read --------------------------------------------------------------------------------------
+# -- parts -------------------------------------------------------------------------------------
 
 
-@bp.get("/<batch_id>")
-def get_batch(batch_id: str) -> Response:
-    return jsonify(_resource(owned_batch(batch_id)))
+@bp.post("/<batch_id>/items")
+def append_items(batch_id: str) -> _Answer:
+    """Append a part (NDJSON, the limits and validation of one request) to an open batch: 202
+    with the batch once the part's items are queued, indexed after the previous part's. One part
+    at a time: 409 while another is being appended, and once the batch is closed or
+    cancelled."""
+    return _with_upload_slot(lambda: _append(batch_id))
 
 
-@bp.get("/<batch_id>/results")
-def batch_results(batch_id: str) -> Response:
-    """One NDJSON line per item, in input order: its latest job's status and result or error.
-    ``?status=`` keeps only the items whose latest job is in that state."""
-    status = request.args.get("status")
-    if status is not None and status not in {s.value for s in JobStatus}:
-        known = ", ".join(s.value for s in JobStatus)
-        raise BadRequest(f"status must be one of {known}")
+def _append(batch_id: str) -> _Answer:
+    svc = services()
+    tenant: str = g.tenant
     batch = owned_batch(batch_id)
-    rows = _store().items(batch.id, status)
+    key = _idempotency_key()
+    if request.mimetype not in NDJSON_TYPES:
+        raise UnsupportedMediaType(
+            f"send a part as application/x-ndjson, one input per line (got "
+            f"{request.mimetype or 'none'})"
+        )
+    spec = get_task(str(batch.doc["task"]))
+    items = NdjsonItems(request, svc.settings, spec)
     try:
-        first = list(itertools.islice(rows, 1))  # a Firestore outage answers 503, not a cut stream
+        part = svc.batches.begin_part(batch_id)
+    except PartRefused as exc:
+        raise Conflict(str(exc)) from exc
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
-    return Response(_lines(itertools.chain(first, rows)), mimetype="application/x-ndjson")
-
-
-def _lines(rows: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
-    try:
-        for job_id, doc in rows:
-            yield (
-                json.dumps(render_item(job_id, doc, with_result=True), separators=(",", ":")) + "\n"
-            )
-    except StoreUnavailable:
-        # Too late for a status code: the stream ends short, which the client sees as a
-        # line count below the batch's total.
-        logger.warning("results stream cut by a Firestore outage")
-
-
-# -- cancel and retry --------------------------------------------------------------------------
-
-
-@bp.post("/<batch_id>/cancel")
-def cancel_batch(batch_id: str) -> Response:
-    """200 with the batch: from now on no item starts; the queued ones end ``cancelled`` as the
-    sweep reaches them (the counts show it within moments). 409 once nothing is in flight."""
-    svc = services()
-    try:
-        batch = svc.batches.request_cancel(owned_batch(batch_id))
-    except AlreadyFinished as exc:
-        status = exc.doc.get("status")
-        raise Conflict(
-            f"the batch is already {status}; a finished batch cannot be cancelled"
-        ) from exc
-    except StoreUnavailable as exc:
-        raise unavailable("job store") from exc
-    logger.info("batch cancel requested")
-    return jsonify(_resource(batch))
-
-
-@bp.post("/<batch_id>/retry")
-def retry_batch(batch_id: str) -> Response:
-    """200 with the batch: each failed item gets a new queued job; 409 for a cancelled batch."""
-    svc = services()
-    batch = owned_batch(batch_id)
-    # Each failed item becomes a queued job again: they count against the cap like new ones.
-    failed = Batch.from_documents(batch.id, batch.doc, batch.shards).counts.failed
-    try:
-        admit(g.tenant, failed)
-    except PayloadTooLarge as exc:
-        raise Conflict(
-            f"the batch has {failed} failed items, more than this tenant's cap of jobs in "
-            "flight: submit them again as smaller batches"
-        ) from exc
-    try:
-        requeued = svc.batches.retry_failed(batch)
-    except BatchCancelled as exc:
-        raise Conflict("the batch was cancelled; submit its failed items as a new batch") from exc
-    except StoreUnavailable as exc:
-        raise unavailable("job store") from exc
-    logger.info("batch retry", extra={"requeued": requeued})
-    return jsonify(_resource(owned_batch(batch_id)))
-
-
-# -- events ------------------------------------------------------------------------------------
-
-
-@bp.get("/<batch_id>/events")
-def batch_events(batch_id: str) -> Response:
-    """``progress`` (the batch, counts included) at once and as counts change (at most every
-    ``PROGRESS_EVERY_S``), ``item`` as each item finishes (``?results=true``: with its result),
-    then ``done`` with the final batch, and the stream closes. It takes one of the tenant's
-    ``streams`` slots until it ends (429 when none is free), and ends after
-    ``stream_max_lifetime_s`` at the latest, between two events."""
-    svc = services()
-    batch = owned_batch(batch_id)
-    with_results = request.args.get("results", "").lower() in {"1", "true", "yes"}
-    hold = svc.holds.acquire(g.tenant)
-    settings = svc.settings
-    stream = batch_stream(
-        svc.batches, batch, settings.sse_ping_s, with_results, settings.stream_max_lifetime_s
+    written, count = _write_part(part, spec, items, allow_empty=False)
+    reservation: Reservation | None = None
+    if key is not None:
+        resource = f"{batch_id}/part-{part.token}"
+        reservation = _reserve(part, written, tenant, key, items.fingerprint(), resource)
+        if reservation.replayed:
+            return _replayed_part(batch_id, reservation)
+    _accept(part, written, count, reservation)
+    logger.info(
+        "batch part queued",
+        extra={"part": part.index, "first_index": part.base, "items": count},
     )
-    logger.info("batch event stream opened")
-    return Response(hold.stream(stream), mimetype="text/event-stream", headers=SSE_HEADERS)
+    metrics.batch_submitted(spec.name, count)
+    return jsonify(batch_resource(owned_batch(batch_id))), 202, {}
+
+
+def _replayed_part(batch_id: str, reservation: Reservation) -> _Answer:
+    """The same part again with the same Idempotency-Key: nothing appended, the batch."""
+    record = reservation.record or {}
+    if not record.get(DONE):
+        created = record.get("created_at")
+        if created is not None and datetime.now(UTC) - created > timedelta(
+            seconds=CREATING_STALE_S
+        ):
+            raise Conflict(
+                f"the part first sent with this {IDEMPOTENCY_HEADER} failed; use a new key"
+            )
+        raise Conflict(
+            f"the part first sent with this {IDEMPOTENCY_HEADER} is still being accepted; "
+            "ask again in a moment"
+        )
+    logger.info("idempotent part replay")
+    batch = owned_batch(batch_id)
+    return jsonify(batch_resource(batch)), 202, {"Idempotent-Replayed": "true"}
+
+
+@bp.post("/<batch_id>/close")
+def close_batch(batch_id: str) -> Response:
+    """200 with the batch: it takes no more parts, and ends as any batch does once its items
+    are done. Closing a closed batch answers the same; 409 while a part is being appended."""
+    owned_batch(batch_id)
+    try:
+        _store().close(batch_id)
+    except PartRefused as exc:
+        raise Conflict(str(exc)) from exc
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    logger.info("batch closed")
+    return jsonify(batch_resource(owned_batch(batch_id)))
+
+
+# -- accepting a request's items -----------------------------------------------------------
+
+
+def _write_part(
+    part: Part, spec: TaskSpec, items: NdjsonItems | list[Item], allow_empty: bool
+) -> tuple[list[Written], int]:
+    """Write the request's items as pending chunks while they are read; the chunks and the
+    item count. On any failure (a bad line: 422 once every line was read; the store; the
+    client gone) the chunks written are deleted and the part let go, then the error raised."""
+    svc = services()
+    writer = svc.batches.chunk_writer(part, svc.settings.chunk_items_for(spec.name))
+    problems = items.problems if isinstance(items, NdjsonItems) else Problems()
+    try:
+        for line, model in items:
+            if problems.bad and not writer.stopped:
+                # The request will be refused: validate on, to report, but write no more.
+                writer.stop()
+            writer.add(line, model)
+        if not writer.items and not problems.bad and not allow_empty:
+            raise ValidationFailed([ProblemItem(loc=["body"], msg="the batch has no items")])
+        problems.raise_if_bad("line")
+        written = writer.finish()
+    except BaseException as exc:
+        writer.discard()
+        svc.batches.give_up(part)
+        if isinstance(exc, StoreUnavailable):
+            raise unavailable("job store") from exc
+        if isinstance(exc, ChunkTaken):
+            raise Conflict(_LOST) from exc
+        raise
+    return written, writer.items
+
+
+_LOST = (
+    "this part took longer than its lease and another part was appended meanwhile; nothing of "
+    "it was kept: send it again"
+)
+
+
+def _reserve(
+    part: Part, written: list[Written], tenant: str, key: str, fingerprint: str, resource: str
+) -> Reservation:
+    """Reserve ``key`` for this request's resource, once its body was read whole (the
+    fingerprint covers it). A replay (or a refusal) discards what this request wrote."""
+    svc = services()
+    try:
+        reservation = svc.idempotency.reserve(tenant, key, fingerprint, resource)
+    except (KeyMismatch, StoreUnavailable) as exc:
+        _discard(part, written)
+        if isinstance(exc, KeyMismatch):
+            raise Conflict(str(exc)) from exc
+        raise unavailable("job store") from exc
+    if reservation.replayed:
+        _discard(part, written)
+    return reservation
+
+
+def _discard(part: Part, written: list[Written]) -> None:
+    svc = services()
+    svc.batches.discard(part, written)
+    svc.batches.give_up(part)
+
+
+def _accept(
+    part: Part, written: list[Written], count: int, reservation: Reservation | None
+) -> None:
+    """Admit the items against the tenant's cap, accept them in one commit, publish them."""
+    svc = services()
+    if count:
+        try:
+            admit(part.tenant, count, reservation)
+        except BaseException:
+            _discard(part, written)
+            raise
+    also = None
+    if reservation is not None and not part.creating:
+
+        def also(writer: Any) -> None:
+            svc.idempotency.mark_done(reservation, writer)
+
+    try:
+        svc.batches.accept(part, written, count, also)
+    except PartLost as exc:
+        _discard(part, written)
+        release(reservation)
+        doc = svc.batches.document(part.batch_id) or {}
+        if doc.get("cancel_requested"):
+            raise Conflict("the batch was cancelled; it takes no more parts") from exc
+        if part.creating:
+            raise unavailable("job store") from exc
+        raise Conflict(_LOST) from exc
+    except StoreUnavailable as exc:
+        # The commit may have landed: the batch is kept from running, never half-counted.
+        release(reservation)
+        if part.creating:
+            svc.batches.abandon(part.batch_id)
+        raise unavailable("job store") from exc
+    try:
+        svc.batches.publish(part, written)
+    except PublishFailed:
+        # The part is accepted and durable: the reconciler publishes queued chunks.
+        logger.warning("chunks not published; the reconciler will", extra={"chunks": len(written)})

@@ -38,6 +38,9 @@ COLLECTION = "idempotency"
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 """1..255 printable ASCII characters without spaces (a UUID is the usual choice)."""
 _RESERVE_TRIES = 3
+DONE = "done"
+"""Set on a record in the commit that made its resource, where a resource is not a document of
+its own that a replay could look for (a part of an open batch)."""
 
 
 class KeyMismatch(ValueError):
@@ -50,6 +53,7 @@ class Reservation:
     replayed: bool
     doc_id: str
     update_time: datetime | None = None  # set when this request created the record
+    record: dict[str, Any] | None = None  # a replay's: what the first request stored
 
 
 def fingerprint(path: str, body: Any) -> str:
@@ -113,7 +117,12 @@ class IdempotencyStore:
             raise KeyMismatch(
                 f"{HEADER} was already used with another request; use a new key for a new request"
             )
-        return Reservation(existing["resource_id"], True, doc_id)
+        return Reservation(existing["resource_id"], True, doc_id, record=existing)
+
+    def mark_done(self, reservation: Reservation, writer: Any) -> None:
+        """Add to ``writer``'s commit (the one that makes the resource) ``done: true`` on the
+        key's record, so that a replay knows the resource was made, not only reserved."""
+        writer.update(self._records.document(reservation.doc_id), {DONE: True})
 
     def release(self, reservation: Reservation) -> None:
         """Forget a key this request reserved (its request failed); best effort."""

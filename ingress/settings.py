@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ingress.instances import COLLECTION as INSTANCES_COLLECTION
 from ingress.instances import HEARTBEAT_S
 from ingress.ratelimit import LimitPolicy, limits_from
+from schemas.chunks import CHUNK_ITEMS, DEFAULT_CHUNK_ITEMS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 from schemas.tracing import EXPORTERS
@@ -47,6 +48,8 @@ STREAM_MAX_LIFETIME_S = 3300.0
 """Seconds a job event stream stays open before the server closes it cleanly (the client resumes
 with ``Last-Event-ID``): under Cloud Run's 3,600 s request timeout, so the server, not the
 platform, ends it."""
+OPEN_BATCH_TTL_S = 24 * 3600.0
+"""Seconds an open batch takes parts; one not closed by then is cancelled (by the reconciler)."""
 HEALTH_CACHE_S = 5.0
 """Seconds one process reuses its last backend check for ``/health``: a flood of unauthenticated
 probes costs at most one Pub/Sub and one Firestore call per interval."""
@@ -54,6 +57,22 @@ probes costs at most one Pub/Sub and one Firestore call per interval."""
 
 class ConfigError(ValueError):
     """The environment does not describe a runnable ingress."""
+
+
+def _chunk_items(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """Items per chunk for each task: ``CHUNK_ITEMS`` (schemas/chunks.py), each overridden by
+    ``CHUNK_ITEMS_<TASK>`` (``CHUNK_ITEMS_EMBED=512``)."""
+    sizes = dict(CHUNK_ITEMS)
+    for task in CHUNK_ITEMS:
+        value = env.get(f"CHUNK_ITEMS_{task.upper()}")
+        if value:
+            try:
+                sizes[task] = int(value)
+            except ValueError:
+                sizes[task] = 0
+            if sizes[task] <= 0:
+                raise ConfigError(f"CHUNK_ITEMS_{task.upper()} must be a positive number")
+    return tuple(sorted(sizes.items()))
 
 
 def _tenant_limits(env: Mapping[str, str]) -> LimitPolicy:
@@ -90,6 +109,9 @@ class Settings:
     sse_ping_s: float = SSE_PING_S
     stream_max_lifetime_s: float = STREAM_MAX_LIFETIME_S
     health_cache_s: float = HEALTH_CACHE_S
+    open_batch_ttl_s: float = OPEN_BATCH_TTL_S
+    chunk_items: tuple[tuple[str, int], ...] = tuple(sorted(CHUNK_ITEMS.items()))
+    """Items per chunk, per task (``chunk_items_for``)."""
     metrics_port: int | None = None
     """A second port serving only ``/metrics`` (Cloud Run's collector sidecar scrapes it); None
     serves ``/metrics`` on the main port, as ``make run`` and the tests do."""
@@ -106,6 +128,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         tenant_limits = _tenant_limits(env)
+        chunk_items = _chunk_items(env)
         try:
             settings = cls(
                 project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
@@ -133,6 +156,8 @@ class Settings:
                     env.get("STREAM_MAX_LIFETIME_S") or STREAM_MAX_LIFETIME_S
                 ),
                 health_cache_s=float(env.get("HEALTH_CACHE_S") or HEALTH_CACHE_S),
+                open_batch_ttl_s=float(env.get("OPEN_BATCH_TTL_S") or OPEN_BATCH_TTL_S),
+                chunk_items=chunk_items,
                 metrics_port=int(env["METRICS_PORT"]) if env.get("METRICS_PORT") else None,
                 log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
                 traces_exporter=(env.get("OTEL_TRACES_EXPORTER") or "none").lower(),
@@ -178,9 +203,15 @@ class Settings:
             raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
         if not 0 < settings.instance_heartbeat_s <= 300:
             raise ConfigError("INSTANCE_HEARTBEAT_S must be more than 0 and at most 300 seconds")
+        if settings.open_batch_ttl_s <= 0:
+            raise ConfigError("OPEN_BATCH_TTL_S must be positive")
         if not 0 < settings.sse_ping_s <= 60:
             raise ConfigError("SSE_PING_S must be more than 0 and at most 60 seconds")
         return settings
+
+    def chunk_items_for(self, task: str) -> int:
+        """Most items in one chunk of ``task``."""
+        return dict(self.chunk_items).get(task, DEFAULT_CHUNK_ITEMS)
 
     def __repr__(self) -> str:
         # Keys must never reach a log line, even through a debug print of the settings.

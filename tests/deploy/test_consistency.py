@@ -159,7 +159,7 @@ def test_docs_and_comments_state_what_is_true() -> None:
             "k8s/README.md",
             "k8s/base/hpa.yaml",
             "worker/settings.py",
-            "ingress/itemdocs.py",
+            "ingress/chunkwriter.py",
         )
     }
     assert checks.check_text_claims(texts, provision.ACK_DEADLINE_S) == []

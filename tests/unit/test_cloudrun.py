@@ -211,4 +211,4 @@ def test_the_prometheus_sidecar_scrapes_the_private_metrics_port() -> None:
 
 def test_the_default_tenant_limits_cap_streams() -> None:
     limits = json.loads(env_of(containers(service())["ingress"])["TENANT_LIMITS"] or "{}")
-    assert limits == {"*": {"rate": 50, "burst": 100, "in_flight": 200000, "streams": 200}}
+    assert limits == {"*": {"rate": 50, "burst": 100, "in_flight": 2000000, "streams": 200}}

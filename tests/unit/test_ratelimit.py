@@ -253,4 +253,4 @@ def test_the_deployed_default_policy_parses() -> None:
 
     policy = Settings.from_env({**KEYS, "TENANT_LIMITS": env["TENANT_LIMITS"]}).tenant_limits
 
-    assert policy.for_tenant("anyone") == TenantLimits(rate=50, burst=100, in_flight=200000)
+    assert policy.for_tenant("anyone") == TenantLimits(rate=50, burst=100, in_flight=2000000)
