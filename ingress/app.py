@@ -13,6 +13,7 @@ from werkzeug.datastructures import Headers
 
 from ingress import (
     batches,
+    batchreads,
     console,
     events,
     health,
@@ -24,6 +25,7 @@ from ingress import (
 )
 from ingress.auth import KeyRing, presented_key
 from ingress.batchstore import BatchStore
+from ingress.chunkstore import ChunkStore
 from ingress.errors import TooManyRequests, Unauthorized, register_error_handlers
 from ingress.holds import Holds
 from ingress.idempotency import IdempotencyStore
@@ -114,6 +116,14 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             settings.firestore_timeout_s,
             settings.result_ttl_s,
         ),
+        chunks=ChunkStore(
+            firestore_client,
+            settings.batches_collection,
+            publisher,
+            settings.firestore_timeout_s,
+            settings.result_ttl_s,
+            settings.chunk_items_for,
+        ),
         signing=_signing_secrets(settings),
         webhooks=WebhookLedger(
             firestore_client, settings.webhook_deliveries_collection, settings.firestore_timeout_s
@@ -133,6 +143,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(batchreads.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(openapi.bp)

@@ -1,71 +1,104 @@
-"""``GET /v1/batches/ID/events``: the stream behind the view, fed by two Firestore listeners (the
-counter shards for ``progress``, the batch's items finishing for ``item``), ending with ``done``.
+"""``GET /v1/batches/ID/events``: ``progress`` (the batch, counts included) at once and as the
+counts change, ``item`` for each item that ends, then ``done`` with the final batch.
+
+Two Firestore listeners say when to look (the counter shards, which every chunk commit moves,
+and the batch document, for a close or a cancel); item events are then read from the chunks that
+ended since the last one sent (``ChunkStore.completions``), so one chunk of 256 items is one read,
+not 256 listener deliveries.
+
+Ids: only ``item`` events carry one, ``event_id(done_at, chunk, position)``, a cursor over chunk
+completions in the order they committed (items end out of index order). ``progress`` and
+``done`` carry none: a client's ``Last-Event-ID`` therefore always names the last item event it
+got, and a stream resumed with it sends a fresh ``progress`` (the whole counts: nothing to
+resume), every item event after that id exactly once, and ``done`` when the batch has ended.
+A stream opened without ``Last-Event-ID`` sends the items that end after it opened.
 
 Like a job stream, it ends after ``STREAM_MAX_LIFETIME_S`` at the latest, between two events,
-before Cloud Run's request timeout cuts it mid-event. Its events carry no ids yet: a client that
-reconnects gets a fresh ``progress`` (the whole counts) and the items that finished from
-``CLOCK_SLACK_S`` before, so an item event may come twice but none is lost to a prompt reconnect.
+before Cloud Run's request timeout cuts it mid-event; the client resumes with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ingress import metrics
+from ingress.batches import batch_resource
 from ingress.batchstore import Batch as StoredBatch
-from ingress.batchstore import BatchStore
-from schemas import JobStatus, get_task
-from schemas.batches import Batch, BatchStatus, item_line
-from schemas.jobs import TERMINAL_STATUSES
+from ingress.chunkstore import ChunkStore, EventKey
+from ingress.store import StoreUnavailable
+from schemas.batches import BatchStatus
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.25
-"""Least time between two ``progress`` events of a batch stream (item events are not held)."""
-CLOCK_SLACK_S = 5.0
-"""A batch stream shows items that finished from this long before it opened: the writers'
-clocks are not this host's."""
+"""Least time between two looks at the counts (a ``progress`` event and the items that ended)."""
+LIVE = (BatchStatus.RUNNING.value, BatchStatus.OPEN.value)
 
 
-def render_item(job_id: str, doc: dict[str, Any], with_result: bool) -> dict[str, Any]:
-    """An item as a results line or an ``item`` event: its latest job's status and outcome."""
-    result = None
-    if with_result and doc.get("status") == JobStatus.SUCCEEDED.value and doc.get("result"):
-        result = get_task(doc["task"]).result_from_store(doc["result"])
-    return item_line(job_id, doc, result)
-
-
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 @metrics.counted_stream
 def batch_stream(
-    store: BatchStore, batch: StoredBatch, ping_s: float, with_results: bool, lifetime_s: float
+    chunks: ChunkStore,
+    batch: StoredBatch,
+    reread: Callable[[], StoredBatch | None],
+    after: EventKey | None,
+    resumed: bool,
+    ping_s: float,
+    with_results: bool,
+    lifetime_s: float,
 ) -> Iterator[str]:
-    # Runs after the view returned: everything it needs is passed in. Two listeners feed one
-    # queue: the counter shards (progress) and the batch's items finishing (item events).
+    """The stream; a Firestore outage ends it between two events (the client resumes)."""
+    try:
+        yield from _stream(chunks, batch, reread, after, resumed, ping_s, with_results, lifetime_s)
+    except StoreUnavailable:
+        logger.warning("batch event stream cut by a Firestore outage")
+
+
+def _stream(
+    chunks: ChunkStore,
+    batch: StoredBatch,
+    reread: Callable[[], StoredBatch | None],
+    after: EventKey | None,
+    resumed: bool,
+    ping_s: float,
+    with_results: bool,
+    lifetime_s: float,
+) -> Iterator[str]:
+    # Runs after the view returned: everything it needs is passed in. ``after`` is the cursor
+    # (the client's Last-Event-ID, or the last completion when the stream opened); the
+    # generator stops only between whole events, so the last id a client holds is always one
+    # it received whole, and resuming from it loses and repeats nothing.
     ends_at = time.monotonic() + lifetime_s
-    resource = Batch.from_documents(batch.id, batch.doc, batch.shards)
-    yield _sse("progress", resource.to_json_dict())
-    if resource.status is not BatchStatus.RUNNING:
-        yield _sse("done", resource.to_json_dict())
+    resource = batch_resource(batch)
+    yield _sse("progress", resource)
+    cursor = after
+    if resource["status"] not in LIVE:
+        if resumed:  # a client that lost the stream: the items it missed, then done
+            for _, eid, line in chunks.completions(batch.id, cursor, with_results):
+                yield _sse("item", line, eid)
+        yield _sse("done", resource)
         return
-    since = datetime.now(UTC) - timedelta(seconds=CLOCK_SLACK_S)
     changes: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    sent: set[str] = set()
     watches = [
-        store.shards(batch.id).on_snapshot(
+        chunks.shards(batch.id).on_snapshot(
             lambda docs, _changes, _at: changes.put(("shards", [d.to_dict() or {} for d in docs]))
         ),
-        store.watch_finished(batch.id, since, lambda docs: changes.put(("items", docs))),
+        chunks.document(batch.id).on_snapshot(
+            lambda docs, _changes, _at: changes.put(("batch", docs))
+        ),
     ]
-    shards = batch.shards
+    doc, shards = batch.doc, batch.shards
     dirty = False
-    last_progress = last_write = time.monotonic()
+    last_look = last_write = time.monotonic()
     try:
         while True:
             now = time.monotonic()
@@ -73,55 +106,49 @@ def batch_stream(
                 return  # its lifetime is over, between two events: the client reconnects
             wait = min(ping_s - (now - last_write), ends_at - now)
             if dirty:
-                wait = min(wait, PROGRESS_EVERY_S - (now - last_progress))
+                wait = min(wait, PROGRESS_EVERY_S - (now - last_look))
             try:
                 kind, payload = changes.get(timeout=max(wait, 0.0))
             except queue.Empty:
                 kind, payload = "", None
-            if kind == "items":
-                for snapshot in payload:
-                    event = _item_event(snapshot.id, snapshot.to_dict() or {}, sent, with_results)
-                    if event:
-                        yield event
-                        last_write = time.monotonic()
-            elif kind == "shards":
+            if kind == "shards":
                 shards, dirty = payload, True
+            elif kind == "batch":
+                live = [d.to_dict() or {} for d in payload if d.exists]
+                doc, dirty = (live[0] if live else doc), True
             now = time.monotonic()
-            if dirty and now - last_progress >= PROGRESS_EVERY_S:
-                dirty, last_progress = False, now
-                resource = Batch.from_documents(batch.id, batch.doc, shards)
-                if resource.status is not BatchStatus.RUNNING:
-                    yield from _finish(store, batch.id, since, sent, with_results)
+            if dirty and now - last_look >= PROGRESS_EVERY_S:
+                dirty, last_look = False, now
+                for key, eid, line in chunks.completions(batch.id, cursor, with_results):
+                    yield _sse("item", line, eid)
+                    cursor, last_write = key, time.monotonic()
+                resource = batch_resource(StoredBatch(batch.id, doc, shards))
+                if resource["status"] not in LIVE:
+                    yield from _finish(chunks, batch.id, reread, cursor, with_results)
                     return
-                yield _sse("progress", resource.to_json_dict())
-                last_write = now
-            if now - last_write >= ping_s:
+                yield _sse("progress", resource)
+                last_write = time.monotonic()
+            if time.monotonic() - last_write >= ping_s:
                 yield ": ping\n\n"
-                last_write = now
+                last_write = time.monotonic()
     finally:
         for watch in watches:
             watch.unsubscribe()
 
 
-def _item_event(job_id: str, doc: dict[str, Any], sent: set[str], with_results: bool) -> str:
-    if job_id in sent or doc.get("status") not in {s.value for s in TERMINAL_STATUSES}:
-        return ""
-    if doc.get("superseded_by"):
-        return ""  # a retry replaced it before the stream saw it end
-    sent.add(job_id)
-    return _sse("item", render_item(job_id, doc, with_results))
-
-
 def _finish(
-    store: BatchStore, batch_id: str, since: datetime, sent: set[str], with_results: bool
+    chunks: ChunkStore,
+    batch_id: str,
+    reread: Callable[[], StoredBatch | None],
+    cursor: EventKey | None,
+    with_results: bool,
 ) -> Iterator[str]:
-    """Nothing is in flight: the items the listener has not delivered yet, then ``done`` with
-    the batch read afresh (a cancel may have changed its status)."""
-    for job_id, doc in store.finished_since(batch_id, since):
-        if event := _item_event(job_id, doc, sent, with_results):
-            yield event
-    final = store.get(batch_id)
+    """Nothing is in flight: the item events not sent yet, then ``done`` with the batch read
+    afresh (a cancel may have changed its status)."""
+    for _, eid, line in chunks.completions(batch_id, cursor, with_results):
+        yield _sse("item", line, eid)
+    final = reread()
     if final is not None:
-        resource = Batch.from_documents(batch_id, final.doc, final.shards).to_json_dict()
+        resource = batch_resource(final)
         yield _sse("progress", resource)
         yield _sse("done", resource)

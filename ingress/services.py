@@ -1,5 +1,6 @@
-"""What a request needs beyond itself: settings, keys, the job store, the publisher, the watcher,
-the tenant limits (the rate, jobs in flight, and the open streams this process holds).
+"""What a request needs beyond itself: settings, keys, the job store, the batch and chunk stores,
+the publisher, the watcher, the tenant limits (the rate, items in flight, and the open streams
+this process holds).
 
 Built once by ``create_app`` and kept on ``app.extensions`` (no module-level clients: gunicorn
 workers fork, and gRPC clients must be created after the fork).
@@ -13,6 +14,7 @@ from flask import current_app
 
 from ingress.auth import KeyRing
 from ingress.batchstore import BatchStore
+from ingress.chunkstore import ChunkStore
 from ingress.errors import ApiError, ServiceUnavailable
 from ingress.holds import Holds
 from ingress.idempotency import IdempotencyStore, Reservation
@@ -39,6 +41,8 @@ class Services:
     publisher: JobPublisher
     watcher: JobWatcher
     batches: BatchStore
+    chunks: ChunkStore
+    """A batch's chunks: results, item events, cancel and retry."""
     limiter: RateLimiter
     in_flight: InFlightCap
     instances: InstanceRegistry | None

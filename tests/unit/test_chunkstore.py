@@ -1,0 +1,178 @@
+"""The ingress's chunk rules that need no store: what a cancel writes to a queued chunk, which
+items a retry takes from a chunk, and the order of a batch event stream's events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from google.cloud.firestore import SERVER_TIMESTAMP, Increment
+
+from ingress.batchevents import batch_stream
+from ingress.batchstore import Batch as StoredBatch
+from ingress.chunkcancel import CancelSweeper
+from ingress.chunkretry import _source
+from ingress.chunkstore import EventKey
+from schemas import get_task
+from schemas.batches import CountDeltas
+from schemas.chunks import event_id, pack_inputs, parse_event_id
+from tests.support import sse_messages
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+class Recorder:
+    """Collects the writes ``CountDeltas.write`` adds to a commit."""
+
+    def __init__(self) -> None:
+        self.writes: dict[str, dict[str, int]] = {}
+
+    def set(self, reference: Any, document_data: dict[str, Any], merge: bool = False) -> None:
+        path = str(reference).split("/counters/")[0]
+        changes = {k: v.value for k, v in document_data.items() if isinstance(v, Increment)}
+        self.writes[path] = changes
+
+    @staticmethod
+    def document(*path: str) -> str:
+        return "/".join(path)
+
+
+def test_a_cancel_ends_the_items_not_ended_and_moves_only_their_counts() -> None:
+    sweeper = CancelSweeper(None, lambda _id: None, 5.0, 60.0)  # type: ignore[arg-type]
+    deltas = CountDeltas()
+    doc = {
+        "status": "queued",
+        "items": "qrqs",
+        "tenant": "t",
+        "batch_path": "batches/b",
+        "in_flight_counted": True,
+    }
+    changes = sweeper._cancelled(doc, NOW, deltas)
+    assert changes["status"] == "cancelled" and changes["items"] == "cccs"
+    assert changes["done_at"] is SERVER_TIMESTAMP and changes["finished_by"] == "batch-cancel"
+    writer = Recorder()
+    deltas.write(writer, writer, NOW)
+    assert writer.writes["batches/b"] == {"queued": -3, "cancelled": 3}
+    assert writer.writes["tenants/t"] == {"in_flight": -3}
+
+
+class Snapshot:
+    def __init__(self, doc: dict[str, Any], exists: bool = True):
+        self._doc = doc
+        self.exists = exists
+        self.reference = "batches/b/chunks/0000000000"
+        self.update_time = NOW
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._doc)
+
+
+def test_a_retry_takes_exactly_the_failed_items_of_an_ended_chunk() -> None:
+    lines = [json.dumps({"texts": [f"t{i}"]}).encode() for i in range(4)]
+    doc = {
+        "status": "succeeded",
+        "start": 10,
+        "n": 4,
+        "items": "sf>f",
+        "inputs": pack_inputs(lines),
+    }
+    source = _source(Snapshot(doc), get_task("embed"))
+    assert source is not None
+    assert source.positions == [1, 3] and source.indexes == [11, 13]
+    assert source.lines == [lines[1], lines[3]]
+    assert "inputs" not in source.doc and source.size > 2 * 384 * 4
+    retried = {**doc, "indexes": [5, 9], "n": 2, "items": "fs"}
+    del retried["start"]
+    assert _source(Snapshot(retried), get_task("embed")).indexes == [5]  # type: ignore[union-attr]
+    for nothing in ({**doc, "items": "ss>c"}, {**doc, "status": "running"}):
+        assert _source(Snapshot(nothing), get_task("embed")) is None
+    assert _source(Snapshot(doc, exists=False), get_task("embed")) is None
+
+
+class Listener:
+    """A listener that delivers one snapshot at once, as Firestore's first one."""
+
+    def __init__(self, docs: list[Any]):
+        self.docs = docs
+
+    def on_snapshot(self, callback: Callable[..., None]) -> Listener:
+        callback(self.docs, [], NOW)
+        return self
+
+    def unsubscribe(self) -> None:
+        pass
+
+
+class FakeChunks:
+    """Completions from a list; counter shards that say every item ended."""
+
+    def __init__(self, events: list[tuple[EventKey, str, dict[str, Any]]], shards: list[Any]):
+        self.events = events
+        self.shard_docs = shards
+        self.asked: list[EventKey | None] = []
+
+    def completions(
+        self, _batch_id: str, after: EventKey | None, _with_results: bool
+    ) -> Iterator[tuple[EventKey, str, dict[str, Any]]]:
+        self.asked.append(after)
+        return iter([e for e in self.events if after is None or e[0] > after])
+
+    def shards(self, _batch_id: str) -> Listener:
+        return Listener(self.shard_docs)
+
+    def document(self, _batch_id: str) -> Listener:
+        return Listener([])
+
+
+def item_events(n: int) -> list[tuple[EventKey, str, dict[str, Any]]]:
+    out = []
+    for i in range(n):
+        eid = event_id(NOW, "0000000000", i)
+        key = parse_event_id(eid)
+        assert key is not None
+        out.append((key, eid, {"index": i, "status": "succeeded", "attempts": 1}))
+    return out
+
+
+BATCH = {
+    "tenant": "t",
+    "task": "embed",
+    "created_at": NOW,
+    "counts": {"total": 3, "queued": 3},
+    "cancel_requested": False,
+}
+ENDED = [Snapshot({"queued": -3, "succeeded": 3, "at": NOW})]
+
+
+def run(fake: FakeChunks, doc: dict[str, Any], after: EventKey | None, resumed: bool) -> list[Any]:
+    batch = StoredBatch("b", doc, [])
+    final = StoredBatch("b", doc, [s.to_dict() for s in ENDED])
+    stream = batch_stream(fake, batch, lambda: final, after, resumed, 5.0, False, 30.0)  # type: ignore[arg-type]
+    return list(sse_messages("".join(stream).splitlines()))
+
+
+def test_a_stream_sends_progress_then_each_item_with_its_id_then_done() -> None:
+    fake = FakeChunks(item_events(3), ENDED)
+    messages = run(fake, BATCH, None, False)
+    assert [m["event"] for m in messages] == [
+        "progress",
+        "item",
+        "item",
+        "item",
+        "progress",
+        "done",
+    ]
+    assert [m["id"] for m in messages[1:4]] == [e[1] for e in fake.events]
+    assert all("id" not in m for m in messages if m["event"] != "item")
+    assert messages[-1]["data"]["status"] == "succeeded"
+
+
+def test_a_stream_resumed_on_an_ended_batch_sends_what_was_missed() -> None:
+    fake = FakeChunks(item_events(3), ENDED)
+    ended = {**BATCH, "counts": {"total": 3, "succeeded": 3}}
+    messages = run(fake, ended, fake.events[0][0], True)
+    assert [m["event"] for m in messages] == ["progress", "item", "item", "done"]
+    assert [m["data"]["index"] for m in messages[1:3]] == [1, 2]
+    assert [m["event"] for m in run(fake, ended, None, False)] == ["progress", "done"]
