@@ -4,7 +4,8 @@ A forward pass cannot be interrupted from outside (a thread cannot be killed), s
 cooperatively: an adapter calls ``StopToken.check()`` between chunks of work, which raises
 ``Stopped`` once the attempt must end. The watcher, one thread per worker, reads the jobs in hand
 every ``interval_s``: a cancelled job, or one that another attempt took over, stops at its next safe
-point; every job still owned gets its lease renewed, so it is not handed to another worker while
+point (a batch's chunk the same, and it counts as cancelled once its batch asked to be); every job
+or chunk still owned gets its lease renewed, so it is not handed to another worker while
 this one is healthy and working on it.
 """
 
@@ -16,8 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from worker.chunkstore import ChunkClaim
 from worker.errors import Stopped, WorkerError
 from worker.store import Claim
+
+Held = Claim | ChunkClaim
+"""An attempt in hand: a job's or a chunk's."""
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class BatchStop(StopToken):
 
 @dataclass(frozen=True)
 class InHand:
-    claim: Claim
+    claim: Held
     stop: StopToken
     since: float
 
@@ -88,7 +93,7 @@ class Watcher:
 
     def __init__(
         self,
-        check: Callable[[Sequence[Claim]], dict[str, str]],
+        check: Callable[[Sequence[Held]], dict[str, str]],
         interval_s: float,
         lease_s: float,
     ):
@@ -108,11 +113,11 @@ class Watcher:
         if self._thread.is_alive():
             self._thread.join(timeout=self._interval_s + 5)
 
-    def add(self, claim: Claim, stop: StopToken) -> None:
+    def add(self, claim: Held, stop: StopToken) -> None:
         with self._lock:
             self._in_hand[claim.token] = InHand(claim, stop, time.monotonic())
 
-    def remove(self, claim: Claim) -> None:
+    def remove(self, claim: Held) -> None:
         with self._lock:
             self._in_hand.pop(claim.token, None)
 
@@ -153,6 +158,6 @@ class Watcher:
                     "attempt %s must stop: %s",
                     item.claim.attempt,
                     verdict,
-                    extra={"job_id": item.claim.job_id, "stop": verdict},
+                    extra={**item.claim.label, "stop": verdict},
                 )
                 item.stop.stop(verdict)

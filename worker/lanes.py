@@ -12,6 +12,9 @@ the model rarely waits for Firestore. Batches grow with the load by themselves: 
 arrive while the model is busy make up the next batch, so a short ``max_wait_s`` suffices and a lone
 job is not held back. At most one claimed batch waits to run: few jobs read ``running`` while they
 wait, and a worker that dies strands little.
+
+A batch's chunks have a lane of their own per task, of batches of one (``worker.chunkrun``): a chunk
+is a batch already, and the next chunk is claimed while one runs.
 """
 
 from __future__ import annotations
@@ -21,24 +24,30 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from schemas.chunks import ChunkMessage
 from schemas.messages import JobMessage
 
 if TYPE_CHECKING:
-    from worker.processor import InFlight, Message
+    from worker.processor import Message
+
+M = TypeVar("M", JobMessage, ChunkMessage)
+"""What a delivery carries: a job's message or a chunk's."""
+I = TypeVar("I")  # noqa: E741 - what a lane's claim makes of a delivery: a claimed job or chunk
 
 
 @dataclass(eq=False)  # identity: each delivery is its own, and kept in sets
-class Delivery:
+class Delivery(Generic[M]):
     """One received message on its way through a lane; ``wait()`` returns once it is settled.
 
     A delivery is settled once: the first of ack, nack or retry_in wins and the rest are no-ops,
     so an error path may nack whatever it holds without undoing an outcome already given."""
 
     message: Message
-    job: JobMessage
-    on_settled: Callable[[Delivery], None] | None = None
+    job: M
+    """The parsed message: a job's, or a chunk's (then the lane runs one chunk at a time)."""
+    on_settled: Callable[[Delivery[Any]], None] | None = None
     _done: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,34 +89,39 @@ class Delivery:
 _CLOSE: Any = object()
 
 
-class Lane:
+class Lane(Generic[M, I]):
     def __init__(
         self,
         task: str,
         max_size: int,
         max_wait_s: float,
         *,
-        claim: Callable[[Lane, list[Delivery]], list[InFlight]],
-        run: Callable[[str, list[InFlight]], None],
+        claim: Callable[[Lane[M, I], list[Delivery[M]]], list[I]],
+        run: Callable[[str, list[I]], None],
+        kind: str = "",
     ):
         self.task = task
         self.max_size = max(1, max_size)
         self.max_wait_s = max(0.0, max_wait_s)
-        self._claim = claim
-        self._run = run
-        self._incoming: queue.Queue[Delivery] = queue.Queue()
-        self._next: queue.Queue[list[InFlight]] = queue.Queue(maxsize=1)
+        self._claim: Callable[[Lane[M, I], list[Delivery[M]]], list[I]] = claim
+        self._run: Callable[[str, list[I]], None] = run
+        self._incoming: queue.Queue[Delivery[M]] = queue.Queue()
+        self._next: queue.Queue[list[I]] = queue.Queue(maxsize=1)
         self._closed = False
+        # Named per lane (``kind``: "" for jobs, "chunk-" for chunks), so a profile or
+        # bench/worker_cpu.py tells each thread's CPU apart.
         self._threads = [
-            threading.Thread(target=self._gather_loop, name=f"omni-gather-{task}", daemon=True),
-            threading.Thread(target=self._run_loop, name=f"omni-run-{task}", daemon=True),
+            threading.Thread(
+                target=self._gather_loop, name=f"omni-{kind}gather-{task}", daemon=True
+            ),
+            threading.Thread(target=self._run_loop, name=f"omni-{kind}run-{task}", daemon=True),
         ]
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
 
-    def put(self, delivery: Delivery) -> None:
+    def put(self, delivery: Delivery[M]) -> None:
         if self._closed:
             delivery.nack()  # a late re-check of a busy job after shutdown
             return
@@ -127,7 +141,7 @@ class Lane:
             if left is not _CLOSE:
                 left.nack()
 
-    def gather(self) -> list[Delivery] | None:
+    def gather(self) -> list[Delivery[M]] | None:
         """The next micro-batch (None once closed): what waits, then more until full or late."""
         first = self._incoming.get()
         if first is _CLOSE:

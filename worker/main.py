@@ -26,6 +26,7 @@ from schemas import tracing
 from schemas.errortracking import init_error_tracking
 from schemas.messages import task_subscription
 from worker import metrics
+from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
 from worker.processor import Processor
@@ -147,9 +148,17 @@ class Worker:
             if self._stop.is_set():
                 return 0
             settings = self.settings
+            client = firestore.Client(project=settings.project)
             store = JobStore(
-                firestore.Client(project=settings.project),
+                client,
                 settings.jobs_collection,
+                timeout_s=settings.firestore_timeout_s,
+                lease_s=settings.job_lease_s,
+                result_ttl_s=settings.result_ttl_s,
+            )
+            chunks = ChunkStore(
+                client,
+                settings.batches_collection,
                 timeout_s=settings.firestore_timeout_s,
                 lease_s=settings.job_lease_s,
                 result_ttl_s=settings.result_ttl_s,
@@ -165,6 +174,7 @@ class Worker:
                 retry_backoff_s=settings.retry_backoff_s,
                 fault_injection=settings.fault_injection,
                 watch_interval_s=settings.watch_interval_s,
+                chunks=chunks,
             )
             if settings.fault_injection:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")

@@ -9,6 +9,11 @@ Every job a worker claims is counted once in ``omni_worker_jobs_total``, when it
 settled, with the outcome the processor decided for it (``aborted`` if none was: an unexpected
 error nacked it). A delivery that needs no work (the job is missing, already finished, or twice
 in one micro-batch) is counted as ``skipped`` without being claimed.
+
+A batch's chunk is counted the same way in ``omni_worker_chunks_total`` (one per claimed chunk
+delivery, by outcome), and its items in ``omni_worker_chunk_items_total`` (by the item's outcome,
+once the chunk's commit is written): counted per chunk, never per item, so a chunk of 256 items
+costs a few counter operations.
 """
 
 from __future__ import annotations
@@ -41,9 +46,22 @@ INFERENCE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Bounds of the micro-batch size histogram, jobs."""
 
+CHUNK_OUTCOMES = ("succeeded", "cancelled", "failed", "retried", "lost", "released", "skipped",
+                  "aborted")  # fmt: skip
+"""The ``outcome`` label of ``omni_worker_chunks_total``: as ``OUTCOMES``, for a whole chunk."""
 JOBS = Counter(
     "omni_worker_jobs",
     "Jobs this worker settled, by task and outcome (see docs/observability.md for the outcomes).",
+    ["task", "outcome"],
+)
+CHUNKS = Counter(
+    "omni_worker_chunks",
+    "Batch chunks this worker settled, by task and outcome.",
+    ["task", "outcome"],
+)
+CHUNK_ITEMS = Counter(
+    "omni_worker_chunk_items",
+    "Batch items whose outcome this worker wrote (in their chunk's commit), by task and outcome.",
     ["task", "outcome"],
 )
 QUEUE_SECONDS = Histogram(
@@ -145,25 +163,34 @@ def predict_listed() -> None:
     PREDICT_LISTINGS.inc()
 
 
-def skipped(task: str) -> None:
-    JOBS.labels(task, "skipped").inc()
+def skipped(task: str, kind: str = "job") -> None:
+    (JOBS if kind == "job" else CHUNKS).labels(task, "skipped").inc()
+
+
+def chunk_items(task: str, succeeded: int, failed: int, cancelled: int) -> None:
+    """A chunk's commit wrote these item outcomes."""
+    for what, count in (("succeeded", succeeded), ("failed", failed), ("cancelled", cancelled)):
+        if count:
+            CHUNK_ITEMS.labels(task, what).inc(count)
 
 
 # Claimed deliveries whose message is not settled yet: each one's task, and its outcome once the
 # processor has decided it. A delivery is a key from its claim until its settlement (the processor
 # settles every delivery it accepted, closing included), so nothing stays here for long.
-_held: dict[object, tuple[str, str | None]] = {}
+_held: dict[object, tuple[str, str | None, str]] = {}
 _held_lock = threading.Lock()  # guards _held: claims, outcomes and settlements come from
 # different threads (a lane's gather thread, the settle threads, the callbacks)
 
 
-def claimed(delivery: object, task: str) -> None:
-    """``delivery`` (a job of ``task``) is claimed: in flight until ``settled``."""
+def claimed(delivery: object, task: str, kind: str = "job") -> None:
+    """``delivery`` (a job of ``task``, or a chunk: ``kind``) is claimed: in flight until
+    ``settled``."""
     with _held_lock:
         if delivery in _held:
             return
-        _held[delivery] = (task, None)
-    JOBS_IN_FLIGHT.labels(task).inc()
+        _held[delivery] = (task, None, kind)
+    if kind == "job":
+        JOBS_IN_FLIGHT.labels(task).inc()
 
 
 def outcome(delivery: object, what: str) -> None:
@@ -172,7 +199,7 @@ def outcome(delivery: object, what: str) -> None:
     with _held_lock:
         held = _held.get(delivery)
         if held is not None and held[1] is None:
-            _held[delivery] = (held[0], what)
+            _held[delivery] = (held[0], what, held[2])
 
 
 def settled(delivery: object) -> None:
@@ -181,6 +208,9 @@ def settled(delivery: object) -> None:
         held = _held.pop(delivery, None)
     if held is None:
         return  # never claimed: a skip, a busy job's wait, a drain
-    task, what = held
-    JOBS_IN_FLIGHT.labels(task).dec()
-    JOBS.labels(task, what or "aborted").inc()
+    task, what, kind = held
+    if kind == "job":
+        JOBS_IN_FLIGHT.labels(task).dec()
+        JOBS.labels(task, what or "aborted").inc()
+    else:
+        CHUNKS.labels(task, what or "aborted").inc()

@@ -19,6 +19,11 @@ outcome is durable in Firestore:
           ── shutdown past the grace ▶ release ──────────────────────▶ nack
     claimed but not started when the worker drains ▶ release (attempt given back) ▶ nack
 
+A message is a job's or a batch chunk's (``schemas.messages.parse``); a chunk goes to its task's
+chunk lane and runs as one unit (``worker.chunkrun``). A message of a kind or version this release
+cannot read is not poison: it is left for another worker (a newer one, during a rollout), never
+acked.
+
 A batch that fails as a whole (one bad input can fail a model call for everyone) is run again one
 job at a time, so one job's error never becomes its neighbours'. A job cancelled while its batch
 runs stops the batch only if every job in it stopped; otherwise its result is simply not written.
@@ -46,20 +51,25 @@ from google.api_core import exceptions as gexc
 from pydantic import BaseModel, ValidationError
 
 from schemas import tracing
+from schemas.chunks import ChunkMessage
 from schemas.jobs import JobStatus
 from schemas.jsonlog import log_context
-from schemas.messages import JobMessage
+from schemas.messages import JobMessage, UnknownMessage, parse
 from schemas.tasks import get_task
 from worker import faults, metrics
-from worker.attempts import BatchStop, StopToken, Watcher
+from worker.attempts import BatchStop, Held, StopToken, Watcher
+from worker.chunkrun import ChunkInFlight, ChunkRunner, ChunkStoreLike
+from worker.chunkstore import ChunkClaim
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
 from worker.jobtrace import JobTrace
 from worker.lanes import Delivery, Lane
+from worker.modellock import ModelLock
 from worker.store import Busy, Claim, Skip
 from worker.tasks import Adapter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", JobMessage, ChunkMessage)
 
 DEFAULT_TIMEOUT_S = 60.0
 """The time limit of a task the catalogue does not know (it fails anyway, as unsupported)."""
@@ -67,6 +77,9 @@ STORE_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Waits between retries of a Firestore call during an outage (the last one repeats)."""
 SETTLE_THREADS = 2
 """Threads writing outcomes: a batch's writes overlap the next batch's model call."""
+UNKNOWN_MESSAGE_DELAY_S = 10
+"""Seconds a message this release cannot read is left before Pub/Sub delivers it again (to any
+worker: a newer one reads it). Not at once: every worker of this release would spin on it."""
 
 
 class Message(Protocol):
@@ -106,7 +119,7 @@ class InFlight:
     """A claimed job on its way through the lane."""
 
     claim: Claim
-    delivery: Delivery
+    delivery: Delivery[JobMessage]
     stop: StopToken
     trace: JobTrace
 
@@ -135,8 +148,10 @@ class Processor:
         watch_interval_s: float = 1.0,
         worker_id: str = "",
         project: str = "",
+        chunks: ChunkStoreLike | None = None,
     ):
         self._store = store
+        self._chunk_store = chunks
         self._adapters = adapters
         self._task_timeout_s = task_timeout_s
         self._max_attempts = max_attempts
@@ -144,22 +159,47 @@ class Processor:
         self._fault_injection = fault_injection
         self._worker_id = worker_id
         self._project = project  # for Cloud Logging's trace field
-        # One model call at a time across every task: torch, TensorFlow and spaCy each use every
-        # core for one call, and two at once only thrash. Claims and writes happen outside it.
-        self._model_lock = threading.Lock()
+        # One model call at a time across every task (worker/modellock.py), jobs before chunks.
+        # Claims and writes happen outside it.
+        self._model_lock = ModelLock()
         self._draining = threading.Event()
         self._abandoned = threading.Event()
-        self.watcher = Watcher(store.check, watch_interval_s, store.lease_s)
+        self.watcher = Watcher(self._check, watch_interval_s, store.lease_s)
         self._settle_pool = ThreadPoolExecutor(SETTLE_THREADS, thread_name_prefix="omni-settle")
-        self._lanes = {
+        self._lanes: dict[str, Lane[JobMessage, InFlight]] = {
             task: Lane(task, *batch_policy(task), claim=self._claim_batch, run=self._run_batch)
             for task in adapters
         }
+        # One chunk lane per task: a chunk is a batch by itself, so its lane takes one at a
+        # time, claiming the next while one runs.
+        self._chunk_lanes: dict[str, Lane[ChunkMessage, ChunkInFlight]] = {}
+        if chunks is not None:
+            runner = ChunkRunner(
+                chunks,
+                adapters,
+                model_lock=self._model_lock,
+                watcher=self.watcher,
+                settle_pool=self._settle_pool,
+                hold=self._hold,
+                retry_when_free=self._retry_when_free,
+                timeout_for=self._timeout_for,
+                batch_size=lambda task: batch_policy(task)[0],
+                backoff_s=self._backoff_s,
+                draining=self._draining,
+                max_attempts=max_attempts,
+                worker_id=worker_id,
+            )
+            self._chunk_lanes = {
+                task: Lane(
+                    task, 1, 0.0, claim=runner.claim_batch, run=runner.run_batch, kind="chunk-"
+                )
+                for task in adapters
+            }
         self.stats = {task: LaneStats() for task in adapters}
-        self._waiting: dict[threading.Timer, Delivery] = {}  # busy jobs, to be claimed again
+        self._waiting: dict[threading.Timer, Delivery[Any]] = {}  # busy ones, to be claimed again
         self._waiting_lock = threading.Lock()
         # Every delivery not yet settled: close() nacks what is left, so no callback waits forever.
-        self._outstanding: set[Delivery] = set()
+        self._outstanding: set[Delivery[Any]] = set()
         self._outstanding_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -167,6 +207,8 @@ class Processor:
         self.watcher.start()
         for lane in self._lanes.values():
             lane.start()
+        for chunk_lane in self._chunk_lanes.values():
+            chunk_lane.start()
 
     def drain(self) -> None:
         """Shutdown, stage one: start no new job; jobs in hand go on. Deliveries waiting for
@@ -190,6 +232,8 @@ class Processor:
     def close(self) -> None:
         for lane in self._lanes.values():
             lane.close()
+        for chunk_lane in self._chunk_lanes.values():
+            chunk_lane.close()
         self._settle_pool.shutdown(wait=True)
         self.watcher.close()
         with self._outstanding_lock:
@@ -210,29 +254,54 @@ class Processor:
         for delivery in deliveries:
             delivery.wait()
 
-    def _accept(self, message: Message) -> Delivery | None:
+    def _accept(self, message: Message) -> Delivery[Any] | None:
         try:
-            job = JobMessage.from_pubsub(message.data, dict(message.attributes))
+            parsed = parse(message.data, dict(message.attributes))
+        except UnknownMessage as exc:
+            # A kind or version of a newer release (a rollout in progress): never poison.
+            logger.warning(
+                "message %s of an unknown kind or version left for another worker: %s",
+                message.message_id,
+                exc,
+            )
+            message.drop()  # out of lease management, then a nack that takes effect later
+            message.modify_ack_deadline(UNKNOWN_MESSAGE_DELAY_S)
+            return None
         except ValueError as exc:
             logger.error("unreadable message %s acked: %s", message.message_id, exc)
             message.ack()
             return None
-        delivery = Delivery(message, job, on_settled=self._forget)
+        if isinstance(parsed, ChunkMessage):
+            return self._enter(Delivery(message, parsed, self._forget), self._chunk_lanes)
+        return self._enter(Delivery(message, parsed, self._forget), self._lanes)
+
+    def _enter(self, delivery: Delivery[M], lanes: Mapping[str, Lane[M, Any]]) -> Delivery[M]:
         with self._outstanding_lock:
             self._outstanding.add(delivery)
-        lane = self._lanes.get(job.task)
+        task = delivery.job.task
+        lane = lanes.get(task)
         if self._draining.is_set():
             delivery.nack()  # not started: another worker takes it at once
         elif lane is None:
-            # Only a misrouted message gets here (the consumer passes its own task's only);
-            # whoever serves the task has its own copy, or will get this one back.
-            logger.error("no lane for task %r; message nacked", job.task)
+            # Only a misrouted message gets here (the consumer passes its own task's only), or
+            # a chunk to a worker built without a chunk store (tests); whoever serves the task
+            # has its own copy, or will get this one back.
+            logger.error("no lane for task %r; message nacked", task)
             delivery.nack()
         else:
             lane.put(delivery)
         return delivery
 
-    def _forget(self, delivery: Delivery) -> None:
+    def _check(self, claims: Sequence[Held]) -> dict[str, str]:
+        """The watcher's check: jobs in the job store, chunks in the chunk store."""
+        jobs = [claim for claim in claims if isinstance(claim, Claim)]
+        chunks = [claim for claim in claims if isinstance(claim, ChunkClaim)]
+        verdicts = self._store.check(jobs) if jobs else {}
+        if chunks and self._chunk_store is not None:
+            verdicts.update(self._chunk_store.check(chunks))
+        return verdicts
+
+    def _forget(self, delivery: Delivery[Any]) -> None:
         with self._outstanding_lock:
             self._outstanding.discard(delivery)
         metrics.settled(delivery)
@@ -268,7 +337,9 @@ class Processor:
             self._abort(batch, "settle threads closed")
 
     # -- stage 1 (the lane's gather thread): claim a micro-batch ----------------------------------
-    def _claim_batch(self, lane: Lane, deliveries: list[Delivery]) -> list[InFlight]:
+    def _claim_batch(
+        self, lane: Lane[JobMessage, InFlight], deliveries: list[Delivery[JobMessage]]
+    ) -> list[InFlight]:
         claimed: list[InFlight] = []
         try:
             return self._claim_deliveries(lane, deliveries, claimed)
@@ -281,7 +352,10 @@ class Processor:
             return []
 
     def _claim_deliveries(
-        self, lane: Lane, deliveries: list[Delivery], claimed: list[InFlight]
+        self,
+        lane: Lane[JobMessage, InFlight],
+        deliveries: list[Delivery[JobMessage]],
+        claimed: list[InFlight],
     ) -> list[InFlight]:
         if self._draining.is_set():
             for delivery in deliveries:
@@ -315,12 +389,13 @@ class Processor:
                     metrics.claimed(delivery, decision.task)
         return claimed
 
-    def _retry_when_free(self, lane: Lane, delivery: Delivery, busy: Busy) -> None:
-        """A duplicate delivery of a job another attempt runs: back into the lane once that
-        attempt's lease may have lapsed (the claim then skips it, or takes over a dead one)."""
+    def _retry_when_free(self, lane: Lane[M, Any], delivery: Delivery[M], busy: Busy) -> None:
+        """A duplicate delivery of a job (or chunk) another attempt runs: back into the lane once
+        that attempt's lease may have lapsed (the claim then skips it, or takes over a dead one)."""
         wait_s = (busy.until - datetime.now(UTC)).total_seconds() + 0.5
         wait_s = min(max(wait_s, 0.5), self._store.lease_s)
         logger.info("job held by a live attempt; checking again in %.1fs", wait_s)
+        timer: threading.Timer
 
         def again() -> None:
             with self._waiting_lock:
@@ -346,7 +421,7 @@ class Processor:
             self._abort(batch, f"running a {task} batch failed")
 
     def _run_claimed(self, task: str, batch: list[InFlight]) -> None:
-        with self._model_lock:
+        with self._model_lock.job():
             if self._draining.is_set():
                 # Claimed with the batch that was next, never started: give the jobs back now.
                 self._submit(self._give_back, batch)

@@ -82,6 +82,7 @@ class WorkerSettings:
     subscription_prefix: str = DEFAULT_SUBSCRIPTION_PREFIX
     tasks: tuple[str, ...] = ()  # () : every task in the catalogue
     jobs_collection: str = "jobs"
+    batches_collection: str = "batches"  # batch documents, and under each its chunks
     http_host: str = "127.0.0.1"
     http_port: int = 8090
     device: str = "auto"
@@ -151,6 +152,7 @@ class WorkerSettings:
                 batching=_batching(env),
                 load_threads=int(env.get("WORKER_LOAD_THREADS") or 3),
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
+                batches_collection=env.get("BATCHES_COLLECTION") or "batches",
                 http_host=env.get("WORKER_HTTP_HOST") or "127.0.0.1",
                 http_port=int(env.get("WORKER_HTTP_PORT") or 8090),
                 device=(env.get("WORKER_DEVICE") or "auto").lower(),

@@ -46,6 +46,11 @@ class Claim:
     counted: bool = False
     """Whether the job's creation was counted in its tenant's jobs in flight (its end then is)."""
 
+    @property
+    def label(self) -> dict[str, str]:
+        """What a log line names it by."""
+        return {"job_id": self.job_id}
+
 
 @dataclass(frozen=True)
 class Skip:

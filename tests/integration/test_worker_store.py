@@ -1,15 +1,21 @@
-"""worker/store.py against the real Firestore emulator: batch claims and batch terminal writes,
-on the optimistic path and on the transactional fallback when another writer got in between."""
+"""worker/store.py and worker/chunkstore.py against the real Firestore emulator: batch claims and
+batch terminal writes, chunk claims, commits and releases with their counts, on the optimistic path
+and on the transactional fallback when another writer got in between."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from google.cloud import firestore
 
+from schemas.batches import COUNTERS, CountDeltas, counts_of
+from schemas.chunks import CHUNKS, chunk_id, pack_inputs
 from schemas.jobs import JobStatus, new_job_document, new_job_id
-from worker.store import Claim, JobStore, Skip
+from worker.chunkstore import ChunkClaim, ChunkOutcome, ChunkStore
+from worker.store import Busy, Claim, JobStore, Skip
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10
@@ -94,3 +100,135 @@ def test_a_document_changed_after_the_read_makes_the_claim_decide_again(
     decisions = store.claim_many([(i, "t") for i in ids])
     assert isinstance(decisions[0], Skip) and isinstance(decisions[1], Claim)
     assert doc(ids[0])["status"] == "succeeded" and doc(ids[1])["status"] == "running"
+
+
+# -- chunks ----------------------------------------------------------------------------------
+
+
+def chunk_store() -> ChunkStore:
+    return ChunkStore(firestore.Client(), "batches", timeout_s=TIMEOUT, lease_s=20, result_ttl_s=60)
+
+
+def queued_chunk(n: int, tenant: str = "t") -> tuple[str, str]:
+    """A batch of ``n`` items in one queued chunk, counted as an accepted part is."""
+    client = firestore.Client()
+    batch_id, chunk = new_job_id(), chunk_id(0)
+    batch_ref = client.collection("batches").document(batch_id)
+    now = datetime.now(UTC)
+    batch_ref.create({"task": "embed", "tenant": tenant, "counts": {}, "created_at": now})
+    inputs = pack_inputs(json.dumps({"texts": [f"t{i}"]}).encode() for i in range(n))
+    write = client.batch()
+    write.create(
+        batch_ref.collection(CHUNKS).document(chunk),
+        {
+            "tenant": tenant,
+            "task": "embed",
+            "batch_id": batch_id,
+            "batch_path": batch_ref.path,
+            "part": 0,
+            "start": 0,
+            "n": n,
+            "inputs": inputs,
+            "items": "q" * n,
+            "status": "queued",
+            "in_flight_counted": True,
+            "attempts": 0,
+            "terminal_writes": 0,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    deltas = CountDeltas()
+    deltas.added(batch_ref.path, tenant, n)
+    deltas.write(write, client, now)
+    write.commit()
+    return batch_id, chunk
+
+
+def chunk_doc(batch_id: str, chunk: str) -> dict[str, Any]:
+    ref = firestore.Client().document("batches", batch_id, CHUNKS, chunk)
+    return ref.get(timeout=TIMEOUT).to_dict() or {}
+
+
+def batch_counts(batch_id: str) -> dict[str, int]:
+    ref = firestore.Client().collection("batches").document(batch_id)
+    shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
+    return counts_of(ref.get().to_dict() or {}, shards).model_dump()
+
+
+def outcome_of(claim: ChunkClaim, letters: str) -> ChunkOutcome:
+    results = [b"J{}" if code == "s" else b"" for code in letters]
+    errors = {str(i): {"code": "bad", "message": "x"} for i, c in enumerate(letters) if c == "f"}
+    status = JobStatus.CANCELLED if "c" in letters else JobStatus.SUCCEEDED
+    return ChunkOutcome(status, bytearray(letters.encode()), results, errors)
+
+
+def test_a_chunk_is_claimed_committed_and_counted_once(clean_firestore: object) -> None:
+    store = chunk_store()
+    batch_id, chunk = queued_chunk(5)
+    claim = store.claim(batch_id, chunk, "t", worker="w-1")
+    assert isinstance(claim, ChunkClaim) and claim.todo == (0, 1, 2, 3, 4)
+    assert [json.loads(line) for line in claim.inputs][4] == {"texts": ["t4"]}
+    assert chunk_doc(batch_id, chunk)["items"] == "rrrrr"
+    assert batch_counts(batch_id)["running"] == 5
+    assert isinstance(store.claim(batch_id, chunk, "t"), Busy)  # a duplicate delivery
+    assert store.commit(claim, outcome_of(claim, "ssfss"))
+    doc = chunk_doc(batch_id, chunk)
+    assert doc["status"] == "succeeded" and doc["items"] == "ssfss"
+    assert doc["terminal_writes"] == 1 and doc["results"][0] == b"J{}" and doc["done_at"]
+    assert doc["errors"] == {"2": {"code": "bad", "message": "x"}}
+    counts = batch_counts(batch_id)
+    assert (counts["succeeded"], counts["failed"], counts["running"], counts["queued"]) == (
+        4,
+        1,
+        0,
+        0,
+    )
+    assert isinstance(store.claim(batch_id, chunk, "t"), Skip)  # ended: nothing to do
+
+
+def test_a_queued_chunk_of_a_cancelled_batch_ends_cancelled_and_never_runs(
+    clean_firestore: object,
+) -> None:
+    store = chunk_store()
+    batch_id, chunk = queued_chunk(3)
+    firestore.Client().collection("batches").document(batch_id).update({"cancel_requested": True})
+    assert isinstance(store.claim(batch_id, chunk, "t"), Skip)
+    doc = chunk_doc(batch_id, chunk)
+    assert doc["status"] == "cancelled" and doc["items"] == "ccc" and doc["terminal_writes"] == 1
+    assert batch_counts(batch_id)["cancelled"] == 3
+
+
+def test_a_running_chunk_sees_its_batch_cancel_and_a_release_requeues_its_items(
+    clean_firestore: object,
+) -> None:
+    store = chunk_store()
+    batch_id, chunk = queued_chunk(4)
+    claim = store.claim(batch_id, chunk, "t")
+    assert isinstance(claim, ChunkClaim)
+    assert store.check([claim]) == {claim.token: "ok"}
+    assert store.release(claim, {"code": "transient", "message": "x"})
+    doc = chunk_doc(batch_id, chunk)
+    assert doc["status"] == "queued" and doc["items"] == "qqqq"
+    assert batch_counts(batch_id)["queued"] == 4 and batch_counts(batch_id)["running"] == 0
+    again = store.claim(batch_id, chunk, "t")
+    assert isinstance(again, ChunkClaim) and again.attempt == 2
+    firestore.Client().collection("batches").document(batch_id).update({"cancel_requested": True})
+    assert store.check([again]) == {again.token: "cancelled"}
+    assert not store.release(claim, None)  # the first attempt's token no longer owns it
+
+
+def test_a_commit_after_another_attempt_took_the_chunk_writes_nothing(
+    clean_firestore: object,
+) -> None:
+    store = chunk_store()
+    batch_id, chunk = queued_chunk(2)
+    claim = store.claim(batch_id, chunk, "t")
+    assert isinstance(claim, ChunkClaim)
+    # The lease lapsed and another worker took it over: the optimistic write fails over to a
+    # transaction that sees the other token.
+    ref = firestore.Client().document("batches", batch_id, CHUNKS, chunk)
+    ref.update({"attempt_token": "other", "attempts": 2})
+    assert not store.commit(claim, outcome_of(claim, "ss"))
+    assert chunk_doc(batch_id, chunk)["status"] == "running"
+    assert batch_counts(batch_id)["running"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any
 
@@ -103,3 +104,24 @@ class EmbedAdapter:
             {"model": MODEL_NAME, "dimensions": DIMENSIONS, "embeddings": vectors[a:b].tolist()}
             for a, b in bounds
         ]
+
+    def run_packed(self, inputs: list[BaseModel], stop: StopToken) -> list[bytes]:
+        """``run``, each result in its stored chunk form (``schemas.chunks.pack_result``): the
+        vectors go from the model's array to float32 bytes, never through Python floats."""
+        import numpy as np
+
+        texts: list[str] = []
+        bounds: list[tuple[int, int]] = []
+        for item in inputs:
+            assert isinstance(item, EmbedInput)
+            bounds.append((len(texts), len(texts) + len(item.texts)))
+            texts.extend(item.texts)
+        vectors = np.ascontiguousarray(self.encode(texts, stop), dtype="<f4")
+        return [_packed_header(b - a) + vectors[a:b].tobytes() for a, b in bounds]
+
+
+@functools.cache
+def _packed_header(rows: int) -> bytes:
+    """What ``pack_result`` puts before an embed result's vectors, for ``rows`` vectors."""
+    header = {"model": MODEL_NAME, "dimensions": DIMENSIONS, "rows": rows}
+    return b"V" + json.dumps(header, separators=(",", ":")).encode() + b"\n"
