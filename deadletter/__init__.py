@@ -1,1 +1,1 @@
-"""The dead-letter handler: ends jobs whose messages Pub/Sub gave up on (see ``main``)."""
+"""The dead-letter handler: ends jobs and chunks whose messages Pub/Sub gave up on (``main``)."""

@@ -1,4 +1,4 @@
-"""A CloudEvent function on the dead-letter topic: a job Pub/Sub gave up on ends ``failed``.
+"""A CloudEvent function on the dead-letter topic: work Pub/Sub gave up on ends ``failed``.
 
 After ``max_delivery_attempts`` (5) deliveries without an ack, Pub/Sub moves a job's message to the
 dead-letter topic. This function receives it (Eventarc or a push subscription in production;
@@ -15,7 +15,19 @@ document, the source of truth, not from the delivery count:
   claim the job (on the emulator, a dead subscriber's stream keeps receiving messages and each send
   counts) — so the job is published again, with a fresh delivery count.
 
-It is idempotent: a redelivered event of a finished job changes nothing.
+A batch's chunk (``schemas/chunks.py``) is a unit of work like a job and is decided the same way
+from its document, ``batches/BATCH/chunks/CHUNK``; when it is given up, every item of it not ended
+yet ends ``failed`` with the chunk's ``attempts_exhausted`` error, and the batch's counts move in
+the same commit (items that already have an outcome keep it). A chunk still ``pending`` belongs to a
+request that was never accepted: no message should exist for it, and nothing is done.
+
+It is idempotent: a redelivered event of a finished job or chunk changes nothing.
+
+A dead letter of a kind or version this release cannot read (``UnknownMessage``: a newer ingress
+published it, against the rollout order of docs/deploy.md) is logged as an error with its whole
+body and attributes and acknowledged, not failed: failing it would only have Pub/Sub push it again
+every few minutes for its 7 days of retention. No work is lost with it: the unit of work is in
+Firestore, and the reconciler of a release that knows the kind publishes it again.
 
     functions-framework --source deadletter/main.py --target on_dead_letter \\
         --signature-type cloudevent --host 127.0.0.1 --port 8095
@@ -39,10 +51,11 @@ from google.cloud import firestore
 
 from schemas import jobstate
 from schemas.batches import CountDeltas
+from schemas.chunks import CHUNKS, CODE_OF, PENDING, ChunkMessage
 from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus, result_ttl_from_env
 from schemas.jsonlog import configure_logging, log_context
-from schemas.messages import DEFAULT_TOPIC, JobMessage
+from schemas.messages import DEFAULT_TOPIC, JobMessage, UnknownMessage, chunk_to_pubsub, parse
 
 logger = logging.getLogger("deadletter")
 
@@ -57,10 +70,11 @@ attempts (a job that can never even be claimed must end too). Generous: in the e
 test a job was dead-lettered twice without one attempt."""
 REQUEUE = "requeued"
 HELD = "held by a live attempt"
+QUEUED_CODE, RUNNING_CODE = CODE_OF[JobStatus.QUEUED.value], CODE_OF[JobStatus.RUNNING.value]
 
 
 class LiveAttempt(RuntimeError):
-    """The job is held by a live attempt: decide again when the event is redelivered."""
+    """The job or chunk is held by a live attempt: decide again when the event is redelivered."""
 
 
 class DeadLetterStore:
@@ -70,25 +84,39 @@ class DeadLetterStore:
         collection: str,
         result_ttl_s: float,
         max_attempts: int = MAX_ATTEMPTS,
+        batches_collection: str = "batches",
     ):
         self._client = client
         self._jobs = client.collection(collection)
+        self._batches = client.collection(batches_collection)
         self._result_ttl_s = result_ttl_s
         self._max_attempts = max_attempts
         self._retry = bounded_retry(FIRESTORE_TIMEOUT_S)
 
-    def settle(self, job: JobMessage, deliveries: str | None) -> str:
-        """Fail the job, or count a dead letter and answer ``REQUEUE``; returns what was done."""
-        ref = self._jobs.document(job.job_id)
+    def settle(self, message: JobMessage | ChunkMessage, deliveries: str | None) -> str:
+        """Fail the job or chunk, or count a dead letter and answer ``REQUEUE``; returns what was
+        done."""
+        if isinstance(message, ChunkMessage):
+            ref = (
+                self._batches.document(message.batch_id)
+                .collection(CHUNKS)
+                .document(message.chunk_id)
+            )
+            kind = "chunk"
+        else:
+            ref = self._jobs.document(message.job_id)
+            kind = "job"
 
         @firestore.transactional
         def _fail(transaction: firestore.Transaction) -> str:
             snapshot = ref.get(transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
-            if doc is None or doc.get("tenant") != job.tenant:
-                return "no such job"
+            if doc is None or doc.get("tenant") != message.tenant:
+                return f"no such {kind}"
             if jobstate.is_terminal(doc):
                 return f"already {doc['status']}"
+            if doc.get("status") == PENDING:
+                return "not accepted"  # its request never finished: nothing was counted
             now = datetime.now(UTC)
             lease = doc.get("lease_expires_at")
             if doc.get("status") == JobStatus.RUNNING.value and lease is not None and lease > now:
@@ -101,17 +129,22 @@ class DeadLetterStore:
                 transaction.update(ref, {"dead_letters": dead_letters})
                 return REQUEUE
             last = doc.get("last_error") or {}
-            message = (
+            text = (
                 f"gave up after {deliveries or 'the maximum'} deliveries; last error: "
                 f"{last.get('message', 'none recorded (the worker may have crashed)')}"
             )
-            error = {"code": "attempts_exhausted", "message": message}
+            error = {"code": "attempts_exhausted", "message": text}
+            deltas = CountDeltas()
+            if kind == "chunk":
+                items = failed_items(doc, error, deltas)
+                fields: dict[str, Any] = {**items, "done_at": firestore.SERVER_TIMESTAMP}
+            else:
+                deltas.move(doc, JobStatus.FAILED)
+                fields = {}
             changes = jobstate.terminal(
-                JobStatus.FAILED, now, "dead-letter", self._result_ttl_s, error=error
+                JobStatus.FAILED, now, "dead-letter", self._result_ttl_s, error=error, **fields
             )
             transaction.update(ref, {**changes, "dead_letters": dead_letters})
-            deltas = CountDeltas()
-            deltas.move(doc, JobStatus.FAILED)
             deltas.write(transaction, self._client, now)
             return "failed"
 
@@ -119,15 +152,35 @@ class DeadLetterStore:
         return outcome
 
 
+def failed_items(doc: dict[str, Any], error: dict[str, str], deltas: CountDeltas) -> dict[str, Any]:
+    """A given-up chunk's ``items`` and ``errors``: every item not ended yet fails with ``error``
+    (those with an outcome keep it); ``deltas`` gets their counts, each from the status its
+    letter is counted in (``q`` queued, ``r`` running), whatever the chunk's own status."""
+    letters = str(doc.get("items") or "").ljust(int(doc.get("n") or 0), QUEUED_CODE)
+    unfinished = {QUEUED_CODE: JobStatus.QUEUED, RUNNING_CODE: JobStatus.RUNNING}
+    for code, status in unfinished.items():
+        deltas.move({**doc, "status": status.value}, JobStatus.FAILED, count=letters.count(code))
+    errors = dict(doc.get("errors") or {})
+    for position, code in enumerate(letters):
+        if code in unfinished:
+            errors[str(position)] = error
+    failed = CODE_OF[JobStatus.FAILED.value]
+    items = "".join(failed if code in unfinished else code for code in letters)
+    return {"items": items, "errors": errors}
+
+
 class Requeue:
-    """Publishes a job's message again, to the jobs topic."""
+    """Publishes a job's or chunk's message again, to the jobs topic."""
 
     def __init__(self, publisher: Any, topic_path: str):
         self._publisher = publisher
         self._topic_path = topic_path
 
-    def __call__(self, job: JobMessage) -> None:
-        data, attributes = job.to_pubsub()
+    def __call__(self, message: JobMessage | ChunkMessage) -> None:
+        if isinstance(message, ChunkMessage):
+            data, attributes = chunk_to_pubsub(message)
+        else:
+            data, attributes = message.to_pubsub()
         self._publisher.publish(self._topic_path, data, **attributes).result(
             timeout=FIRESTORE_TIMEOUT_S
         )
@@ -138,21 +191,36 @@ def handle(data: dict[str, Any], store: DeadLetterStore, requeue: Requeue) -> st
 
     A requeue is published after the commit that counted it; if the publish fails the event
     fails, Pub/Sub redelivers it, and the next try counts again (towards ``MAX_DEAD_LETTERS``)."""
-    message = data.get("message") or {}
-    attributes = dict(message.get("attributes") or {})
+    envelope = data.get("message") or {}
+    attributes = dict(envelope.get("attributes") or {})
     try:
-        raw = base64.b64decode(message.get("data") or "", validate=True)
-        job = JobMessage.from_pubsub(raw, attributes)
+        raw = base64.b64decode(envelope.get("data") or "", validate=True)
+        message = parse(raw, attributes)
+    except UnknownMessage as exc:
+        # Acked, not failed (module docstring): logged whole, so nothing about it is lost.
+        logger.error(
+            "dead letter %s of a kind this release cannot read dropped: %s",
+            envelope.get("messageId"),
+            exc,
+            extra={"attributes": attributes, "data": envelope.get("data")},
+        )
+        return "unknown kind"
     except (ValueError, binascii.Error) as exc:
-        logger.error("unreadable dead letter %s dropped: %s", message.get("messageId"), exc)
+        logger.error("unreadable dead letter %s dropped: %s", envelope.get("messageId"), exc)
         return "unreadable"
-    with log_context(job_id=job.job_id, task=job.task, tenant=job.tenant):
-        outcome = store.settle(job, attributes.get(DELIVERY_COUNT_ATTRIBUTE))
+    if isinstance(message, ChunkMessage):
+        context = {"batch_id": message.batch_id, "chunk_id": message.chunk_id}
+        name = f"chunk {message.batch_id}/{message.chunk_id}"
+    else:
+        context = {"job_id": message.job_id}
+        name = f"job {message.job_id}"
+    with log_context(**context, task=message.task, tenant=message.tenant):
+        outcome = store.settle(message, attributes.get(DELIVERY_COUNT_ATTRIBUTE))
         if outcome == REQUEUE:
-            requeue(job)
+            requeue(message)
         logger.info("dead letter: %s", outcome, extra={"outcome": outcome})
         if outcome == HELD:
-            raise LiveAttempt(f"job {job.job_id} is held by a live attempt; retry later")
+            raise LiveAttempt(f"{name} is held by a live attempt; retry later")
         return outcome
 
 
@@ -169,6 +237,7 @@ def _services() -> tuple[DeadLetterStore, Requeue]:
         env.get("JOBS_COLLECTION") or "jobs",
         result_ttl_from_env(env),
         int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
+        env.get("BATCHES_COLLECTION") or "batches",
     )
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(project, env.get("JOBS_TOPIC") or DEFAULT_TOPIC)

@@ -17,9 +17,11 @@ applies the same rule (docs/decisions.md, "Routing").
 On a real project it also applies ``firestore.indexes.json``: the composite indexes the queries
 need, the TTL policies on ``expire_at``, and the single-field index exemptions of its
 ``fieldOverrides`` (``"indexes": []``): every TTL field (a timestamp that only grows is a write
-hotspot when indexed, Firestore's TTL best practice) and the large fields no query reads
-(``input``, ``result``, ``events``, ``error``), whose index entries cost write latency and storage.
-The Firestore emulator has none of these.
+hotspot when indexed, Firestore's TTL best practice) and the large fields no query reads (a job's
+``input``, ``result``, ``events``, ``error``; a chunk's ``inputs``, ``results``, ``errors``,
+``items``, ...), whose index entries cost write latency and storage, and for a chunk would pass
+Firestore's 40,000 index entries a document. Chunks have a TTL policy of their own: Firestore's TTL
+does not delete a batch's subcollections with it. The Firestore emulator has none of these.
 
     python -m emulators.provision --project my-project \
         --deadletter-endpoint https://deadletter-xyz.run.app/ \

@@ -12,16 +12,16 @@ from schemas.messages import DEFAULT_TOPIC
 INTERVAL_S = 60.0
 """``RECONCILE_INTERVAL_S``: seconds between sweeps."""
 STALE_AFTER_S = 600.0
-"""``RECONCILE_STALE_AFTER_S``: a job ``queued`` this long without a change, or ``running`` this
-long past its lease, is re-published. Above the subscription's longest retry backoff (600 s), so a
-job waiting for its redelivery is not re-published, and best above the usual time a backlog takes
-to drain (a re-published job that was only waiting in the backlog runs once anyway, but costs a
-duplicate delivery). Each further re-publish of a job waits twice as long."""
+"""``RECONCILE_STALE_AFTER_S``: a job (or a batch's chunk) ``queued`` this long without a change,
+or ``running`` this long past its lease, is re-published. Above the subscription's longest retry
+backoff (600 s), so a job waiting for its redelivery is not re-published, and best above the usual
+time a backlog takes to drain (a re-published job that was only waiting in the backlog runs once
+anyway, but costs a duplicate delivery). Each further re-publish of a job waits twice as long."""
 GIVE_UP_AFTER_S = 24 * 3600.0
-"""``RECONCILE_GIVE_UP_AFTER_S``: a job still ``queued`` this long after it was created ends
-``failed`` with code ``not_dispatched``."""
+"""``RECONCILE_GIVE_UP_AFTER_S``: a job (chunk) still ``queued`` this long after it was created
+ends ``failed`` with code ``not_dispatched`` (a chunk: each of its queued items)."""
 BATCH_LIMIT = 500
-"""Jobs looked at per query per sweep."""
+"""Jobs (chunks, open batches) looked at per query per sweep."""
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,7 @@ class ReconcilerSettings:
     project: str = "omni-local"
     jobs_topic: str = DEFAULT_TOPIC
     jobs_collection: str = "jobs"
+    batches_collection: str = "batches"
     interval_s: float = INTERVAL_S
     stale_after_s: float = STALE_AFTER_S
     give_up_after_s: float = GIVE_UP_AFTER_S
@@ -47,6 +48,7 @@ class ReconcilerSettings:
                 project=env.get("GOOGLE_CLOUD_PROJECT") or "omni-local",
                 jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
+                batches_collection=env.get("BATCHES_COLLECTION") or "batches",
                 interval_s=parse_duration(env.get("RECONCILE_INTERVAL_S") or str(INTERVAL_S)),
                 stale_after_s=parse_duration(
                     env.get("RECONCILE_STALE_AFTER_S") or str(STALE_AFTER_S)

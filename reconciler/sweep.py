@@ -1,17 +1,29 @@
-"""One sweep: find jobs that no message will bring to a worker, and re-publish or fail them.
+"""One sweep: find work that no message will bring to a worker, and re-publish or fail it.
 
-A job can be left without a message when the ingress's publish failed and Firestore was down too
-(so the job could not be marked failed), when Pub/Sub lost its messages (an emulator restart; in
-production, a message past its 7-day retention), or when a dead-lettered job was held by an
-attempt that then died. Firestore knows every job, so a sweep over two queries finds them all:
+A job (or a batch's chunk) can be left without a message when the ingress's publish failed and
+Firestore was down too (so it could not be marked failed), when the ingress accepted a batch's part
+and its publish failed (the part is durable, the request answered 202), when Pub/Sub lost its
+messages (an emulator restart; in production, a message past its 7-day retention), or when a
+dead-lettered one was held by an attempt that then died. Firestore knows every job and chunk, so a
+sweep over a few queries finds them all:
 
 - ``queued`` and unchanged for ``stale_after_s`` → re-published (again after 2×, 4×, ... that);
-  still ``queued`` ``give_up_after_s`` after creation → ``failed`` / ``not_dispatched``.
+  still ``queued`` ``give_up_after_s`` after creation → ``failed`` / ``not_dispatched`` (a chunk:
+  each of its items).
 - ``running`` with a lease that lapsed ``stale_after_s`` ago (its worker died, and no redelivery
   came) → re-published.
 
+Chunks are found by collection-group queries on ``chunks`` (every batch's at once). A ``pending``
+chunk is never published: its request was not accepted, and its TTL removes it. A queued chunk of a
+cancelled batch is not published either but ended ``cancelled`` here, so its batch's counts become
+exact without a worker (the ingress's cancel sweep, or this one's, may have died half-way).
+
+An **open batch** (``open: True``, taking parts) not closed by its ``open_expires_at`` is cancelled:
+``cancel_requested``, no longer open (so no part is accepted any more), and its queued chunks end
+``cancelled`` with their counts; a running chunk stops at its worker's next safe point.
+
 A duplicate message is harmless: claims are fenced, and a delivery of a finished or held job does
-no work. Both queries need composite indexes in production (``firestore.indexes.json``).
+no work. The queries need composite indexes in production (``firestore.indexes.json``).
 """
 
 from __future__ import annotations
@@ -28,21 +40,61 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
 from schemas import jobstate
 from schemas.batches import CountDeltas
+from schemas.chunks import CHUNKS, CODE_OF, ChunkMessage
+from schemas.googleapi import is_contention
 from schemas.jobs import JobStatus
-from schemas.messages import JobMessage
+from schemas.messages import JobMessage, chunk_to_pubsub
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 30.0
+SWEEP_PAGE = 200
+"""Chunks of a cancelled batch ended per commit (each one write, beside two counter writes)."""
+QUEUED_CODE = CODE_OF[JobStatus.QUEUED.value]
+NOT_DISPATCHED = {
+    "code": "not_dispatched",
+    "message": "the job could not be handed to a worker; submit it again",
+}
+NOT_DISPATCHED_ITEM = {
+    "code": "not_dispatched",
+    "message": "the item could not be handed to a worker; retry the batch to run it again",
+}
 
 
 @dataclass
 class SweepReport:
     republished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    """Chunks ended ``cancelled`` (their batch was cancelled, or expired open)."""
+    expired: list[str] = field(default_factory=list)
+    """Open batches cancelled because they were not closed in time."""
 
     def as_dict(self) -> dict[str, int]:
-        return {"republished": len(self.republished), "failed": len(self.failed)}
+        return {
+            "republished": len(self.republished),
+            "failed": len(self.failed),
+            "cancelled": len(self.cancelled),
+            "expired": len(self.expired),
+        }
+
+
+def ended_queued(
+    doc: dict[str, Any], to: JobStatus, error: dict[str, str] | None, deltas: CountDeltas
+) -> dict[str, Any]:
+    """The item changes that end a queued chunk's queued items ``to`` (a failure with ``error``
+    for each), their counts added to ``deltas``; the caller adds ``jobstate.terminal``'s own."""
+    letters = str(doc.get("items") or "").ljust(int(doc.get("n") or 0), QUEUED_CODE)
+    deltas.move({**doc, "status": JobStatus.QUEUED.value}, to, count=letters.count(QUEUED_CODE))
+    changes: dict[str, Any] = {
+        "items": letters.replace(QUEUED_CODE, CODE_OF[to.value]),
+        "done_at": firestore.SERVER_TIMESTAMP,
+    }
+    if error is not None:
+        errors = dict(doc.get("errors") or {})
+        errors.update({str(i): error for i, code in enumerate(letters) if code == QUEUED_CODE})
+        changes["errors"] = errors
+    return changes
 
 
 class Reconciler:
@@ -55,6 +107,7 @@ class Reconciler:
         self._settings = settings
         self._client = firestore_client
         self._jobs = firestore_client.collection(settings.jobs_collection)
+        self._batches = firestore_client.collection(settings.batches_collection)
         self._publisher = publisher
         self._topic = publisher.topic_path(settings.project, settings.jobs_topic)
 
@@ -62,67 +115,138 @@ class Reconciler:
         now = now or datetime.now(UTC)
         stale = now - timedelta(seconds=self._settings.stale_after_s)
         report = SweepReport()
-        queued = self._query(JobStatus.QUEUED, "updated_at", stale)
-        running = self._query(JobStatus.RUNNING, "lease_expires_at", stale)
-        for snapshot in [*queued, *running]:
+        # Expired open batches first: their queued chunks end here rather than being published.
+        self._expire_open_batches(now, report)
+        jobs = [
+            *self._query(self._jobs, JobStatus.QUEUED, "updated_at", stale),
+            *self._query(self._jobs, JobStatus.RUNNING, "lease_expires_at", stale),
+        ]
+        chunks_group = self._client.collection_group(CHUNKS)
+        chunks = [
+            *self._query(chunks_group, JobStatus.QUEUED, "updated_at", stale),
+            *self._query(chunks_group, JobStatus.RUNNING, "lease_expires_at", stale),
+        ]
+        # Batch path → whether a cancel was asked (None: no such batch), read once a sweep.
+        cancelled: dict[str, bool | None] = {}
+        for snapshot, is_chunk in [*((s, False) for s in jobs), *((s, True) for s in chunks)]:
             doc = snapshot.to_dict() or {}
+            name = _name(snapshot, is_chunk)
             try:
-                self._reconcile(snapshot, doc, now, report)
+                if is_chunk:
+                    self._reconcile_chunk(snapshot, doc, now, report, cancelled)
+                else:
+                    self._reconcile(snapshot, doc, now, report, None)
             except gexc.GoogleAPICallError as exc:
-                logger.warning("could not reconcile a job: %s", exc, extra={"job_id": snapshot.id})
-        if report.republished or report.failed:
+                logger.warning(
+                    "could not reconcile %s: %s", name, exc, extra=_label(snapshot, is_chunk)
+                )
+        if any(report.as_dict().values()):
             logger.info("sweep done", extra=report.as_dict())
         return report
 
-    def _query(self, status: JobStatus, field_name: str, before: datetime) -> list[Any]:
+    def _query(
+        self, source: Any, status: JobStatus, field_name: str, before: datetime
+    ) -> list[Any]:
         query = (
-            self._jobs.where(filter=FieldFilter("status", "==", status.value))
+            source.where(filter=FieldFilter("status", "==", status.value))
             .where(filter=FieldFilter(field_name, "<", before))
             .limit(BATCH_LIMIT)
         )
         return list(query.stream(timeout=TIMEOUT_S))
 
-    def _reconcile(self, snapshot: Any, doc: dict[str, Any], now: datetime, report: Any) -> None:
-        job_id = snapshot.id
+    # -- jobs and chunks without a message -----------------------------------------------------
+
+    def _reconcile_chunk(
+        self,
+        snapshot: Any,
+        doc: dict[str, Any],
+        now: datetime,
+        report: SweepReport,
+        cancelled: dict[str, bool | None],
+    ) -> None:
+        batch_ref = snapshot.reference.parent.parent
+        if batch_ref.path not in cancelled:
+            batch = batch_ref.get(timeout=TIMEOUT_S)
+            cancelled[batch_ref.path] = (
+                bool((batch.to_dict() or {}).get("cancel_requested")) if batch.exists else None
+            )
+        asked = cancelled[batch_ref.path]
+        if asked is None:
+            return  # its batch is gone (expired): the chunk's own TTL removes it
+        if asked and doc.get("status") == JobStatus.QUEUED.value:
+            if self._end_chunk(snapshot.reference, JobStatus.CANCELLED, None, now):
+                report.cancelled.append(_name(snapshot, True))
+            return
+        message = ChunkMessage(
+            batch_id=str(doc.get("batch_id") or batch_ref.id),
+            chunk_id=snapshot.id,
+            task=doc["task"],
+            tenant=doc["tenant"],
+        )
+        self._reconcile(snapshot, doc, now, report, message)
+
+    def _reconcile(
+        self,
+        snapshot: Any,
+        doc: dict[str, Any],
+        now: datetime,
+        report: SweepReport,
+        chunk: ChunkMessage | None,
+    ) -> None:
+        """Give up on it, or re-publish its message (``chunk``'s, or the job's)."""
+        name = _name(snapshot, chunk is not None)
         created = doc.get("created_at") or now
         if doc.get("status") == JobStatus.QUEUED.value and now - created > timedelta(
             seconds=self._settings.give_up_after_s
         ):
-            if self._give_up(job_id, doc, snapshot.update_time, now):
-                report.failed.append(job_id)
+            if chunk is not None:
+                given_up = self._end_chunk(
+                    snapshot.reference, JobStatus.FAILED, NOT_DISPATCHED_ITEM, now
+                )
+            else:
+                given_up = self._give_up(snapshot.id, doc, snapshot.update_time, now)
+            if given_up:
+                logger.warning(
+                    "gave up on work that stayed queued", extra=_label(snapshot, chunk is not None)
+                )
+                report.failed.append(name)
             return
         count = int(doc.get("dispatch_count") or 0)
         last = doc.get("dispatched_at")
         wait = timedelta(seconds=self._settings.stale_after_s * 2**count)
         if last is not None and now - last < wait:
             return
-        message = JobMessage(job_id=job_id, task=doc["task"], tenant=doc["tenant"])
-        data, attributes = message.to_pubsub()
+        if chunk is not None:
+            data, attributes = chunk_to_pubsub(chunk)
+        else:
+            job = JobMessage(job_id=snapshot.id, task=doc["task"], tenant=doc["tenant"])
+            data, attributes = job.to_pubsub()
         self._publisher.publish(self._topic, data, **attributes).result(timeout=TIMEOUT_S)
-        # No precondition: a worker may claim the job meanwhile, and these two fields are the
+        # No precondition: a worker may claim it meanwhile, and these two fields are the
         # reconciler's own; losing a count to a race only re-publishes once more.
         snapshot.reference.update(
             {"dispatched_at": now, "dispatch_count": firestore.Increment(1)}, timeout=TIMEOUT_S
         )
         logger.warning(
-            "re-published a %s job no message was carrying",
+            "re-published a %s %s no message was carrying",
             doc.get("status"),
-            extra={"job_id": job_id, "dispatch_count": count + 1},
+            "chunk" if chunk is not None else "job",
+            extra={**_label(snapshot, chunk is not None), "dispatch_count": count + 1},
         )
-        report.republished.append(job_id)
+        report.republished.append(name)
 
     def _give_up(
         self, job_id: str, doc: dict[str, Any], update_time: datetime, now: datetime
     ) -> bool:
-        error = {
-            "code": "not_dispatched",
-            "message": "the job could not be handed to a worker; submit it again",
-        }
         writes = self._client.batch()
         writes.update(
             self._jobs.document(job_id),
             jobstate.terminal(
-                JobStatus.FAILED, now, "reconciler", self._settings.result_ttl_s, error=error
+                JobStatus.FAILED,
+                now,
+                "reconciler",
+                self._settings.result_ttl_s,
+                error=NOT_DISPATCHED,
             ),
             option=self._client.write_option(last_update_time=update_time),
         )
@@ -133,5 +257,125 @@ class Reconciler:
             writes.commit(timeout=TIMEOUT_S)
         except gexc.FailedPrecondition:
             return False  # it moved meanwhile (claimed, cancelled): leave it
-        logger.warning("gave up on a job that stayed queued", extra={"job_id": job_id})
         return True
+
+    def _end_chunk(
+        self, ref: Any, to: JobStatus, error: dict[str, str] | None, now: datetime
+    ) -> bool:
+        """End a chunk that is still queued ``to`` (``failed`` with ``error``, or ``cancelled``),
+        its queued items with it, in a transaction; False if it is not queued any more."""
+        ttl = self._settings.result_ttl_s
+
+        @firestore.transactional
+        def _end(transaction: firestore.Transaction) -> bool:
+            snapshot = ref.get(transaction=transaction)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("status") != JobStatus.QUEUED.value:
+                return False
+            deltas = CountDeltas()
+            items = ended_queued(doc, to, error, deltas)
+            fields = {**items, **({"error": error} if error is not None else {})}
+            transaction.update(ref, jobstate.terminal(to, now, "reconciler", ttl, **fields))
+            deltas.write(transaction, self._client, now)
+            return True
+
+        try:
+            ended: bool = _end(self._client.transaction())
+        except ValueError as exc:
+            if not is_contention(exc):
+                raise
+            return False  # a worker is claiming it right now: the next sweep decides
+        return ended
+
+    # -- open batches never closed -------------------------------------------------------------
+
+    def _expire_open_batches(self, now: datetime, report: SweepReport) -> None:
+        query = (
+            self._batches.where(filter=FieldFilter("open", "==", True))
+            .where(filter=FieldFilter("open_expires_at", "<", now))
+            .limit(BATCH_LIMIT)
+        )
+        for snapshot in query.stream(timeout=TIMEOUT_S):
+            try:
+                if not self._expire(snapshot, now):
+                    continue
+                report.expired.append(snapshot.id)
+                swept = self._cancel_queued_chunks(snapshot.reference, now)
+                report.cancelled.extend(swept)
+            except gexc.GoogleAPICallError as exc:
+                logger.warning(
+                    "could not expire an open batch: %s", exc, extra={"batch_id": snapshot.id}
+                )
+
+    def _expire(self, snapshot: Any, now: datetime) -> bool:
+        """Cancel the open batch and close it to parts, unless it changed since it was read (a
+        part or a close came in at that moment: the next sweep looks again)."""
+        try:
+            snapshot.reference.update(
+                {"open": False, "cancel_requested": True, "cancelled_at": now, "updated_at": now},
+                option=self._client.write_option(last_update_time=snapshot.update_time),
+                timeout=TIMEOUT_S,
+            )
+        except gexc.FailedPrecondition:
+            return False
+        logger.warning(
+            "cancelled an open batch not closed in time",
+            extra={
+                "batch_id": snapshot.id,
+                "open_expires_at": str(snapshot.get("open_expires_at")),
+            },
+        )
+        return True
+
+    def _cancel_queued_chunks(self, batch_ref: Any, now: datetime) -> list[str]:
+        """End every queued chunk of a cancelled batch, a page a commit; their names."""
+        query = (
+            batch_ref.collection(CHUNKS)
+            .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .limit(SWEEP_PAGE)
+        )
+        swept: list[str] = []
+        while snapshots := list(query.stream(timeout=TIMEOUT_S)):
+            done = self._cancel_page(snapshots, now)
+            if not done:
+                break  # each of them moved meanwhile and the page would repeat
+            swept.extend(done)
+        return swept
+
+    def _cancel_page(self, snapshots: list[Any], now: datetime) -> list[str]:
+        """One commit, each chunk fenced by its update time; if any moved meanwhile (a worker
+        claimed it), each is decided in a transaction of its own."""
+        writes = self._client.batch()
+        deltas = CountDeltas()
+        ttl = self._settings.result_ttl_s
+        for snapshot in snapshots:
+            items = ended_queued(snapshot.to_dict() or {}, JobStatus.CANCELLED, None, deltas)
+            writes.update(
+                snapshot.reference,
+                jobstate.terminal(JobStatus.CANCELLED, now, "reconciler", ttl, **items),
+                option=self._client.write_option(last_update_time=snapshot.update_time),
+            )
+        deltas.write(writes, self._client, now)
+        try:
+            writes.commit(timeout=TIMEOUT_S)
+            return [_name(s, True) for s in snapshots]
+        except gexc.FailedPrecondition:
+            return [
+                _name(s, True)
+                for s in snapshots
+                if self._end_chunk(s.reference, JobStatus.CANCELLED, None, now)
+            ]
+
+
+def _name(snapshot: Any, is_chunk: bool) -> str:
+    """How a report and the logs name a job (its id) or a chunk (``BATCH/CHUNK``)."""
+    if is_chunk:
+        return f"{snapshot.reference.parent.parent.id}/{snapshot.id}"
+    return str(snapshot.id)
+
+
+def _label(snapshot: Any, is_chunk: bool) -> dict[str, str]:
+    """The fields a log line names a job or a chunk by, as the other services' lines do."""
+    if is_chunk:
+        return {"batch_id": snapshot.reference.parent.parent.id, "chunk_id": snapshot.id}
+    return {"job_id": str(snapshot.id)}

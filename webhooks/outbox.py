@@ -4,11 +4,13 @@
 creation (a batch: from its acceptance). No writer that ends a job needs to know about webhooks:
 the sender asks for pending jobs whose status is terminal (two equality filters, which Firestore
 serves by merging single-field indexes; ``firestore.indexes.json`` adds a composite one anyway),
-and for pending batches, whose counts it reads at most every ``batch_check_s``. It takes each into
-the ledger in one atomic commit that creates the ledger document and clears ``webhook_pending``
-(conditioned on the document's update time), so two senders cannot both take one in, and nothing
-is lost between the job's end and the first attempt: whatever the sender's crashes, the job stays
-pending until that commit.
+and for pending batches, whose counts (the batch document and its counter shards: a batch's items
+live in chunks, but no item is read here) it reads at most every ``batch_check_s``; an open batch
+(still taking parts) has not ended, whatever its counts. It takes each into the ledger in one
+atomic commit that creates the ledger document and clears ``webhook_pending`` (conditioned on the
+document's update time), so two senders cannot both take one in, and nothing is lost between the
+job's end and the first attempt: whatever the sender's crashes, the job stays pending until that
+commit.
 
 **The ledger** (``webhook_deliveries/<kind>-<id>``) is a small state machine, every move in a
 transaction::
@@ -130,7 +132,7 @@ class Outbox:
             doc = snapshot.to_dict() or {}
             shards = [s.to_dict() or {} for s in snapshot.reference.collection(COUNTERS).stream()]
             status = Batch.from_documents(snapshot.id, doc, shards).status
-            if status is BatchStatus.RUNNING:
+            if status in (BatchStatus.RUNNING, BatchStatus.OPEN):  # not ended: look again later
                 self._batch_checked[snapshot.id] = time.monotonic() + self._settings.batch_check_s
                 continue
             self._batch_checked.pop(snapshot.id, None)

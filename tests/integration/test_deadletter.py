@@ -1,8 +1,10 @@
 """The dead-letter function's decisions against the real Firestore emulator.
 
-It decides from the job document, not from Pub/Sub's delivery count: a job that really ran its
-maximum attempts ends ``failed``; one that did not (its deliveries went to a subscriber that died
-first) is published again; a finished job, or one a live attempt holds, is left alone.
+It decides from the job (or chunk) document, not from Pub/Sub's delivery count: a job that really
+ran its maximum attempts ends ``failed``; one that did not (its deliveries went to a subscriber
+that died first) is published again; a finished job, or one a live attempt holds, is left alone.
+A batch's chunk is decided the same way, and when it is given up each of its items not ended yet
+fails, with the batch's counts moved in the same commit.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import pytest
 from google.cloud import firestore
 
 from deadletter.main import MAX_DEAD_LETTERS, DeadLetterStore, LiveAttempt, handle
+from schemas.batches import COUNTERS, CountDeltas, counts_of
+from schemas.chunks import CHUNKS, ChunkMessage, chunk_id, pack_inputs
 from schemas.jobs import new_job_document, new_job_id
-from schemas.messages import JobMessage
+from schemas.messages import JobMessage, chunk_to_pubsub
+from schemas.quota import COUNTED_FLAG, in_flight_of, shard_paths
 
 pytestmark = pytest.mark.integration
 
 
 class Published:
     def __init__(self) -> None:
-        self.jobs: list[JobMessage] = []
+        self.jobs: list[JobMessage | ChunkMessage] = []
 
-    def __call__(self, job: JobMessage) -> None:
-        self.jobs.append(job)
+    def __call__(self, message: JobMessage | ChunkMessage) -> None:
+        self.jobs.append(message)
 
 
 def make_job(**fields: Any) -> str:
@@ -101,3 +106,170 @@ def test_a_job_held_by_a_live_attempt_is_decided_again_later(clean_firestore: ob
 def test_an_unreadable_dead_letter_is_dropped(data: dict[str, Any]) -> None:
     store = DeadLetterStore(firestore.Client(), "jobs", result_ttl_s=3600)
     assert handle(data, store, Published()) == "unreadable"  # type: ignore[arg-type]
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+
+TENANT = "tenant-dl"
+
+
+def make_chunk(items: str, counted: bool = True, **fields: Any) -> tuple[str, str]:
+    """A batch (its items counted as acceptance counts them, if ``counted``) and one chunk of it
+    whose items stand as ``items`` says (each letter counted in its status); ``(batch_id,
+    chunk_id)``."""
+    client = firestore.Client()
+    batch_id = new_job_id()
+    now = datetime.now(UTC)
+    batch = client.collection("batches").document(batch_id)
+    batch.create({"tenant": TENANT, "task": "embed", "created_at": now, "counts": {}})
+    chunk = chunk_id(0)
+    doc = {
+        "tenant": TENANT,
+        "task": "embed",
+        "batch_id": batch_id,
+        "batch_path": batch.path,
+        "part": 0,
+        "start": 0,
+        "n": len(items),
+        "inputs": pack_inputs([b'{"texts":["x"]}'] * len(items)),
+        "items": items,
+        COUNTED_FLAG: True,
+        "status": "queued",
+        "attempts": 0,
+        "terminal_writes": 0,
+        "created_at": now,
+        "updated_at": now,
+        **fields,
+    }
+    writes = client.batch()
+    writes.create(batch.collection(CHUNKS).document(chunk), doc)
+    if counted:
+        deltas = CountDeltas()
+        deltas.added(batch.path, TENANT, len(items))
+        for code, status in (("r", "running"), ("s", "succeeded"), ("f", "failed")):
+            deltas.move({**doc, "status": "queued"}, status, count=items.count(code))
+        deltas.write(writes, client, now)
+    writes.commit()
+    return batch_id, chunk
+
+
+def chunk_event(batch_id: str, chunk: str, deliveries: int = 5) -> dict[str, Any]:
+    message = ChunkMessage(batch_id=batch_id, chunk_id=chunk, task="embed", tenant=TENANT)
+    data, attributes = chunk_to_pubsub(message)
+    attributes["CloudPubSubDeadLetterSourceDeliveryCount"] = str(deliveries)
+    return {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes}}
+
+
+def settle_chunk(batch_id: str, chunk: str) -> tuple[str, dict[str, Any], Published]:
+    published = Published()
+    store = DeadLetterStore(firestore.Client(), "jobs", result_ttl_s=3600)
+    outcome = handle(chunk_event(batch_id, chunk), store, published)  # type: ignore[arg-type]
+    ref = firestore.Client().collection("batches").document(batch_id)
+    doc = ref.collection(CHUNKS).document(chunk).get().to_dict() or {}
+    return outcome, doc, published
+
+
+def counts(batch_id: str) -> dict[str, int]:
+    ref = firestore.Client().collection("batches").document(batch_id)
+    shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
+    return counts_of(ref.get().to_dict() or {}, shards).model_dump()
+
+
+def in_flight() -> int:
+    client = firestore.Client()
+    refs = [client.document(*parts) for parts in shard_paths(TENANT)]
+    return in_flight_of([s.to_dict() or {} for s in client.get_all(refs) if s.exists])
+
+
+def test_a_chunk_that_ran_every_attempt_fails_its_unfinished_items_with_exact_counts(
+    clean_firestore: object,
+) -> None:
+    # Its last attempt's worker died: the lease lapsed with every item still running.
+    lapsed = datetime.now(UTC) - timedelta(seconds=5)
+    last_error = {"code": "transient", "message": "store timeout", "attempt": 5}
+    batch_id, chunk = make_chunk(
+        "rrrr", status="running", attempts=5, lease_expires_at=lapsed, last_error=last_error
+    )
+    assert counts(batch_id)["running"] == 4 and in_flight() == 4
+    outcome, doc, published = settle_chunk(batch_id, chunk)
+    assert outcome == "failed" and published.jobs == []
+    assert doc["status"] == "failed" and doc["items"] == "ffff"
+    assert doc["terminal_writes"] == 1 and doc["finished_by"] == "dead-letter"
+    assert doc["done_at"] is not None and doc["lease_expires_at"] is None
+    assert sorted(doc["errors"]) == ["0", "1", "2", "3"]
+    for error in doc["errors"].values():
+        assert error["code"] == "attempts_exhausted" and "store timeout" in error["message"]
+    assert counts(batch_id) == {
+        "total": 4,
+        "queued": 0,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 4,
+        "cancelled": 0,
+    }
+    assert in_flight() == 0
+    # Idempotent: the same dead letter again changes nothing, counts included.
+    again, after, _ = settle_chunk(batch_id, chunk)
+    assert again == "already failed" and after == doc
+    assert counts(batch_id)["failed"] == 4 and in_flight() == 0
+
+
+def test_a_released_chunk_fails_from_queued_and_its_ended_items_keep_their_outcome(
+    clean_firestore: object,
+) -> None:
+    # Released after its last attempt (items back to queued); two items had ended on their own.
+    batch_id, chunk = make_chunk("qsqf", attempts=5)
+    outcome, doc, _ = settle_chunk(batch_id, chunk)
+    assert outcome == "failed" and doc["items"] == "fsff"
+    assert sorted(doc["errors"]) == ["0", "2"]
+    assert counts(batch_id) == {
+        "total": 4,
+        "queued": 0,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 3,
+        "cancelled": 0,
+    }
+    assert in_flight() == 0
+
+
+def test_a_chunk_with_attempts_left_is_published_again_as_a_chunk(clean_firestore: object) -> None:
+    batch_id, chunk = make_chunk("qq", attempts=2)
+    outcome, doc, published = settle_chunk(batch_id, chunk)
+    assert outcome == "requeued" and doc["status"] == "queued" and doc["dead_letters"] == 1
+    assert published.jobs == [
+        ChunkMessage(batch_id=batch_id, chunk_id=chunk, task="embed", tenant=TENANT)
+    ]
+    assert counts(batch_id)["queued"] == 2
+
+
+def test_a_chunk_held_by_a_live_attempt_is_decided_again_later(clean_firestore: object) -> None:
+    lease = datetime.now(UTC) + timedelta(seconds=30)
+    batch_id, chunk = make_chunk("rr", status="running", attempts=5, lease_expires_at=lease)
+    with pytest.raises(LiveAttempt):
+        settle_chunk(batch_id, chunk)
+    assert counts(batch_id)["running"] == 2
+
+
+def test_a_pending_chunk_is_left_alone(clean_firestore: object) -> None:
+    # Its request was never accepted: nothing counted it, and nothing may count its end.
+    batch_id, chunk = make_chunk("qqq", counted=False, status="pending", attempts=5)
+    outcome, doc, published = settle_chunk(batch_id, chunk)
+    assert outcome == "not accepted" and doc["status"] == "pending" and published.jobs == []
+
+
+def test_a_dead_letter_of_an_unknown_kind_is_logged_and_acknowledged(
+    emulators: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    envelope = {
+        "messageId": "m-1",
+        "data": base64.b64encode(b'{"v":9,"kind":"shard"}').decode(),
+        "attributes": {"kind": "shard", "task": "embed", "tenant": TENANT},
+    }
+    store = DeadLetterStore(firestore.Client(), "jobs", result_ttl_s=3600)
+    published = Published()
+    with caplog.at_level("ERROR", logger="deadletter"):
+        outcome = handle({"message": envelope}, store, published)  # type: ignore[arg-type]
+    assert outcome == "unknown kind" and published.jobs == []
+    (record,) = [r for r in caplog.records if "cannot read" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.__dict__["data"] == envelope["data"]

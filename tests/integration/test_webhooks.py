@@ -30,6 +30,7 @@ from google.cloud import firestore
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from emulators.process import free_port, stop_group, wait_until_answers
+from schemas.batches import COUNTERS
 from schemas.jobs import new_job_document, new_job_id
 from schemas.webhooks import SigningSecrets
 from tests.conftest import Emulators
@@ -593,3 +594,47 @@ def test_an_attempt_ends_at_its_deadline_however_slowly_the_receiver_answers() -
     assert outcome.status_code is None and not outcome.final
     assert outcome.error == "no answer within 1.5 s"
     assert took < 60, "cut off at its deadline, not when the trickle ended (85 s)"
+
+
+def test_a_chunked_batch_is_taken_in_once_it_is_closed_and_its_counts_have_ended(
+    emulators: Emulators,
+) -> None:
+    """The outbox reads a batch's counts (its document and counter shards, as chunk writers
+    move them), never its items: an open batch has not ended even with nothing in flight, and
+    a closed one is taken in once, when its last items end. In this process, on collections of
+    its own, with no sender running."""
+    settings = SenderSettings(
+        jobs_collection="webhook-open-jobs",
+        batches_collection="webhook-open-batches",
+        deliveries_collection="webhook-open-deliveries",
+        batch_check_s=0,
+    )
+    client = firestore.Client()
+    outbox = Outbox(client, settings)
+    batch_id = new_job_id()
+    ref = client.collection(settings.batches_collection).document(batch_id)
+    now = datetime.now(UTC)
+    ref.create(
+        {
+            "tenant": "tenant-a",
+            "task": "embed",
+            "created_at": now,
+            "counts": {},
+            "cancel_requested": False,
+            "open": True,
+            "webhook": "https://hooks.example/batch",
+            "webhook_pending": True,
+        }
+    )
+    ledger = client.collection(settings.deliveries_collection).document(f"batch-{batch_id}")
+    assert outbox.discover(now) == 0, "an open batch with no part yet has not ended"
+    shard = ref.collection(COUNTERS).document("0")
+    shard.set({"total": 3, "queued": 3, "at": now})  # a part of three items, accepted
+    ref.update({"open": False, "closed_at": now})
+    assert outbox.discover(now) == 0 and not ledger.get().exists
+    # The chunk's claim and terminal commit: every item ended, one of them failed.
+    shard.set({"total": 3, "queued": 0, "succeeded": 2, "failed": 1, "at": now})
+    assert outbox.discover(now) == 1
+    book = ledger.get().to_dict() or {}
+    assert book["event"] == "batch.failed" and book["kind"] == "batch"
+    assert outbox.discover(now) == 0, "taken in once"

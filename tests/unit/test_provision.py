@@ -85,6 +85,8 @@ def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
         f"{base}/batches/fields/expire_at",
         f"{base}/webhook_deliveries/fields/expire_at",
         f"{base}/ingress_instances/fields/expire_at",
+        # Firestore's TTL never deletes a subcollection with its parent: chunks expire on their own.
+        f"{base}/chunks/fields/expire_at",
     ]
 
 
@@ -108,6 +110,17 @@ def test_ttl_fields_and_large_unqueried_fields_are_exempt_from_single_field_inde
         "jobs/fields/result",
         "jobs/fields/events",
         "jobs/fields/error",
+        # A chunk's inputs, outcomes and item letters: up to a MiB and thousands of entries,
+        # never queried (Firestore's limit is 40,000 index entries a document).
+        "chunks/fields/expire_at",
+        "chunks/fields/inputs",
+        "chunks/fields/results",
+        "chunks/fields/errors",
+        "chunks/fields/items",
+        "chunks/fields/moved",
+        "chunks/fields/indexes",
+        "chunks/fields/events",
+        "chunks/fields/error",
     }
 
 
@@ -120,6 +133,24 @@ def test_the_reconcilers_queries_have_their_composite_indexes() -> None:
     }
     assert ("status", "updated_at") in indexes
     assert ("status", "lease_expires_at") in indexes
+
+
+def test_the_reconcilers_chunk_and_open_batch_queries_have_their_indexes() -> None:
+    # reconciler/sweep.py: stale chunks of every batch at once (a collection-group query, which
+    # no automatic index serves), and open batches past their time.
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    indexes = {
+        (
+            req["parent"].rpartition("/")[2],
+            req["index"]["query_scope"],
+            tuple(f["field_path"] for f in req["index"]["fields"]),
+        )
+        for method, req in calls
+        if method == "create_index"
+    }
+    assert ("chunks", "COLLECTION_GROUP", ("status", "updated_at")) in indexes
+    assert ("chunks", "COLLECTION_GROUP", ("status", "lease_expires_at")) in indexes
+    assert ("batches", "COLLECTION", ("open", "open_expires_at")) in indexes
 
 
 def test_the_batch_queries_have_their_composite_indexes() -> None:
