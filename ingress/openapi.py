@@ -19,14 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from ingress.batchinput import WEBHOOK_HEADER
 from schemas import TASKS, Job, JobRequest, JobStatus, Problem
 from schemas.batches import Batch, BatchRequest
 from schemas.errors import PROBLEM_CONTENT_TYPE
-from schemas.jobs import MAX_METADATA_ITEMS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS
+from schemas.jobs import (
+    MAX_METADATA_ITEMS,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_VALUE_CHARS,
+    JobError,
+)
 from schemas.webhooks import MAX_URL_CHARS, WebhookDeliveries
 
 bp = Blueprint("openapi", __name__)
@@ -48,7 +53,7 @@ _ERROR_TITLES = {
     415: "Unsupported content type",
     422: "Input fails the task's schema, or unknown task",
     429: (
-        "Over the tenant's request rate, jobs-in-flight cap or open-streams cap; retry after "
+        "Over the tenant's request rate, items-in-flight cap or open-streams cap; retry after "
         "Retry-After seconds"
     ),
     503: "Pub/Sub or Firestore unreachable; retry after Retry-After seconds",
@@ -131,10 +136,22 @@ _LAST_EVENT_ID = _header(
     "Resume after this event id (the events after it, then live).",
     {"type": "string", "pattern": "^[0-9]+$"},
 )
+_BATCH_LAST_EVENT_ID = _header(
+    "Last-Event-ID",
+    "Resume after this `item` event: the stream starts with a fresh `progress`, then the item "
+    "events that came after it. Ids order completions (`MICROS.CHUNK.POSITION`), not indexes.",
+    {"type": "string", "pattern": "^[0-9]+\\.[0-9A-Za-z]+\\.[0-9]+$"},
+)
+_INDEX = {"type": "string", "pattern": "^[0-9]{1,12}$"}
+"""An item's place in its batch, from 0 (a path segment)."""
+_PATH_SCHEMAS = {"index": _INDEX}
+"""Path arguments that are not resource ids."""
 QUERY_URL_CHARS = 1000
 """Longest ``?webhook=`` the document promises: printable ASCII, so at most 3,000 bytes encoded."""
 _JOB = _ref("Job")
 _BATCH = _ref("Batch")
+_NDJSON_PART = {"application/x-ndjson": {"schema": {"type": "string"}}}
+"""A part: one input of the batch's task per line (blank lines carry no item)."""
 _DELIVERIES = _ref("WebhookDeliveries")
 
 _OPERATIONS: dict[tuple[str, str], _Op] = {
@@ -203,8 +220,9 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         tags=("jobs",),
     ),
     ("/v1/batches", "POST"): _Op(
-        "Submit a batch: JSON `{task, items}`, or NDJSON (one input per line) with `?task=`",
-        {202: _json(_BATCH, "Every item is queued", Location=_LOCATION)},
+        "Submit a batch: JSON `{task, items}`, or NDJSON (one input per line) with `?task=`; "
+        "`?open=1` makes an open batch that takes parts (`/items`) until `/close`",
+        {202: _json(_BATCH, "Every item is queued (an open batch: `open`)", Location=_LOCATION)},
         errors=(400, 401, 409, 413, 415, 422, 503),
         parameters=(
             _IDEMPOTENCY_KEY,
@@ -212,6 +230,13 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
             # 4,094 bytes (a longer one is gunicorn's own 414, before the app sees it).
             _query(
                 "task", "The task of an NDJSON body's items.", {"type": "string", "maxLength": 64}
+            ),
+            _query(
+                "open",
+                "`1`: an open batch, taking parts until it is closed; its body (the first part) "
+                "may be empty. It is cancelled if not closed within the ingress's "
+                "`OPEN_BATCH_TTL_S`.",
+                {"type": "string", "enum": ["1", "0"]},
             ),
             _query(
                 "webhook",
@@ -233,6 +258,28 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         },
         tags=("batches",),
     ),
+    ("/v1/batches/<batch_id>/items", "POST"): _Op(
+        "Append a part (NDJSON) to an open batch: its items are indexed after the previous "
+        "part's and start running once it is accepted",
+        {202: _json(_BATCH, "The part's items are queued (or the same part was sent before)")},
+        errors=(400, 401, 404, 409, 413, 415, 422, 503),
+        parameters=(
+            _header(
+                "Idempotency-Key",
+                "The same key and part within 24 h append nothing and answer the batch; another "
+                "body answers 409.",
+                {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+            ),
+        ),
+        body=_NDJSON_PART,
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>/close", "POST"): _Op(
+        "Close an open batch: no more parts; it ends as any batch does",
+        {200: _json(_BATCH, "The batch, closed (closing it again answers the same)")},
+        errors=(*_READ_ERRORS, 409),
+        tags=("batches",),
+    ),
     ("/v1/batches/<batch_id>", "GET"): _Op(
         "Read a batch and its counts",
         {200: _json(_BATCH, "The batch")},
@@ -240,23 +287,49 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         tags=("batches",),
     ),
     ("/v1/batches/<batch_id>/results", "GET"): _Op(
-        "One NDJSON line per item, in input order: `{index, job_id, status, result?, error?}`",
-        {200: _stream("application/x-ndjson", "The items' latest jobs")},
+        "One NDJSON line per item, in input order: `{index, status, result?, error?, attempts}`",
+        {
+            200: _stream(
+                "application/x-ndjson",
+                "Each item's latest outcome (`BatchItem` per line). Cut short by an outage: "
+                "resume with `?after=` the last index read.",
+            )
+        },
         errors=(400, *_READ_ERRORS),
-        parameters=(_query("status", "Only the items in this state.", _ref("JobStatus")),),
+        parameters=(
+            _query("status", "Only the items in this state.", _ref("JobStatus")),
+            _query(
+                "after",
+                "Only the items after this index: resumes an interrupted download.",
+                _INDEX,
+            ),
+        ),
+        tags=("batches",),
+    ),
+    ("/v1/batches/<batch_id>/items/<index>", "GET"): _Op(
+        "One item's results line",
+        {200: _json(_ref("BatchItem"), "The item's latest outcome")},
+        errors=_READ_ERRORS,
         tags=("batches",),
     ),
     ("/v1/batches/<batch_id>/events", "GET"): _Op(
-        "Server-sent events: `progress`, `item`, then `done`",
-        {200: _stream("text/event-stream", "The batch's progress")},
-        errors=_READ_ERRORS,
+        "Server-sent events: `progress`, `item` (with an id), then `done`",
+        {
+            200: _stream(
+                "text/event-stream",
+                "`event: progress` (the batch) at once and as counts change; `id: <cursor>` "
+                "`event: item` (a `BatchItem`) as each item ends; `event: done` (the batch)",
+            )
+        },
+        errors=(400, *_READ_ERRORS),
         parameters=(
             _query("results", "`true`: `item` events carry the result.", {"type": "string"}),
+            _BATCH_LAST_EVENT_ID,
         ),
         tags=("batches",),
     ),
     ("/v1/batches/<batch_id>/cancel", "POST"): _Op(
-        "Cancel every item not yet started",
+        "Cancel every item not yet started (an open batch takes no more parts)",
         {200: _json(_BATCH, "The batch")},
         errors=(*_READ_ERRORS, 409),
         tags=("batches",),
@@ -286,7 +359,8 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         tags=("webhooks",),
     ),
     ("/v1/batches/<batch_id>/retry", "POST"): _Op(
-        "Give each failed item a new job",
+        "Run exactly the failed items again, as new chunks; results show each item's latest "
+        "outcome",
         {200: _json(_BATCH, "The batch")},
         errors=(*_READ_ERRORS, 409),
         tags=("batches",),
@@ -308,6 +382,21 @@ class _Liveness(BaseModel):
 
     ok: bool
     service: str
+
+
+class _BatchItem(BaseModel):
+    """One line of ``GET /v1/batches/ID/results`` (``schemas.chunks.item_line``), also
+    ``GET /v1/batches/ID/items/INDEX`` and the data of an ``item`` event."""
+
+    model_config = ConfigDict(title="BatchItem")
+
+    index: int = Field(ge=0)
+    status: JobStatus
+    result: dict[str, Any] | None = Field(
+        default=None, description="Only when succeeded: the task's result."
+    )
+    error: JobError | None = Field(default=None, description="Only when failed.")
+    attempts: int = Field(ge=0, description="Attempts of the chunk that ran it (0: queued).")
 
 
 def documented_rules() -> set[tuple[str, str]]:
@@ -336,6 +425,10 @@ def _components() -> dict[str, Any]:
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     schemas["Health"] = _Health.model_json_schema(ref_template=REF_TEMPLATE)
     schemas["Liveness"] = _Liveness.model_json_schema(ref_template=REF_TEMPLATE)
+    item = _BatchItem.model_json_schema(ref_template=REF_TEMPLATE)
+    schemas.update(item.pop("$defs", {}))
+    schemas["BatchItem"] = item
+    _batch_fields(schemas["Batch"])
     schemas["TaskList"] = _task_list_schema()
     for envelope in ("JobRequest", "BatchRequest"):
         _narrow_envelope(schemas[envelope])
@@ -343,6 +436,22 @@ def _components() -> dict[str, Any]:
     schemas["BatchSubmission"] = _submission("BatchRequest", "items", keys, single=False)
     schemas.setdefault("JobStatus", {"type": "string", "enum": [s.value for s in JobStatus]})
     return schemas
+
+
+def _batch_fields(schema: dict[str, Any]) -> None:
+    """The fields the ingress adds to ``schemas.batches.Batch`` (``ingress/batches.py``'s
+    ``batch_resource``) for batches that take parts."""
+    timestamp = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+    schema["properties"].update(
+        {
+            "open": {"type": "boolean", "description": "Whether it takes parts (`/items`)."},
+            "open_expires_at": {
+                **timestamp,
+                "description": "An open batch not closed by then is cancelled.",
+            },
+            "closed_at": {**timestamp, "description": "When an open batch was closed."},
+        }
+    )
 
 
 def _narrow_envelope(schema: dict[str, Any]) -> None:
@@ -431,7 +540,8 @@ def _operation_id(rule: str, method: str) -> str:
 
 def _operation(rule: str, method: str, arguments: list[str], op: _Op) -> dict[str, Any]:
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": _ID} for name in arguments
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _ID)}
+        for name in arguments
     ]
     parameters += op.parameters
     responses: dict[str, Any] = {str(code): body for code, body in op.responses.items()}

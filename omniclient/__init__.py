@@ -12,7 +12,7 @@ The ``cli`` extra installs what it needs: ``pip install -e '.[cli]'``.
 
 from __future__ import annotations
 
-from omniclient.client import BatchEvent, JobEvent, OmniClient
+from omniclient.client import BatchEvent, JobEvent, OmniClient, UploadProgress
 from omniclient.errors import MissingApiKey, OmniClientError, OmniConnectionError, OmniError
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "OmniClientError",
     "OmniConnectionError",
     "OmniError",
+    "UploadProgress",
 ]

@@ -18,10 +18,10 @@ from typing import IO, Any
 
 import click
 
-from omniclient.client import DEFAULT_URL, TERMINAL, BatchEvent, OmniClient
+from omniclient.client import DEFAULT_URL, TERMINAL, BatchEvent, OmniClient, line_index
 from omniclient.errors import MissingApiKey, OmniClientError, OmniError
 from omniclient.progress import BatchProgress, Tally
-from omniclient.upload import UPLOAD_CHUNK_BYTES
+from omniclient.upload import PART_MAX_BYTES, PART_MAX_ITEMS, UPLOAD_CHUNK_BYTES
 
 EXIT_FAILED = 1
 """A job or batch that ended failed or cancelled, an API error, or no connection."""
@@ -224,21 +224,54 @@ def batch() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--task", "-t", required=True, help="The task every line is an input of.")
 @click.option("--wait", is_flag=True, help="Show progress until it ends; exit 1 unless succeeded.")
+@click.option(
+    "--batch", "batch_id", metavar="BATCH_ID",
+    help="Send FILE's parts to this open batch, then close it: resumes an interrupted upload "
+    "(parts it already has append nothing; use the same --part-* values).",
+)  # fmt: skip
+@click.option(
+    "--part-items", type=click.IntRange(min=1), default=PART_MAX_ITEMS, show_default=True,
+    help="Most items in one request; a larger FILE goes in parts.",
+)  # fmt: skip
+@click.option(
+    "--part-bytes", type=click.IntRange(min=1), default=PART_MAX_BYTES, show_default=True,
+    help="Most bytes in one request; a larger FILE goes in parts.",
+)  # fmt: skip
 @click.pass_obj
-def batch_submit(session: _Session, file: str, task: str, wait: bool) -> None:
-    """Submit FILE (NDJSON: one input per line; - reads stdin) as a batch of TASK."""
+def batch_submit(
+    session: _Session,
+    file: str,
+    task: str,
+    wait: bool,
+    batch_id: str | None,
+    part_items: int,
+    part_bytes: int,
+) -> None:
+    """Submit FILE (NDJSON: one input per line; - reads stdin) as a batch of TASK.
+
+    A FILE over one request's limits goes in parts (an open batch, each part, then close); one
+    progress bar follows the upload and, with --wait, the run."""
     client = session.client()
-    with contextlib.ExitStack() as stack:
-        source: str | IO[bytes] = file
-        if file == "-":
-            source = stack.enter_context(_spooled_stdin())
-        created = client.submit_batch(task, source)
-    total = (created.get("counts") or {}).get("total", "?")
-    _note(f"batch {created['id']} accepted: {total} items of {task}")
-    if wait:
-        _finish_batch(client, created["id"])
-    else:
-        _echo_json(created)
+    tally = Tally()
+    with BatchProgress(tally) as progress:
+        with contextlib.ExitStack() as stack:
+            source: str | IO[bytes] = file
+            if file == "-":
+                source = stack.enter_context(_spooled_stdin())
+            created = client.submit_batch(
+                task,
+                source,
+                part_bytes=part_bytes,
+                part_items=part_items,
+                batch_id=batch_id,
+                on_upload=progress.upload,
+            )
+        total = (created.get("counts") or {}).get("total", "?")
+        progress.note(f"batch {created['id']} accepted: {total} items of {task}")
+        if wait:
+            _follow_batch(client, created["id"], progress)
+            return
+    _echo_json(created)
 
 
 @batch.command("status")
@@ -254,17 +287,62 @@ def batch_status(session: _Session, batch_id: str) -> None:
 @click.pass_obj
 def batch_watch(session: _Session, batch_id: str) -> None:
     """Show a batch's progress until it ends; print it (exit 1 unless it succeeded)."""
-    _finish_batch(session.client(), batch_id)
+    with BatchProgress(Tally()) as progress:
+        _follow_batch(session.client(), batch_id, progress)
 
 
 @batch.command("results")
 @click.argument("batch_id")
 @click.option("--status", "-s", help="Only items that ended so (e.g. failed).")
+@click.option(
+    "--after", type=click.IntRange(min=0), metavar="INDEX",
+    help="Only the items after this index (resumes a download).",
+)  # fmt: skip
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+    help="Append to FILE instead of stdout, after the last whole line already in it: run it "
+    "again to resume an interrupted download.",
+)  # fmt: skip
 @click.pass_obj
-def batch_results(session: _Session, batch_id: str, status: str | None) -> None:
-    """Write the results to stdout as NDJSON, one line per item in input order."""
-    for line in session.client().batch_results(batch_id, status=status):
-        click.echo(line)
+def batch_results(
+    session: _Session,
+    batch_id: str,
+    status: str | None,
+    after: int | None,
+    output: str | None,
+) -> None:
+    """Write the results as NDJSON, one line per item in input order.
+
+    A download that breaks resumes by itself (after the last index received)."""
+    client = session.client()
+    if output is None:
+        for line in client.batch_results(batch_id, status=status, after=after):
+            click.echo(line)
+        return
+    last = resume_point(output)
+    if after is None and last is not None:
+        after = last
+        _note(f"resuming after item {last}, the last one in {output}")
+    with open(output, "a", encoding="utf-8") as out:
+        for line in client.batch_results(batch_id, status=status, after=after):
+            out.write(line + "\n")
+
+
+@batch.command("item")
+@click.argument("batch_id")
+@click.argument("index", type=click.IntRange(min=0))
+@click.pass_obj
+def batch_item(session: _Session, batch_id: str, index: int) -> None:
+    """Print one item's results line (INDEX counts from 0)."""
+    _echo_json(session.client().get_batch_item(batch_id, index))
+
+
+@batch.command("close")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_close(session: _Session, batch_id: str) -> None:
+    """Close an open batch (no more parts), and print it."""
+    _echo_json(session.client().close_batch(batch_id))
 
 
 @batch.command("cancel")
@@ -279,25 +357,51 @@ def batch_cancel(session: _Session, batch_id: str) -> None:
 @click.argument("batch_id")
 @click.pass_obj
 def batch_retry(session: _Session, batch_id: str) -> None:
-    """Give each failed item a new job, and print the batch."""
+    """Run exactly the failed items again, and print the batch."""
     _echo_json(session.client().retry_batch(batch_id))
 
 
-def _finish_batch(client: OmniClient, batch_id: str) -> None:
-    tally = Tally()
+def _follow_batch(client: OmniClient, batch_id: str, progress: BatchProgress) -> None:
+    """Show the batch's progress on ``progress`` until it ends; print it (exit 1 unless it
+    succeeded)."""
     final: dict[str, Any] | None = None
-    with BatchProgress(tally) as progress:
-        for event in client.batch_events(batch_id):
-            progress.update(event)
-            if event.name == "done":
-                final = event.data
-        if final is None:  # a stream that ended without ``done`` (the server had nothing more)
-            final = client.get_batch(batch_id)
-            progress.update(BatchEvent("done", final))
-    _note(tally.summary())
+    for event in client.batch_events(batch_id):
+        progress.update(event)
+        if event.name == "done":
+            final = event.data
+    if final is None:  # a stream that ended without ``done`` (the server had nothing more)
+        final = client.get_batch(batch_id)
+        progress.update(BatchEvent("done", final))
+    progress.close()
+    _note(progress.tally.summary())
     _echo_json(final)
     if final.get("status") != "succeeded":
         click.get_current_context().exit(EXIT_FAILED)
+
+
+def resume_point(path: str) -> int | None:
+    """The index of the last whole line of a results file, which loses any partial line after
+    it (a download cut mid-line); None when the file is missing or has no whole line."""
+    try:
+        file = open(path, "r+b")  # noqa: SIM115 - closed below; truncated in place
+    except FileNotFoundError:
+        return None
+    with file:
+        end = position = file.seek(0, os.SEEK_END)
+        tail = b""
+        # Back from the end until the tail holds the last whole line: two newlines, or the start.
+        while position > 0 and tail.count(b"\n") < 2:
+            step = min(UPLOAD_CHUNK_BYTES, position)
+            position -= step
+            file.seek(position)
+            tail = file.read(step) + tail
+        whole, newline, partial = tail.rpartition(b"\n")
+        if partial:
+            file.truncate(end - len(partial))
+        if not newline:
+            return None
+        last = whole.rpartition(b"\n")[2]
+        return line_index(last.decode("utf-8", errors="replace"))
 
 
 @contextlib.contextmanager

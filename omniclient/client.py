@@ -11,16 +11,23 @@ transport errors from httpx are translated into those at one place, ``OmniClient
   where a replay cannot create a second resource: GETs, and ``POST /v1/jobs``, whose
   ``Idempotency-Key`` the contract honours.
 * A refused connection is never retried: a server that is not listening is reported at once.
+* A batch part (``POST /v1/batches/ID/items``) carries a key derived from the batch, the part's
+  number and its bytes, so a replay, or the same file sent again to resume an upload, appends
+  nothing twice.
 * Event streams reconnect on their own (``STREAM_RECONNECTS``), resuming from ``Last-Event-ID``.
   A stream the server ended cleanly after sending something (its maximum lifetime, a restart) is
   resumed after the first backoff and is not counted as a failure: a job outlives many streams.
+* A batch results download that breaks resumes with ``?after=`` the last index it yielded.
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import json as jsonlib
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +39,15 @@ import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
 from omniclient.errors import MissingApiKey, OmniClientError, OmniConnectionError, OmniError
-from omniclient.upload import upload_source
+from omniclient.upload import (
+    PART_MAX_BYTES,
+    PART_MAX_ITEMS,
+    Part,
+    part_upload,
+    plan_parts,
+    splittable,
+    upload_source,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 30.0
@@ -54,10 +69,15 @@ UPLOAD_TIMEOUT_S = 300.0
 """How long a batch upload may wait for its answer (the server validates every line), seconds."""
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 """Job and batch statuses that never change again."""
+BUSY_WAIT_S = 8.0
+"""Longest wait between two tries of a part or a close refused while a part is being appended."""
 RETRY_STATUSES = frozenset({429, 503})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+NDJSON = "application/x-ndjson"
 USER_AGENT = "omniclient/0.1.0"
 
+_BUSY = ("is being appended", "still being accepted")
+"""What the ingress's 409 says when a part is being appended: ask again once it is answered."""
 _DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.TimeoutException)
 """A request that went out and got no (whole) answer; ConnectError and SSEError are not here."""
 
@@ -73,10 +93,29 @@ class JobEvent(NamedTuple):
 
 
 class BatchEvent(NamedTuple):
-    """One event of ``GET /v1/batches/ID/events``: progress, item or done, with its data."""
+    """One event of ``GET /v1/batches/ID/events``: progress, item or done, with its data and id
+    (a cursor over completions: the stream resumes after it)."""
 
     name: str
     data: Json
+    id: str = ""
+
+
+class UploadProgress(NamedTuple):
+    """Where a batch upload stands, told to ``submit_batch``'s ``on_upload`` as it goes."""
+
+    batch_id: str | None
+    """None until the batch exists (a single request's batch is made by its answer)."""
+    sent_bytes: int
+    total_bytes: int | None
+    parts_done: int
+    parts: int
+    items_accepted: int
+    items: int | None
+    """The file's items (non-blank lines), when it was planned; else None."""
+
+
+OnUpload = Callable[[UploadProgress], None]
 
 
 class OmniClient:
@@ -164,30 +203,39 @@ class OmniClient:
         task: str,
         items: Iterable[Json] | str | os.PathLike[str] | IO[bytes] | IO[str],
         metadata: dict[str, str] | None = None,
+        *,
+        part_bytes: int = PART_MAX_BYTES,
+        part_items: int = PART_MAX_ITEMS,
+        batch_id: str | None = None,
+        on_upload: OnUpload | None = None,
     ) -> Json:
         """``POST /v1/batches``: a list of inputs as JSON, or an NDJSON file streamed from disk.
 
         ``items`` is a path or an open file of NDJSON (one input per line; ``?task=`` names the
         task), or an iterable of input dicts. A file is read in pieces, never whole; a retry reads
         it again from the start, so a file that cannot seek is tried once.
+
+        A file over one request's limits (``part_bytes``, ``part_items``) is sent in parts: an
+        open batch, each part (``add_batch_items``), then ``close_batch``; the answer is the
+        closed batch. With ``batch_id`` the file's parts go to that open batch instead: sent
+        again after an interrupted upload, the parts it already has append nothing.
+        ``on_upload`` is told the progress of the upload as each piece goes out and as each part
+        is accepted.
         """
         if isinstance(items, str | os.PathLike) or hasattr(items, "read"):
             if metadata:
                 raise ValueError("metadata needs a JSON batch (a list of items), not NDJSON")
-            upload = upload_source(items)  # type: ignore[arg-type]
-            headers = {"Content-Type": "application/x-ndjson"}
-            if upload.size is not None:
-                headers["Content-Length"] = str(upload.size)
-            return self._json(
-                "POST",
-                "/v1/batches",
-                params={"task": task},
-                content=upload.chunks,
-                headers=headers,
-                create=True,
-                tries=MAX_TRIES if upload.replayable else 1,
-                timeout=self._slow_answer(UPLOAD_TIMEOUT_S),
-            )
+            source: str | os.PathLike[str] | IO[bytes] | IO[str] = items  # type: ignore[assignment]
+            if splittable(source):
+                parts = plan_parts(source, part_bytes, part_items)
+                if len(parts) > 1 or batch_id is not None:
+                    return self._submit_parts(task, source, parts, batch_id, on_upload)
+                return self._submit_file(task, source, parts[0], on_upload)
+            if batch_id is not None:
+                raise ValueError("batch_id needs a path or a seekable binary file")
+            return self._submit_file(task, source, None, on_upload)
+        if batch_id is not None:
+            raise ValueError("batch_id needs an NDJSON file, not a list of items")
         body: Json = {"task": task, "items": list(items)}
         if metadata:
             body["metadata"] = metadata
@@ -199,44 +247,228 @@ class OmniClient:
             timeout=self._slow_answer(UPLOAD_TIMEOUT_S),
         )
 
+    def open_batch(self, task: str) -> Json:
+        """``POST /v1/batches?task=T&open=1``: an empty batch that takes parts until closed."""
+        return self._json(
+            "POST",
+            "/v1/batches",
+            params={"task": task, "open": "1"},
+            content=lambda: iter(()),
+            headers={"Content-Type": NDJSON, "Content-Length": "0"},
+            create=True,
+        )
+
+    def add_batch_items(
+        self,
+        batch_id: str,
+        items: str | os.PathLike[str] | IO[bytes],
+        key: str | None = None,
+        *,
+        part: Part | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> Json:
+        """``POST /v1/batches/ID/items``: one NDJSON part (a whole file, or ``part`` of it),
+        indexed after the parts before it; the batch. The ``Idempotency-Key`` is ``key``, else
+        one derived from the batch, the part's number and its bytes, so sending the same part
+        again appends nothing."""
+        upload = part_upload(items, part, on_sent) if part else upload_source(items, on_sent)
+        if key is None and part is not None:
+            key = f"part-{batch_id}-{part.number}-{part.digest[:32]}"
+        elif key is None:
+            # A file that cannot be read twice gets a key of its own: still one per try.
+            digest = _file_digest(items) if upload.replayable else uuid.uuid4().hex
+            key = f"part-{batch_id}-1-{digest[:32]}"
+        headers = {"Content-Type": NDJSON}
+        if upload.size is not None:
+            headers["Content-Length"] = str(upload.size)
+        return self._while_busy(
+            lambda: self._json(
+                "POST",
+                _path("batches", batch_id, "items"),
+                content=upload.chunks,
+                headers=headers,
+                idempotency_key=key,
+                replay_safe=upload.replayable,
+                tries=MAX_TRIES if upload.replayable else 1,
+                timeout=self._slow_answer(UPLOAD_TIMEOUT_S),
+            )
+        )
+
+    def close_batch(self, batch_id: str) -> Json:
+        """``POST /v1/batches/ID/close``: no more parts; the batch runs to its end."""
+        return self._while_busy(lambda: self._json("POST", _path("batches", batch_id, "close")))
+
+    def _while_busy(self, call: Callable[[], Json]) -> Json:
+        """``call``, again while the batch answers 409 because a part is being appended (this
+        very part, when a replay after a dropped answer overtook its first try): it will be
+        answered shortly. ``MAX_RETRY_WAIT_S`` of waiting at most."""
+        waited = 0.0
+        delay = BACKOFF_S
+        while True:
+            try:
+                return call()
+            except OmniError as exc:
+                busy = exc.status == 409 and any(m in str(exc.detail) for m in _BUSY)
+                if not busy or waited + delay > MAX_RETRY_WAIT_S:
+                    raise
+            self._sleep(delay)
+            waited += delay
+            delay = min(delay * 2, BUSY_WAIT_S)
+
     def get_batch(self, batch_id: str) -> Json:
         return self._json("GET", _path("batches", batch_id))
+
+    def get_batch_item(self, batch_id: str, index: int) -> Json:
+        """``GET /v1/batches/ID/items/INDEX``: one item's results line."""
+        return self._json("GET", _path("batches", batch_id, "items", str(int(index))))
 
     def cancel_batch(self, batch_id: str) -> Json:
         """``POST /v1/batches/ID/cancel``: items not yet started end cancelled."""
         return self._json("POST", _path("batches", batch_id, "cancel"))
 
     def retry_batch(self, batch_id: str) -> Json:
-        """``POST /v1/batches/ID/retry``: each failed item gets a new job."""
+        """``POST /v1/batches/ID/retry``: exactly the failed items run again."""
         return self._json("POST", _path("batches", batch_id, "retry"), create=True)
 
-    def batch_results(self, batch_id: str, status: str | None = None) -> Iterator[str]:
-        """Each line of the NDJSON results, in input order, as the server sent it (no newline)."""
-        params = {"status": status} if status else None
-        response = self._send(
-            "GET", _path("batches", batch_id, "results"), params=params, stream=True
-        )
+    def batch_results(
+        self, batch_id: str, status: str | None = None, after: int | None = None
+    ) -> Iterator[str]:
+        """Each line of the NDJSON results, in input order, as the server sent it (no newline).
+
+        ``after``: only the items after that index. A download that breaks resumes by itself
+        after the last index it yielded (``STREAM_RECONNECTS`` breaks in a row at most)."""
+        path = _path("batches", batch_id, "results")
         count = 0
-        try:
-            for line in response.iter_lines():
-                if line:
-                    count += 1
-                    yield line
-        except _DROPPED as exc:
-            raise OmniConnectionError(
-                f"the results stream from {self.url} broke after {count} lines: {exc}"
-            ) from exc
-        finally:
-            response.close()
+        failures = 0
+        while True:
+            params: dict[str, Any] = {}
+            if status:
+                params["status"] = status
+            if after is not None:
+                params["after"] = str(after)
+            try:
+                response = self._send("GET", path, params=params or None, stream=True)
+            except OmniConnectionError:
+                if not count and not failures:
+                    raise  # nothing reached us yet: report it at once, as any call does
+                reason = "no connection"
+            else:
+                try:
+                    for line in response.iter_lines():
+                        if line:
+                            count += 1
+                            failures = 0
+                            index = line_index(line)
+                            after = index if index is not None else after
+                            yield line
+                    # An outage after the first line ends the stream cleanly but short: with
+                    # every status asked for, the last index tells (one read of the batch).
+                    last = -1 if after is None else after
+                    if status or last >= (_total(self.get_batch(batch_id)) or 0) - 1:
+                        return
+                    reason = f"the stream ended after item {after}, short of the batch's end"
+                except _DROPPED as exc:
+                    reason = _describe(exc)
+                finally:
+                    response.close()
+            failures += 1
+            if failures > STREAM_RECONNECTS:
+                raise OmniConnectionError(
+                    f"the results stream from {self.url} broke after {count} lines "
+                    f"({failures} times in a row): {reason}"
+                )
+            self._sleep(min(BACKOFF_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S))
 
     def batch_events(self, batch_id: str) -> Iterator[BatchEvent]:
         """``progress`` (the batch), ``item`` (one item finished) ..., ending with ``done``.
 
-        After a reconnect the server starts again with a progress event.
-        """
+        A reconnect resumes with ``Last-Event-ID``: the server sends a fresh ``progress``, then
+        the item events after that id, so no item event is lost or repeated."""
         path = _path("batches", batch_id, "events")
-        for sse in self._follow(path, last=lambda sse: sse.event == "done", resume=False):
-            yield BatchEvent(sse.event, sse.json())
+        for sse in self._follow(path, last=lambda sse: sse.event == "done", resume=True):
+            yield BatchEvent(sse.event, sse.json(), sse.id)
+
+    def _submit_file(
+        self,
+        task: str,
+        source: str | os.PathLike[str] | IO[bytes] | IO[str],
+        part: Part | None,
+        on_upload: OnUpload | None,
+    ) -> Json:
+        """The whole file as one ``POST /v1/batches``."""
+        report = _UploadReport(on_upload, [part] if part else [], None)
+        upload = upload_source(source, report.sent if on_upload else None)
+        if report.total_bytes is None:
+            report.total_bytes = upload.size
+        headers = {"Content-Type": NDJSON}
+        if upload.size is not None:
+            headers["Content-Length"] = str(upload.size)
+        created = self._json(
+            "POST",
+            "/v1/batches",
+            params={"task": task},
+            content=upload.chunks,
+            headers=headers,
+            create=True,
+            tries=MAX_TRIES if upload.replayable else 1,
+            timeout=self._slow_answer(UPLOAD_TIMEOUT_S),
+        )
+        report.accepted(created, part)
+        return created
+
+    def _submit_parts(
+        self,
+        task: str,
+        source: str | os.PathLike[str] | IO[bytes],
+        parts: list[Part],
+        batch_id: str | None,
+        on_upload: OnUpload | None,
+    ) -> Json:
+        """Open a batch (unless ``batch_id`` names one), send each part, close it.
+
+        A part refused for its content (413, 422) cancels a batch this call opened, so no half
+        of the file runs as if it were the whole; the error names the file's lines. Any other
+        failure leaves the batch open, and the same file sent again with its id resumes."""
+        opened = batch_id is None
+        if batch_id is None:
+            batch_id = str(self.open_batch(task)["id"])
+        report = _UploadReport(on_upload, parts, batch_id)
+        report.tell()
+        for part in parts:
+            try:
+                batch = self.add_batch_items(
+                    batch_id,
+                    source,
+                    part=part,
+                    on_sent=report.sent if on_upload else None,
+                )
+            except OmniError as exc:
+                raise self._part_failed(exc, batch_id, part, len(parts), opened) from exc
+            except OmniConnectionError as exc:
+                raise OmniConnectionError(
+                    f"{exc}; batch {batch_id} has parts 1..{part.number - 1} of {len(parts)} "
+                    "and stays open: send the same file to it again to resume (omni batch submit "
+                    f"--batch {batch_id})"
+                ) from exc
+            report.accepted(batch, part)
+        return self.close_batch(batch_id)
+
+    def _part_failed(
+        self, exc: OmniError, batch_id: str, part: Part, parts: int, opened: bool
+    ) -> OmniError:
+        """``exc`` with the file's line numbers instead of the part's, and what became of the
+        batch."""
+        where = f"part {part.number} of {parts} (lines {part.first_line}-{part.last_line})"
+        fate = f"batch {batch_id} stays open"
+        if opened and exc.status in (413, 422):
+            try:
+                self.cancel_batch(batch_id)
+                fate = f"batch {batch_id} was cancelled"
+            except OmniClientError:
+                fate = f"batch {batch_id} could not be cancelled: cancel it yourself"
+        errors = [_shift_line(error, part.first_line - 1) for error in exc.errors]
+        detail = f"{where}: {exc.detail or exc.title}; {fate}"
+        return OmniError(exc.status, exc.title, detail, errors, exc.body)
 
     # Plumbing
 
@@ -268,6 +500,7 @@ class OmniClient:
         content: Callable[[], Iterator[bytes]] | None = None,
         headers: dict[str, str] | None = None,
         create: bool = False,
+        idempotency_key: str | None = None,
         replay_safe: bool | None = None,
         tries: int = MAX_TRIES,
         stream: bool = False,
@@ -275,12 +508,14 @@ class OmniClient:
     ) -> httpx.Response:
         """One call, with the retries the module docstring lists; a 2xx response or a raise.
 
-        ``create``: send an ``Idempotency-Key``, the same on every try. ``replay_safe``: retry a
-        connection that broke in flight (default: GETs only). ``stream``: the caller reads and
-        closes the response.
+        ``create``: send an ``Idempotency-Key`` (``idempotency_key``, else a new UUID), the same
+        on every try. ``replay_safe``: retry a connection that broke in flight (default: GETs
+        only). ``stream``: the caller reads and closes the response.
         """
         headers = dict(headers or {})
-        if create:
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        elif create:
             headers[IDEMPOTENCY_HEADER] = str(uuid.uuid4())
         if replay_safe is None:
             replay_safe = method == "GET"
@@ -373,6 +608,91 @@ class OmniClient:
                     f"the event stream {path} from {self.url} broke {failures} times: {reason}"
                 )
             self._sleep(min(BACKOFF_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S))
+
+
+class _UploadReport:
+    """Tells ``on_upload`` where an upload stands: bytes sent, parts and items accepted."""
+
+    def __init__(self, on_upload: OnUpload | None, parts: list[Part], batch_id: str | None):
+        self._on_upload = on_upload
+        self.batch_id = batch_id
+        self.parts = len(parts) or 1
+        self.total_bytes: int | None = sum(p.size for p in parts) if parts else None
+        self.items: int | None = sum(p.items for p in parts) if parts else None
+        self.parts_done = 0
+        self.items_accepted = 0
+        self._done_bytes = 0  # the parts accepted so far
+        self._sending = 0  # of the part going out, this try
+
+    def sent(self, so_far: int) -> None:
+        self._sending = so_far
+        self.tell()
+
+    def accepted(self, batch: Json, part: Part | None = None) -> None:
+        self.batch_id = str(batch.get("id") or self.batch_id)
+        self.parts_done += 1
+        self._done_bytes += part.size if part else self._sending
+        self._sending = 0
+        self.items_accepted += part.items if part else int(_total(batch) or 0)
+        self.tell()
+
+    def tell(self) -> None:
+        if self._on_upload is None:
+            return
+        self._on_upload(
+            UploadProgress(
+                batch_id=self.batch_id,
+                sent_bytes=self._done_bytes + self._sending,
+                total_bytes=self.total_bytes,
+                parts_done=self.parts_done,
+                parts=self.parts,
+                items_accepted=self.items_accepted,
+                items=self.items,
+            )
+        )
+
+
+def _total(batch: Json) -> int | None:
+    counts = batch.get("counts")
+    total = counts.get("total") if isinstance(counts, dict) else None
+    return total if isinstance(total, int) else None
+
+
+_INDEX = re.compile(r'\{\s*"index"\s*:\s*(\d+)')
+
+
+def line_index(line: str) -> int | None:
+    """A results line's ``index``: from its start, where the server writes it, without parsing
+    a line that may hold kilobytes of vectors; parsed whole only if it is not there."""
+    match = _INDEX.match(line)
+    if match:
+        return int(match.group(1))
+    try:
+        index = jsonlib.loads(line).get("index")
+    except (ValueError, AttributeError):
+        return None
+    return index if isinstance(index, int) else None
+
+
+def _shift_line(error: dict[str, Any], by: int) -> dict[str, Any]:
+    """A 422 error of a part, its ``["body", "line", N, ...]`` renumbered as the file's line."""
+    loc = error.get("loc")
+    if not isinstance(loc, list) or not by:
+        return error
+    shifted = list(loc)
+    for i, value in enumerate(shifted[:-1]):
+        if value == "line" and isinstance(shifted[i + 1], int):
+            shifted[i + 1] += by
+            break
+    return {**error, "loc": shifted}
+
+
+def _file_digest(source: str | os.PathLike[str] | IO[bytes] | IO[str]) -> str:
+    """SHA-256 of a whole upload's bytes (hex), read once."""
+    digest = hashlib.sha256()
+    for chunk in upload_source(source).chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _describe(exc: Exception) -> str:

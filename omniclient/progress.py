@@ -1,7 +1,10 @@
-"""A batch's progress on stderr: a rich bar on a terminal, plain lines anywhere else.
+"""A batch's progress on stderr, from its upload to its end: a rich bar on a terminal, plain
+lines anywhere else.
 
-Both are driven by ``OmniClient.batch_events``. The counts come from the server's ``progress`` and
-``done`` events; ``item`` events seen since keep the display moving between two progress events.
+The upload is driven by ``OmniClient.submit_batch``'s ``on_upload`` (items sent, estimated from
+bytes, and parts accepted), the run by ``OmniClient.batch_events``: the counts come from the
+server's ``progress`` and ``done`` events; ``item`` events seen since keep the display moving
+between two progress events. One bar serves both: its items are first sent, then finished.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from omniclient.client import TERMINAL, BatchEvent
+from omniclient.client import TERMINAL, BatchEvent, UploadProgress
 
 PLAIN_INTERVAL_S = 1.0
 """Least time between two plain progress lines, seconds (the last line is always printed)."""
@@ -125,8 +128,26 @@ class Tally:
         )
 
 
+def upload_line(upload: UploadProgress) -> str:
+    """``upload part 2/10: 200000/1000000 items accepted``."""
+    items = "?" if upload.items is None else str(upload.items)
+    return (
+        f"upload part {upload.parts_done}/{upload.parts}: "
+        f"{upload.items_accepted}/{items} items accepted"
+    )
+
+
+def items_sent(upload: UploadProgress) -> int:
+    """Items sent so far: those accepted, and the part going out's share by its bytes sent."""
+    if not upload.items or not upload.total_bytes:
+        return upload.items_accepted
+    share = upload.items * upload.sent_bytes // upload.total_bytes
+    return min(upload.items, max(upload.items_accepted, share))
+
+
 class BatchProgress:
-    """Shows a ``Tally`` on stderr as events arrive; a context manager around the watch."""
+    """Shows an upload and then a ``Tally`` on stderr as they go; a context manager around
+    both."""
 
     def __init__(self, tally: Tally, console: Console | None = None) -> None:
         self.tally = tally
@@ -135,6 +156,8 @@ class BatchProgress:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_line = float("-inf")
+        self._upload_started: float | None = None
+        self._parts_reported = 0
 
     def __enter__(self) -> BatchProgress:
         if self._rich:
@@ -153,8 +176,46 @@ class BatchProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the bar (it stays on screen); what is written after goes below it."""
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
+
+    def note(self, message: str) -> None:
+        """A line on stderr that does not tear the bar."""
+        if self._progress is not None:
+            self._progress.console.print(message, highlight=False, markup=False)
+        else:
+            click.echo(message, err=True)
+
+    def upload(self, upload: UploadProgress) -> None:
+        """The upload moved on: bytes went out, or a part was accepted. Plain lines come once
+        per accepted part of a file sent in several (a single request says nothing here)."""
+        now = time.monotonic()
+        if self._upload_started is None:
+            self._upload_started = now
+        if self._progress is not None and self._task is not None:
+            sent = items_sent(upload)
+            elapsed = now - self._upload_started
+            rate = f"{sent / elapsed:.1f}/s" if elapsed >= MIN_RATE_WINDOW_S else "-"
+            self._progress.update(
+                self._task,
+                description=f"upload {upload.parts_done}/{upload.parts}",
+                total=upload.items,
+                completed=sent,
+                counts=f"accepted={upload.items_accepted}",
+                rate=rate,
+                eta="-",
+                refresh=upload.parts_done > self._parts_reported,  # a part accepted: show it
+            )
+            self._parts_reported = upload.parts_done
+            return
+        if upload.parts > 1 and upload.parts_done > self._parts_reported:
+            self._parts_reported = upload.parts_done
+            click.echo(upload_line(upload), err=True)
 
     def update(self, event: BatchEvent) -> None:
         self.tally.apply(event)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_batch_submit_wait_shows_progress_then_results_come_back_in_order(
     assert results.returncode == 0, results.stderr
     lines = [json.loads(line) for line in results.stdout.splitlines()]
     assert [line["index"] for line in lines] == list(range(200))
-    assert all(line["status"] == "succeeded" for line in lines)
+    assert all(line["status"] == "succeeded" and "job_id" not in line for line in lines)
 
     status = omni(ingress, "batch", "status", batch["id"])
     assert json.loads(status.stdout)["counts"]["total"] == 200
@@ -91,3 +92,68 @@ def test_errors_are_readable_and_exit_non_zero(
 
     no_key = omni(ingress, "get", "0" * 32, key=None)
     assert no_key.returncode == 2 and "OMNI_API_KEY" in no_key.stderr
+
+
+def embed_lines(count: int, start: int = 0) -> str:
+    return "".join(json.dumps({"texts": [f"part item {i}"]}) + "\n" for i in range(start, count))
+
+
+def test_a_file_over_the_part_limit_goes_in_parts_and_its_results_resume(
+    ingress: Service, tmp_path: Path
+) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text(embed_lines(200))
+
+    done = omni(ingress, "batch", "submit", str(items), "--task", "embed", "--part-items", "80")
+
+    assert done.returncode == 0, done.stderr
+    batch = json.loads(done.stdout)
+    try:
+        assert batch["counts"]["total"] == 200 and batch["open"] is False
+        assert done.stderr.splitlines() == [
+            "upload part 1/3: 80/200 items accepted",
+            "upload part 2/3: 160/200 items accepted",
+            "upload part 3/3: 200/200 items accepted",
+            f"batch {batch['id']} accepted: 200 items of embed",
+        ]
+        tail = omni(ingress, "batch", "results", batch["id"], "--after", "149")
+        assert tail.returncode == 0, tail.stderr
+        assert [json.loads(line)["index"] for line in tail.stdout.splitlines()] == list(
+            range(150, 200)
+        )
+
+        # A download cut mid-line, run again into the same file: every item once, in order.
+        out = tmp_path / "results.jsonl"
+        whole = omni(ingress, "batch", "results", batch["id"]).stdout.splitlines()
+        out.write_text("\n".join(whole[:120]) + "\n" + whole[120][:15])
+        resumed = omni(ingress, "batch", "results", batch["id"], "-o", str(out))
+        assert resumed.returncode == 0, resumed.stderr
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [line["index"] for line in lines] == list(range(200))
+
+        item = omni(ingress, "batch", "item", batch["id"], "7")
+        assert json.loads(item.stdout)["index"] == 7
+    finally:
+        omni(ingress, "batch", "cancel", batch["id"])  # no worker needs to run it
+
+
+def test_a_bad_line_in_a_later_part_names_the_file_s_line_and_cancels_the_batch(
+    ingress: Service, tmp_path: Path
+) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text(embed_lines(100) + '{"texts": "not a list"}\n' + embed_lines(130, 101))
+
+    bad = omni(ingress, "batch", "submit", str(items), "--task", "embed", "--part-items", "50")
+
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "422" in bad.stderr and "part 3 of 3 (lines 101-130)" in bad.stderr
+    assert "line 101 → texts" in bad.stderr
+    batch_id = bad.stderr.split(" was cancelled")[0].rsplit("batch ", 1)[1]
+    deadline = time.monotonic() + 60
+    while True:  # the cancel's sweep ends the queued items within moments
+        status = json.loads(omni(ingress, "batch", "status", batch_id).stdout)
+        if status["status"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status["counts"]["total"] == 100  # the two good parts; nothing of the bad one
+    assert status["status"] == "cancelled"

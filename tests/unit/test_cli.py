@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 from omniclient import cli, progress
-from omniclient.client import BatchEvent, OmniClient
+from omniclient.client import BatchEvent, OmniClient, UploadProgress
 from omniclient.progress import BatchProgress, Tally
 
 KEY = "key-1"
@@ -215,9 +215,9 @@ def batch_stream(final_status: str) -> Route:
     failed = 1 if final_status == "failed" else 0
     return sse_reply(
         ("progress", batch("running", 0)),
-        ("item", {"index": 0, "job_id": "j1", "status": "succeeded"}),
+        ("item", {"index": 0, "status": "succeeded", "attempts": 1}),
         ("progress", batch("running", 2)),
-        ("item", {"index": 2, "job_id": "j3", "status": "succeeded"}),
+        ("item", {"index": 2, "status": "succeeded", "attempts": 1}),
         ("done", batch(final_status, 4 - failed, failed)),
     )
 
@@ -283,8 +283,8 @@ def test_batch_submit_reads_stdin(api: FakeApi) -> None:
 
 def test_batch_results_writes_the_lines_through(api: FakeApi) -> None:
     lines = [
-        '{"index":0,"job_id":"j1","status":"failed","error":{"code":"x","message":"y"}}',
-        '{"index":3,"job_id":"j4","status":"failed","error":{"code":"x","message":"z"}}',
+        '{"index":0,"status":"failed","error":{"code":"x","message":"y"},"attempts":3}',
+        '{"index":3,"status":"failed","error":{"code":"x","message":"z"},"attempts":3}',
     ]
     api.on(
         "GET",
@@ -297,6 +297,119 @@ def test_batch_results_writes_the_lines_through(api: FakeApi) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "".join(line + "\n" for line in lines)
     assert api.requests[0].url.params["status"] == "failed"
+
+
+def test_batch_results_after_an_index_and_resumed_into_a_file(api: FakeApi, tmp_path: Path) -> None:
+    def results(request: httpx.Request) -> httpx.Response:
+        after = int(request.url.params.get("after", "-1"))
+        lines = [json.dumps({"index": i, "status": "succeeded", "attempts": 1}) for i in range(5)]
+        return httpx.Response(200, text="".join(line + "\n" for line in lines[after + 1 :]))
+
+    api.on("GET", "/v1/batches/b1/results", results)
+    api.on("GET", "/v1/batches/b1", reply(200, batch("succeeded", 5, total=5)))
+
+    assert [json.loads(line)["index"] for line in run("batch", "results", "b1", "--after", "2")
+            .stdout.splitlines()] == [3, 4]  # fmt: skip
+
+    out = tmp_path / "out.jsonl"
+    out.write_text(
+        '{"index": 0, "status": "succeeded", "attempts": 1}\n'
+        '{"index": 1, "status": "succeeded", "attempts": 1}\n{"index": 2, "sta'  # cut mid-line
+    )
+    result = run("batch", "results", "b1", "-o", str(out))
+
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    assert api.requests[-2].url.params["after"] == "1"  # then the batch: was that all?
+    assert "resuming after item 1" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_results_file_with_no_whole_line_starts_from_the_first_item(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    assert cli.resume_point(str(out)) is None  # no file yet
+    out.write_text('{"index": 0, "st')
+    assert cli.resume_point(str(out)) is None and out.read_text() == ""
+    long = json.dumps({"index": 9, "result": {"v": "x" * 200_000}})
+    out.write_text(f'{{"index": 8}}\n{long}\n')
+    assert cli.resume_point(str(out)) == 9
+
+
+def test_batch_item_and_close_print_what_the_api_answers(api: FakeApi) -> None:
+    line = {"index": 3, "status": "failed", "error": {"code": "x", "message": "y"}, "attempts": 3}
+    api.on("GET", "/v1/batches/b1/items/3", reply(200, line))
+    api.on("POST", "/v1/batches/b1/close", reply(200, batch("running", 0)))
+
+    assert json.loads(run("batch", "item", "b1", "3").stdout) == line
+    assert json.loads(run("batch", "close", "b1").stdout)["id"] == "b1"
+    assert [(r.method, r.url.path) for r in api.requests] == [
+        ("GET", "/v1/batches/b1/items/3"),
+        ("POST", "/v1/batches/b1/close"),
+    ]
+
+
+def parts_api(api: FakeApi) -> list[bytes]:
+    """Routes for an open batch taking parts; returns the list the parts' bodies go to."""
+    parts: list[bytes] = []
+
+    def create(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["open"] == "1"
+        return httpx.Response(202, json={**batch("open", 0, total=0), "status": "open"})
+
+    def append(request: httpx.Request) -> httpx.Response:
+        parts.append(request.read())
+        return httpx.Response(202, json=batch("open", 0, total=sum(p.count(b"\n") for p in parts)))
+
+    api.on("POST", "/v1/batches", create)
+    api.on("POST", "/v1/batches/b1/items", append)
+    api.on("POST", "/v1/batches/b1/close", reply(200, batch("running", 0, total=10)))
+    return parts
+
+
+def test_batch_submit_sends_a_large_file_in_parts_with_one_line_per_part(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    parts = parts_api(api)
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"texts": ["a"]}\n' * 10)
+
+    result = run("batch", "submit", str(items), "--task", "embed", "--part-items", "4")
+
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["counts"]["total"] == 10
+    assert result.stderr.splitlines() == [
+        "upload part 1/3: 4/10 items accepted",
+        "upload part 2/3: 8/10 items accepted",
+        "upload part 3/3: 10/10 items accepted",
+        "batch b1 accepted: 10 items of embed",
+    ]
+    assert b"".join(parts) == items.read_bytes()
+    assert [r.url.path for r in api.requests] == [
+        "/v1/batches",
+        *["/v1/batches/b1/items"] * 3,
+        "/v1/batches/b1/close",
+    ]
+
+
+def test_batch_submit_resumes_an_upload_into_its_open_batch_and_waits(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)
+    parts = parts_api(api)
+    api.on("GET", "/v1/batches/b1/events", sse_reply(("done", batch("succeeded", 10, total=10))))
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"texts": ["a"]}\n' * 10)
+
+    result = run(
+        "batch", "submit", str(items), "-t", "embed", "--part-items", "4", "--batch", "b1", "--wait"
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert api.requests[0].url.path == "/v1/batches/b1/items"  # no new batch
+    assert len(parts) == 3
+    assert json.loads(result.stdout)["status"] == "succeeded"
+    assert result.stderr.splitlines()[-2] == "progress 10/10 succeeded=10 failed=0 cancelled=0 "\
+        "rate=- eta=-"  # fmt: skip
 
 
 @pytest.mark.parametrize("action", ["cancel", "retry"])
@@ -346,14 +459,26 @@ def test_tally_rate_and_eta_come_from_items_finished_since_watching_began() -> N
     assert tally.line() == "progress 6/12 succeeded=6 failed=0 cancelled=0 rate=2.0/s eta=3s"
 
 
-def test_on_a_terminal_progress_is_a_rich_bar_instead_of_lines() -> None:
+def test_on_a_terminal_one_rich_bar_shows_the_upload_then_the_run() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=150)
+    sending = UploadProgress("b1", 50, 100, 0, 2, 0, 4)
 
     with BatchProgress(Tally(), console) as bar:
+        bar.upload(sending)
+        bar.upload(sending._replace(sent_bytes=100, parts_done=2, items_accepted=4))
+        bar.note("batch b1 accepted: 4 items of embed")
         for event in events(("progress", batch("running", 1)), ("done", batch("succeeded", 4))):
             bar.update(event)
 
     text = out.getvalue()
+    assert "upload 2/2" in text and "accepted=4" in text
+    assert "batch b1 accepted: 4 items of embed" in text
     assert "batch b1" in text and "4/4" in text and "succeeded=4 failed=0 cancelled=0" in text
-    assert "progress " not in text
+    assert "progress " not in text and "upload part" not in text
+
+
+def test_items_sent_are_estimated_from_bytes_and_never_below_those_accepted() -> None:
+    assert progress.items_sent(UploadProgress("b1", 25, 100, 0, 4, 0, 1000)) == 250
+    assert progress.items_sent(UploadProgress("b1", 0, 100, 1, 4, 300, 1000)) == 300
+    assert progress.items_sent(UploadProgress(None, 10, None, 0, 1, 0, None)) == 0

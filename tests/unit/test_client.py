@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from omniclient import client as omniclient
 from omniclient.client import OmniClient
 from omniclient.errors import MissingApiKey, OmniConnectionError, OmniError
-from omniclient.upload import UPLOAD_CHUNK_BYTES
+from omniclient.upload import UPLOAD_CHUNK_BYTES, Part, plan_parts
 
 URL = "http://omni.test"
 KEY = "key-1"
@@ -373,32 +374,44 @@ def test_job_events_answer_errors_as_omni_error() -> None:
     assert info.value.status == 404
 
 
-def test_batch_events_reconnect_and_end_with_done() -> None:
+def test_batch_events_resume_after_the_last_event_id_and_end_with_done() -> None:
     progress = {**BATCH, "counts": {"total": 2, "succeeded": 1}}
     final = {**BATCH, "status": "succeeded", "counts": {"total": 2, "succeeded": 2}}
-    item = {"index": 1, "job_id": "j2", "status": "succeeded"}
+    first = {"index": 0, "status": "succeeded", "attempts": 1}
+    item = {"index": 1, "status": "succeeded", "attempts": 1}
+    seen: list[httpx.Request] = []
     answers = [
-        lambda r: event_stream([sse("progress", progress)], httpx.ReadError("reset", request=r)),
+        lambda r: event_stream(
+            [sse("progress", progress), f"id: 17.0000000000.00000\nevent: item\ndata: "
+             f"{json.dumps(first)}\n\n".encode()],
+            httpx.ReadError("reset", request=r),
+        ),
         lambda r: event_stream([sse("progress", progress), sse("item", item), sse("done", final)]),
-    ]
+    ]  # fmt: skip
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/batches/b1/events"
+        seen.append(request)
         return answers.pop(0)(request)
 
     events = list(make(handler).batch_events("b1"))
-    assert [e.name for e in events] == ["progress", "progress", "item", "done"]
-    assert events[-1].data == final and events[2].data == item
+    assert [e.name for e in events] == ["progress", "item", "progress", "item", "done"]
+    assert events[1].id == "17.0000000000.00000" and events[1].data == first
+    assert events[-1].data == final and events[3].data == item
+    assert "Last-Event-ID" not in seen[0].headers
+    assert seen[1].headers["Last-Event-ID"] == "17.0000000000.00000"
 
 
 def test_batch_results_yield_each_line_as_sent() -> None:
     lines = [
-        '{"index":0,"job_id":"j1","status":"succeeded","result":{"x":1}}',
-        '{"index":1,"job_id":"j2","status":"failed","error":{"code":"e","message":"m"}}',
+        '{"index":0,"status":"succeeded","result":{"x":1},"attempts":1}',
+        '{"index":1,"status":"failed","error":{"code":"e","message":"m"},"attempts":3}',
     ]
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/b1":
+            return httpx.Response(200, json=BATCH)  # total 2: the download was whole
         seen.append(request)
         body = Breaking(
             [(lines[0] + "\n" + lines[1][:20]).encode(), (lines[1][20:] + "\n").encode()]
@@ -412,15 +425,79 @@ def test_batch_results_yield_each_line_as_sent() -> None:
     assert seen[1].url.params["status"] == "failed"
 
 
-def test_batch_results_that_break_midway_say_how_far_they_got() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = Breaking([b'{"index":0}\n'], httpx.ReadError("reset", request=request))
-        return httpx.Response(200, stream=body)
+def results_line(index: int) -> bytes:
+    return json.dumps({"index": index, "status": "succeeded", "attempts": 1}).encode() + b"\n"
 
-    results = make(handler).batch_results("b1")
-    assert next(results) == '{"index":0}'
-    with pytest.raises(OmniConnectionError, match="after 1 lines"):
-        next(results)
+
+def test_a_results_download_that_breaks_resumes_after_the_last_index_it_yielded() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        after = int(request.url.params.get("after", "-1"))
+        if len(seen) == 1:  # two whole lines and half of the third, then the connection drops
+            body = [results_line(0) + results_line(1) + results_line(2)[:9]]
+            return httpx.Response(200, stream=Breaking(body, httpx.ReadError("reset")))
+        return httpx.Response(200, content=b"".join(results_line(i) for i in range(after + 1, 5)))
+
+    sleeps = Sleeps()
+    lines = list(make(handler, sleeps).batch_results("b1", status="succeeded"))
+
+    assert [json.loads(line)["index"] for line in lines] == [0, 1, 2, 3, 4]
+    assert "after" not in seen[0].url.params
+    assert seen[1].url.params["after"] == "1"
+    assert seen[1].url.params["status"] == "succeeded"
+    assert sleeps == [omniclient.BACKOFF_S]
+
+
+def test_a_results_download_cut_short_cleanly_resumes_until_the_batch_s_last_item() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/b1":  # 4 items; the first answer stops after 2
+            return httpx.Response(200, json={**BATCH, "counts": {"total": 4}})
+        after = int(request.url.params.get("after", "-1"))
+        seen.append(str(after))
+        last = 1 if after < 0 else 3
+        return httpx.Response(
+            200, content=b"".join(results_line(i) for i in range(after + 1, last + 1))
+        )
+
+    lines = list(make(handler).batch_results("b1"))
+
+    assert [json.loads(line)["index"] for line in lines] == [0, 1, 2, 3]
+    assert seen == ["-1", "1"]
+
+
+def test_results_start_after_an_index_and_give_up_after_a_run_of_breaks() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, stream=Breaking([], httpx.ReadError("reset")))
+
+    with pytest.raises(OmniConnectionError, match="after 0 lines"):
+        list(make(handler).batch_results("b1", after=41))
+    assert len(seen) == omniclient.STREAM_RECONNECTS + 1
+    assert {r.url.params["after"] for r in seen} == {"41"}
+
+
+def test_a_results_line_index_is_read_from_its_start_or_parsed() -> None:
+    assert omniclient.line_index('{"index":12,"status":"queued","attempts":0}') == 12
+    assert omniclient.line_index('{"status":"queued","index":3}') == 3
+    assert omniclient.line_index("not json") is None
+
+
+def test_one_item_is_read_by_its_index() -> None:
+    seen: list[str] = []
+    line = {"index": 7, "status": "succeeded", "result": {"x": 1}, "attempts": 1}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json=line)
+
+    assert make(handler).get_batch_item("b1", 7) == line
+    assert seen == ["/v1/batches/b1/items/7"]
 
 
 class Recording(httpx.BaseTransport):
@@ -521,3 +598,205 @@ def test_a_client_needs_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNI_URL", "http://env.test/")
     with OmniClient() as client:
         assert client.url == "http://env.test"
+
+
+class PartsApi(httpx.BaseTransport):
+    """An ingress that takes open batches and their parts: records each request and its body,
+    appends a part once per Idempotency-Key, and answers ``refuse[part number]`` instead."""
+
+    def __init__(self, refuse: dict[int, Callable[[httpx.Request], httpx.Response]] | None = None):
+        self.refuse = refuse or {}
+        self.requests: list[tuple[httpx.Request, bytes]] = []
+        self.parts: dict[str, bytes] = {}  # Idempotency-Key -> body, in the order appended
+        self.state = "open"
+
+    def batch(self) -> dict[str, Any]:
+        items = sum(1 for body in self.parts.values() for line in body.split(b"\n") if line.strip())
+        return {"id": "b9", "task": "embed", "status": self.state, "counts": {"total": items}}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = b"".join(request.stream) if isinstance(request.stream, httpx.SyncByteStream) else b""
+        self.requests.append((request, body))
+        path = request.url.path
+        if path == "/v1/batches" and request.url.params.get("open") == "1":
+            return httpx.Response(202, json=self.batch())
+        if path == "/v1/batches/b9/items":
+            number = len(self.parts) + 1
+            if number in self.refuse:
+                return self.refuse.pop(number)(request)
+            self.parts.setdefault(request.headers["Idempotency-Key"], body)
+            return httpx.Response(202, json=self.batch())
+        if path == "/v1/batches/b9/close":
+            self.state = "running"
+            return httpx.Response(200, json=self.batch())
+        if path == "/v1/batches/b9/cancel":
+            self.state = "cancelled"
+            return httpx.Response(200, json=self.batch())
+        return httpx.Response(404, json={"title": "Not Found", "status": 404})
+
+    def paths(self) -> list[str]:
+        return [f"{r.method} {r.url.path}" for r, _ in self.requests]
+
+
+def lines_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "parts.jsonl"
+    path.write_bytes(text.encode())
+    return path
+
+
+def test_a_file_over_the_item_limit_goes_as_an_open_batch_its_parts_and_a_close(
+    tmp_path: Path,
+) -> None:
+    path = ndjson_file(tmp_path, 10)
+    api = PartsApi()
+    client = OmniClient(URL, KEY, transport=api, sleep=Sleeps())
+    told: list[omniclient.UploadProgress] = []
+
+    closed = client.submit_batch("embed", path, part_items=4, on_upload=told.append)
+
+    assert closed == {"id": "b9", "task": "embed", "status": "running", "counts": {"total": 10}}
+    assert api.paths() == [
+        "POST /v1/batches",
+        "POST /v1/batches/b9/items",
+        "POST /v1/batches/b9/items",
+        "POST /v1/batches/b9/items",
+        "POST /v1/batches/b9/close",
+    ]
+    opened, empty = api.requests[0]
+    assert (opened.url.params["task"], opened.url.params["open"], empty) == ("embed", "1", b"")
+    bodies = [body for _, body in api.requests[1:4]]
+    assert [body.count(b"\n") for body in bodies] == [4, 4, 2]
+    assert b"".join(bodies) == path.read_bytes()
+    keys = [r.headers["Idempotency-Key"] for r, _ in api.requests[1:4]]
+    assert len(set(keys)) == 3 and all(k.startswith("part-b9-") for k in keys)
+    assert all(r.headers["Content-Type"] == "application/x-ndjson" for r, _ in api.requests[1:4])
+    accepted = [
+        (t.parts_done, t.items_accepted) for t in told if t.sent_bytes in (0, t.total_bytes)
+    ]
+    assert accepted[0] == (0, 0) and told[-1].parts_done == 3 and told[-1].items_accepted == 10
+    assert {t.parts for t in told} == {3} and {t.items for t in told} == {10}
+    assert told[-1].sent_bytes == told[-1].total_bytes == path.stat().st_size
+    assert [t.sent_bytes for t in told] == sorted(t.sent_bytes for t in told)
+
+
+def test_a_small_file_is_one_request(tmp_path: Path) -> None:
+    path = ndjson_file(tmp_path, 4)
+    transport = Recording([httpx.Response(202, json=BATCH)])
+    client = OmniClient(URL, KEY, transport=transport, sleep=Sleeps())
+    told: list[omniclient.UploadProgress] = []
+
+    client.submit_batch("embed", path, part_items=4, on_upload=told.append)
+
+    ((request, _),) = transport.requests
+    assert request.url.path == "/v1/batches" and "open" not in request.url.params
+    assert told[-1].parts == told[-1].parts_done == 1 and told[-1].items_accepted == 4
+
+
+def test_a_part_sent_again_keeps_its_key_so_it_appends_nothing(tmp_path: Path) -> None:
+    path = ndjson_file(tmp_path, 6)
+    busy = problem(503, "Service Unavailable", "store down")
+    busy.headers["Retry-After"] = "1"
+    api = PartsApi(refuse={2: lambda _: busy})
+    client = OmniClient(URL, KEY, transport=api, sleep=Sleeps())
+
+    client.submit_batch("embed", path, part_items=3)
+
+    parts = [
+        (r.headers["Idempotency-Key"], body) for r, body in api.requests if "items" in r.url.path
+    ]
+    assert len(parts) == 3 and parts[1] == parts[2]  # the retry: same key, same bytes
+    assert len(api.parts) == 2 and b"".join(api.parts.values()) == path.read_bytes()
+
+    # The same file to the same batch again (an interrupted upload resumed): the same keys.
+    again = PartsApi()
+    OmniClient(URL, KEY, transport=again, sleep=Sleeps()).submit_batch(
+        "embed", path, part_items=3, batch_id="b9"
+    )
+    assert again.paths()[0] == "POST /v1/batches/b9/items"  # no new batch opened
+    assert list(again.parts) == list(api.parts)
+
+
+def test_a_part_replayed_while_its_first_try_is_being_accepted_asks_again(tmp_path: Path) -> None:
+    path = ndjson_file(tmp_path, 4)
+    api = PartsApi(
+        refuse={
+            1: lambda _: problem(
+                409, "Conflict", "another part of this batch is being appended; send it again"
+            )
+        }
+    )
+    sleeps = Sleeps()
+
+    OmniClient(URL, KEY, transport=api, sleep=sleeps).submit_batch("embed", path, part_items=2)
+
+    assert len(api.parts) == 2 and sleeps == [omniclient.BACKOFF_S]
+
+
+def test_a_bad_part_cancels_the_batch_and_names_the_file_s_lines(tmp_path: Path) -> None:
+    path = lines_file(tmp_path, '{"texts": ["a"]}\n\n{"texts": ["b"]}\n{"texts": 3}\n')
+    errors = [{"loc": ["body", "line", 1, "texts"], "msg": "Input should be a valid list"}]
+    api = PartsApi(
+        refuse={2: lambda _: problem(422, "Unprocessable Content", "line 1", errors=errors)}
+    )
+    client = OmniClient(URL, KEY, transport=api, sleep=Sleeps())
+
+    with pytest.raises(OmniError) as info:
+        client.submit_batch("embed", path, part_items=2)
+
+    assert info.value.status == 422
+    assert info.value.errors == [{"loc": ["body", "line", 4, "texts"], "msg": errors[0]["msg"]}]
+    assert "part 2 of 2 (lines 4-4)" in str(info.value) and "b9 was cancelled" in str(info.value)
+    assert api.paths()[-1] == "POST /v1/batches/b9/cancel"
+
+
+def test_a_lost_connection_leaves_the_batch_open_and_says_how_to_resume(tmp_path: Path) -> None:
+    path = ndjson_file(tmp_path, 6)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    api = PartsApi(refuse={2: refused})
+    with pytest.raises(OmniConnectionError, match="b9 has parts 1..1 of 3 and stays open"):
+        OmniClient(URL, KEY, transport=api, sleep=Sleeps()).submit_batch(
+            "embed", path, part_items=2
+        )
+    assert "cancel" not in " ".join(api.paths())
+
+
+def part_shape(parts: list[Part]) -> list[tuple[int, int, int, int]]:
+    return [(p.first_line, p.lines, p.items, p.size) for p in parts]
+
+
+def test_parts_are_cut_at_lines_by_items_and_by_bytes(tmp_path: Path) -> None:
+    line = b'{"texts": ["abc"]}\n'  # 19 bytes
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(line * 5)
+
+    assert part_shape(plan_parts(path, max_items=2)) == [
+        (1, 2, 2, 38),
+        (3, 2, 2, 38),
+        (5, 1, 1, 19),
+    ]
+    assert part_shape(plan_parts(path, max_bytes=60)) == [(1, 3, 3, 57), (4, 2, 2, 38)]
+    assert len(plan_parts(path)) == 1
+
+
+def test_blank_lines_travel_with_the_next_item_and_a_long_line_is_a_part_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \n{"a": 2}\n' + b'{"long": "' + b"x" * 100 + b'"}\n\n')
+
+    parts = plan_parts(path, max_items=1, max_bytes=50)
+
+    assert [(p.first_line, p.lines, p.items) for p in parts] == [(1, 1, 1), (2, 3, 1), (5, 2, 1)]
+    assert parts[-1].size > 50
+    data = path.read_bytes()
+    assert b"".join(data[p.start : p.end] for p in parts) == data
+    assert parts[0].digest == hashlib.sha256(data[: parts[0].end]).hexdigest()
+
+
+def test_a_file_of_only_blank_lines_is_one_part_the_server_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"\n\n")
+    assert part_shape(plan_parts(path)) == [(1, 2, 0, 2)]

@@ -141,3 +141,32 @@ def test_metrics_are_left_out_where_a_private_port_serves_them(
 
     assert "/metrics" not in document["paths"]
     assert client.get("/metrics").status_code == 404
+
+
+def test_batch_parts_results_and_events_are_described(served: dict[str, Any]) -> None:
+    paths = served["paths"]
+    schemas = served["components"]["schemas"]
+    create = {p["name"]: p for p in paths["/v1/batches"]["post"]["parameters"]}
+    assert create["open"]["in"] == "query"
+    part = paths["/v1/batches/{batch_id}/items"]["post"]
+    assert list(part["requestBody"]["content"]) == ["application/x-ndjson"]
+    assert [p["name"] for p in part["parameters"]] == ["batch_id", "Idempotency-Key"]
+    assert {"202", "409", "413", "422"} <= set(part["responses"])
+    assert "409" in paths["/v1/batches/{batch_id}/close"]["post"]["responses"]
+
+    results = {p["name"]: p for p in paths["/v1/batches/{batch_id}/results"]["get"]["parameters"]}
+    assert results["after"]["schema"]["pattern"] == "^[0-9]{1,12}$"
+    item = paths["/v1/batches/{batch_id}/items/{index}"]["get"]
+    index = {p["name"]: p for p in item["parameters"]}["index"]
+    assert index["schema"]["pattern"] == "^[0-9]{1,12}$"
+    assert item["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BatchItem"
+    }
+    events = {p["name"]: p for p in paths["/v1/batches/{batch_id}/events"]["get"]["parameters"]}
+    assert events["Last-Event-ID"]["in"] == "header"
+
+    line = schemas["BatchItem"]
+    assert set(line["properties"]) == {"index", "status", "result", "error", "attempts"}
+    assert set(line["required"]) == {"index", "status", "attempts"}  # no job_id any more
+    assert "open" in schemas["BatchStatus"]["enum"]
+    assert {"open", "open_expires_at", "closed_at"} <= set(schemas["Batch"]["properties"])
