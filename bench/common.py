@@ -125,11 +125,13 @@ def raw_items_per_s(adapter: Any, task: str, batch: int, items: int) -> float:
 
 # -- the pipeline --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def stack(tasks: str, log_name: str, **env: str) -> Iterator[StackConfig]:
-    """The whole local pipeline with one worker pool serving ``tasks`` (``WORKER_TASKS``)."""
+def stack(tasks: str, log_name: str, workers: int = 1, **env: str) -> Iterator[StackConfig]:
+    """The whole local pipeline with one worker pool serving ``tasks`` (``WORKER_TASKS``);
+    ``workers=0`` starts none (nothing runs what the ingress accepts)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     config = StackConfig(
         project="omni-bench",
+        workers=workers,
         port=free_port(),
         pubsub_port=free_port(),
         firestore_port=free_port(),
@@ -351,3 +353,121 @@ def save(name: str, payload: dict[str, Any]) -> None:
 
 def temp_repository() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="omni-bench-models-")
+
+
+# -- one process's CPU, per thread ------------------------------------------------------------
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_s(stat: str) -> tuple[str, float]:
+    """``(comm, utime + stime in seconds)`` from a ``/proc/…/stat`` line (comm may hold spaces
+    and parentheses: it runs from the first ``(`` to the last ``)``)."""
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_cpu_s(pid: int) -> float:
+    """The process's CPU seconds, its ended threads included."""
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())[1]
+
+
+def threads_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Each live thread of ``pid``: TID → (OS thread name, CPU seconds)."""
+    out: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = _stat_cpu_s(Path(f"/proc/{pid}/task/{tid}/stat").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended between the listing and the read
+    return out
+
+
+def py_spy() -> str | None:
+    """py-spy, from the virtual environment or the PATH (``pip install py-spy``)."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def parse_py_spy_dump(text: str) -> dict[int, str]:
+    """TID → Python thread name from ``py-spy dump`` output (``Thread 123 (idle): "name"``)."""
+    names: dict[int, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("Thread "):
+            continue
+        tid = line.split()[1]
+        try:
+            number = int(tid, 16) if tid.startswith("0x") else int(tid)
+        except ValueError:
+            continue
+        if '"' in line:
+            names[number] = line[line.index('"') + 1 : line.rindex('"')]
+    return names
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """TID → Python thread name (Python threads are all ``python`` to the OS); empty without
+    py-spy or without the right to trace ``pid``."""
+    binary = py_spy()
+    if binary is None:
+        return {}
+    dump = subprocess.run(
+        [binary, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+    )
+    return parse_py_spy_dump(dump.stdout)
+
+
+def thread_group(name: str) -> str:
+    """A pool's threads under one name: ``omni-settle_3`` → ``omni-settle``."""
+    return name.rstrip("0123456789").rstrip("_-") or name
+
+
+def split_cpu(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    names: dict[int, str],
+    total_s: float,
+) -> list[tuple[str, float, int]]:
+    """CPU seconds between two ``threads_cpu_s`` snapshots, per thread group (Python names where
+    known, else the OS's), largest first, as ``(group, seconds, threads)``; threads that ended
+    in between (and the 10 ms ticks' rounding) show as ``(ended threads, rounding)``: the rest
+    of ``total_s`` the process spent."""
+    groups: dict[str, list[float]] = {}
+    for tid, (os_name, cpu) in after.items():
+        spent = cpu - before.get(tid, (os_name, 0.0))[1]
+        groups.setdefault(thread_group(names.get(tid, os_name)), []).append(spent)
+    rows = [(group, sum(spent), len(spent)) for group, spent in groups.items()]
+    rest = total_s - sum(row[1] for row in rows)
+    if rest > 0.005:
+        rows.append(("(ended threads, rounding)", rest, 0))
+    return sorted(rows, key=lambda row: -row[1])
+
+
+# -- chunks ------------------------------------------------------------------------------------
+def chunk_drain(batch_id: str) -> dict[str, Any]:
+    """A chunked batch's run from its chunks' own times: the first claim (``started_at``) to the
+    last commit (``done_at``, else ``finished_at``), items, chunks and attempts. Reads only those
+    fields, not the inputs and results."""
+    from google.cloud import firestore
+
+    from schemas.chunks import CHUNKS
+
+    db = firestore.Client()
+    fields = ["started_at", "finished_at", "done_at", "n", "attempts", "status"]
+    chunks = db.collection("batches").document(batch_id).collection(CHUNKS)
+    docs = [d.to_dict() or {} for d in chunks.select(fields).stream()]
+    started = [_ts(d["started_at"]) for d in docs if d.get("started_at")]
+    ended = [_ts(d.get("done_at") or d["finished_at"]) for d in docs if d.get("finished_at")]
+    items = sum(int(d.get("n") or 0) for d in docs)
+    seconds = max(ended) - min(started) if started and ended else float("nan")
+    return {
+        "chunks": len(docs),
+        "items": items,
+        "attempts": sum(int(d.get("attempts") or 0) for d in docs),
+        "statuses": sorted({str(d.get("status")) for d in docs}),
+        "seconds": seconds,
+        "items_per_s": items / seconds if seconds and seconds > 0 else float("nan"),
+        "first_started": min(started) if started else None,
+    }
