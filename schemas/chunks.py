@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -214,10 +214,14 @@ def item_line(
     return line
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def event_id(done_at: datetime, chunk: str, position: int) -> str:
     """An ``item`` event's id: the chunk's commit time (µs), its id and the item's position.
     Ids order as completions happened (a commit's server timestamp), not by item index."""
-    micros = int(done_at.timestamp() * 1_000_000)
+    # Integer arithmetic: a float timestamp times 10**6 can round down by a microsecond.
+    micros = (done_at - _EPOCH) // timedelta(microseconds=1)
     return f"{micros:016d}.{chunk}.{position:05d}"
 
 

@@ -146,7 +146,7 @@ def test_result_only_when_succeeded_error_only_when_failed() -> None:
 def test_job_message_round_trip_and_rejections() -> None:
     message = JobMessage(job_id="e" * 32, task="embed", tenant="t")
     data, attributes = message.to_pubsub()
-    assert attributes == {"job_id": "e" * 32, "task": "embed", "tenant": "t"}
+    assert attributes == {"kind": "job", "job_id": "e" * 32, "task": "embed", "tenant": "t"}
     assert JobMessage.from_pubsub(data, attributes) == message
     for bad_data, bad_attributes in [
         (b"not json", attributes),
