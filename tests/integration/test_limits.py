@@ -11,6 +11,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -18,6 +19,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from ingress.store import JobStore
+from schemas.chunks import RETRY_PREFIX
 from schemas.jobs import new_job_document, new_job_id
 from schemas.quota import in_flight_of, shard_paths
 from tests.conftest import Emulators
@@ -49,14 +51,25 @@ def in_flight(tenant: str) -> int:
 
 
 def counted(tenant: str) -> int:
-    """The tenant's queued + running jobs, counted from the job documents themselves."""
+    """The tenant's queued + running jobs and batch items, counted from the documents themselves
+    (a chunk's items by their status letters: a cancel or an end moves them one by one)."""
+    client = firestore.Client()
     query = (
-        firestore.Client()
-        .collection("jobs")
+        client.collection("jobs")
         .where(filter=FieldFilter("tenant", "==", tenant))
         .where(filter=FieldFilter("status", "in", ["queued", "running"]))
     )
-    return int(query.count().get(timeout=TIMEOUT)[0][0].value)
+    jobs = int(query.count().get(timeout=TIMEOUT)[0][0].value)
+    chunks = (
+        client.collection_group("chunks")
+        .where(filter=FieldFilter("tenant", "==", tenant))
+        .where(filter=FieldFilter("status", "in", ["queued", "running"]))
+    )
+    items = sum(
+        sum(letter in "qr" for letter in str((doc.to_dict() or {}).get("items") or ""))
+        for doc in chunks.stream(timeout=TIMEOUT)
+    )
+    return jobs + items
 
 
 def submit(ingress: Service, tenant: str, **headers: str) -> requests.Response:
@@ -310,15 +323,25 @@ def test_counts_return_to_zero_when_the_worker_finishes_jobs(
             assert refused.status_code == 409 and "4 failed items" in refused.json()["detail"]
         assert in_flight(t) == 0  # nothing was re-queued
 
-        def item_jobs() -> list[str]:
+        def lines() -> list[dict[str, Any]]:
             results = requests.get(f"{batch_url}/results", headers=tenant_key(t), timeout=TIMEOUT)
-            return [json.loads(line)["job_id"] for line in results.text.splitlines()]
+            return [json.loads(line) for line in results.text.splitlines()]
 
-        before = item_jobs()
+        assert [line["status"] for line in lines()] == ["failed"] * 4
         retried = requests.post(f"{batch_url}/retry", headers=tenant_key(t), timeout=TIMEOUT)
         assert retried.status_code == 200, retried.text
-        after = item_jobs()
-        assert len(after) == 4 and not set(after) & set(before)  # every item has a new job
+        # Every failed item runs again, in a new retry chunk.
+        chunks = (
+            firestore.Client()
+            .collection("batches")
+            .document(failing.json()["id"])
+            .collection("chunks")
+            .stream(timeout=TIMEOUT)
+        )
+        retry_items = [
+            int((c.to_dict() or {})["n"]) for c in chunks if c.id.startswith(RETRY_PREFIX)
+        ]
+        assert sum(retry_items) == 4 and len(lines()) == 4
         # They fail again (no such model); each was counted once in and once out.
         assert wait_for(batch_status, 120, "the retried batch") == "failed"
         wait_for(lambda: counted(t) == 0, 60, "the retried items to end")
