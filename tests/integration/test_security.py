@@ -46,7 +46,7 @@ def owned(ingress: Service) -> dict[str, str]:
         headers=A,
         timeout=30,
     ).json()
-    return {"job_id": job["id"], "batch_id": batch["id"]}
+    return {"job_id": job["id"], "batch_id": batch["id"], "index": "0"}
 
 
 def test_every_v1_route_needs_a_key_and_hides_other_tenants_resources(
