@@ -19,12 +19,13 @@ before Cloud Run's request timeout cuts it mid-event; the client resumes with ``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ParamSpec
 
 from ingress import metrics
 from ingress.batches import batch_resource
@@ -34,6 +35,7 @@ from ingress.store import StoreUnavailable
 from schemas.batches import BatchStatus
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 PROGRESS_EVERY_S = 0.25
 """Least time between two looks at the counts (a ``progress`` event and the items that ended)."""
@@ -45,7 +47,21 @@ def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+def _cut_by_outages(stream: Callable[P, Iterator[str]]) -> Callable[P, Iterator[str]]:
+    """Decorates the stream's generator: a Firestore outage ends it (between two events)."""
+
+    @functools.wraps(stream)
+    def cut(*args: P.args, **kwargs: P.kwargs) -> Iterator[str]:
+        try:
+            yield from stream(*args, **kwargs)
+        except StoreUnavailable:
+            logger.warning("batch event stream cut by a Firestore outage")
+
+    return cut
+
+
 @metrics.counted_stream
+@_cut_by_outages
 def batch_stream(
     chunks: ChunkStore,
     batch: StoredBatch,
@@ -57,22 +73,6 @@ def batch_stream(
     lifetime_s: float,
 ) -> Iterator[str]:
     """The stream; a Firestore outage ends it between two events (the client resumes)."""
-    try:
-        yield from _stream(chunks, batch, reread, after, resumed, ping_s, with_results, lifetime_s)
-    except StoreUnavailable:
-        logger.warning("batch event stream cut by a Firestore outage")
-
-
-def _stream(
-    chunks: ChunkStore,
-    batch: StoredBatch,
-    reread: Callable[[], StoredBatch | None],
-    after: EventKey | None,
-    resumed: bool,
-    ping_s: float,
-    with_results: bool,
-    lifetime_s: float,
-) -> Iterator[str]:
     # Runs after the view returned: everything it needs is passed in. ``after`` is the cursor
     # (the client's Last-Event-ID, or the last completion when the stream opened); the
     # generator stops only between whole events, so the last id a client holds is always one

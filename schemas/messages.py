@@ -30,6 +30,20 @@ class UnknownMessage(ValueError):
     """A well-formed message of a kind or version this release cannot read: not poison."""
 
 
+def _body(data: bytes, version: int, name: str) -> dict[str, Any]:
+    """A message's body: a JSON object of ``version`` (``name`` says which message it is in the
+    error for another version)."""
+    try:
+        body: Any = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError("message body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("message body is not a JSON object")
+    if body.get("v") != version:
+        raise UnknownMessage(f"unknown {name} version {body.get('v')!r}")
+    return body
+
+
 class JobMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -46,14 +60,7 @@ class JobMessage(BaseModel):
     @classmethod
     def from_pubsub(cls, data: bytes, attributes: dict[str, str]) -> JobMessage:
         """Parse a received message; raises ``ValueError`` when it is not one of ours."""
-        try:
-            body: Any = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError("message body is not JSON") from exc
-        if not isinstance(body, dict):
-            raise ValueError("message body is not a JSON object")
-        if body.get("v") != MESSAGE_VERSION:
-            raise UnknownMessage(f"unknown message version {body.get('v')!r}")
+        body = _body(data, MESSAGE_VERSION, "message")
         job_id = body.get("job_id")
         if not isinstance(job_id, str) or job_id != attributes.get("job_id"):
             raise ValueError("job_id in body and attributes differ")
@@ -77,14 +84,7 @@ def parse(data: bytes, attributes: dict[str, str]) -> JobMessage | ChunkMessage:
         return JobMessage.from_pubsub(data, attributes)
     if kind != CHUNK_KIND:
         raise UnknownMessage(f"unknown message kind {kind!r}")
-    try:
-        body: Any = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError("message body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise ValueError("message body is not a JSON object")
-    if body.get("v") != CHUNK_VERSION:
-        raise UnknownMessage(f"unknown chunk message version {body.get('v')!r}")
+    body = _body(data, CHUNK_VERSION, "chunk message")
     for field in ("batch_id", "chunk_id"):
         if not isinstance(body.get(field), str) or body[field] != attributes.get(field):
             raise ValueError(f"{field} in body and attributes differ")

@@ -16,23 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, CODE_OF, PENDING, unpack_inputs
-from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 from schemas.quota import COUNTED_FLAG
-from worker.errors import StoreUnavailable
-from worker.store import Busy, Skip
+from worker.store import AttemptStore, Busy, Skip
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DOC_LIMIT_BYTES = 1_000_000
 """What a chunk document may take at its terminal commit, bytes: Firestore's limit is 1 MiB
@@ -131,7 +127,9 @@ def fit(claim: ChunkClaim, outcome: ChunkOutcome, limit: int = DOC_LIMIT_BYTES) 
     return failed
 
 
-class ChunkStore:
+class ChunkStore(AttemptStore):
+    RENEWAL = "chunk lease renewal"
+
     def __init__(
         self,
         client: firestore.Client,
@@ -141,14 +139,8 @@ class ChunkStore:
         lease_s: float,
         result_ttl_s: float,
     ):
-        self._client = client
+        super().__init__(client, timeout_s=timeout_s, lease_s=lease_s, result_ttl_s=result_ttl_s)
         self._batches = client.collection(batches_collection)
-        self._timeout_s = timeout_s
-        self._retry = bounded_retry(timeout_s)
-        self.lease_s = lease_s
-        self._result_ttl_s = result_ttl_s
-        # Attempt token -> update time of this worker's last write to the chunk (claim, renewal).
-        self._versions: dict[str, Any] = {}
 
     def _refs(self, batch_id: str, chunk_id: str) -> tuple[Any, Any]:
         batch = self._batches.document(batch_id)
@@ -162,15 +154,8 @@ class ChunkStore:
         ``Skip``) or a live attempt holds it (``Busy``). A queued chunk of a cancelled batch is
         ended ``cancelled`` here, whole, and never runs."""
         chunk_ref, batch_ref = self._refs(batch_id, chunk_id)
-        try:
-            snapshots = {
-                s.reference.path: s
-                for s in self._client.get_all(
-                    [chunk_ref, batch_ref], retry=self._retry, timeout=self._timeout_s
-                )
-            }
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore chunk read failed: {type(exc).__name__}") from exc
+        read = self._get_all([chunk_ref, batch_ref], "chunk read")
+        snapshots = {s.reference.path: s for s in read}
         chunk = snapshots.get(chunk_ref.path)
         batch = snapshots.get(batch_ref.path)
         doc = chunk.to_dict() if chunk is not None and chunk.exists else None
@@ -183,12 +168,9 @@ class ChunkStore:
         option = self._client.write_option(last_update_time=chunk.update_time)
         write.update(chunk_ref, changes, option=option)
         deltas.write(write, self._client, datetime.now(UTC))
-        try:
-            results = write.commit(retry=self._retry, timeout=self._timeout_s)
-        except gexc.FailedPrecondition:
+        results = self._commit(write, "chunk claim")
+        if results is None:
             return self._claim_in_transaction(batch_id, chunk_id, tenant, worker)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore chunk claim failed: {type(exc).__name__}") from exc
         if isinstance(decision, ChunkClaim):
             self._versions[decision.token] = results[0].update_time
         return decision
@@ -287,50 +269,21 @@ class ChunkStore:
             return {}
         chunk_refs = [self._refs(c.batch_id, c.chunk_id)[0] for c in claims]
         batch_refs = {c.batch_id: self._batches.document(c.batch_id) for c in claims}
-        try:
-            snapshots = {
-                s.reference.path: s
-                for s in self._client.get_all(
-                    chunk_refs + list(batch_refs.values()),
-                    field_paths=_WATCHED_FIELDS,
-                    retry=self._retry,
-                    timeout=self._timeout_s,
-                )
-            }
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore chunk check failed: {type(exc).__name__}") from exc
+        snapshots = {
+            s.reference.path: s
+            for s in self._get_all(
+                chunk_refs + list(batch_refs.values()), "chunk check", _WATCHED_FIELDS
+            )
+        }
         now = datetime.now(UTC)
         verdicts: dict[str, str] = {}
         for claim, ref in zip(claims, chunk_refs, strict=True):
             snapshot = snapshots.get(ref.path)
             doc = snapshot.to_dict() if snapshot is not None and snapshot.exists else None
             batch = snapshots.get(batch_refs[claim.batch_id].path)
-            cancel = batch is not None and (batch.to_dict() or {}).get("cancel_requested")
-            if jobstate.owned_by(doc, claim.token):
-                assert doc is not None and snapshot is not None
-                verdicts[claim.token] = "cancelled" if cancel else "ok"
-                lease = doc.get("lease_expires_at")
-                if lease is None or lease - now < timedelta(seconds=self.lease_s / 2):
-                    self._renew(snapshot, claim.token)
-            elif doc is not None and doc.get("status") == JobStatus.CANCELLED.value:
-                verdicts[claim.token] = "cancelled"
-            else:
-                verdicts[claim.token] = "lost"
+            cancel = batch is not None and bool((batch.to_dict() or {}).get("cancel_requested"))
+            verdicts[claim.token] = self._verdict(snapshot, doc, claim.token, now, cancel)
         return verdicts
-
-    def _renew(self, snapshot: Any, token: str) -> None:
-        self._versions.pop(token, None)  # unknown until the renewal answers
-        try:
-            result = snapshot.reference.update(
-                jobstate.renewed(datetime.now(UTC), self.lease_s),
-                option=self._client.write_option(last_update_time=snapshot.update_time),
-                timeout=self._timeout_s,
-            )
-            self._versions[token] = result.update_time
-        except gexc.FailedPrecondition:
-            pass  # someone wrote it since we read it; the next check decides what that means
-        except UNAVAILABLE as exc:
-            logger.warning("chunk lease renewal failed: %s", type(exc).__name__)
 
     # -- end -------------------------------------------------------------------------------------
     def commit(self, claim: ChunkClaim, outcome: ChunkOutcome) -> bool:
@@ -371,15 +324,9 @@ class ChunkStore:
                 ref, changes(now), option=self._client.write_option(last_update_time=version)
             )
             deltas().write(write, self._client, now)
-            try:
-                write.commit(retry=self._retry, timeout=self._timeout_s)
+            if self._commit(write, "chunk commit") is not None:
                 return True
-            except gexc.FailedPrecondition:
-                pass  # changed since (a cancel's write, a takeover): decide in a transaction
-            except UNAVAILABLE as exc:
-                raise StoreUnavailable(
-                    f"Firestore chunk commit failed: {type(exc).__name__}"
-                ) from exc
+            # Changed since (a cancel's write, a takeover): decide in a transaction.
         return self._fenced(claim, "chunk commit", lambda _doc, now: (changes(now), deltas()))
 
     def release(
@@ -436,15 +383,3 @@ class ChunkStore:
                 extra=claim.label,
             )
         return written
-
-    def _run(self, function: Callable[[firestore.Transaction], T], what: str, path: str) -> T:
-        try:
-            return function(self._client.transaction())
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(
-                f"Firestore {what} failed for {path}: {type(exc).__name__}"
-            ) from exc
-        except ValueError as exc:
-            if not is_contention(exc):
-                raise
-            raise StoreUnavailable(f"Firestore {what} contention for {path}: {exc}") from exc

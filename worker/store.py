@@ -68,7 +68,106 @@ class Busy:
     until: datetime
 
 
-class JobStore:
+class AttemptStore:
+    """What ``JobStore`` and ``worker.chunkstore.ChunkStore`` share: Firestore reads and commits
+    whose outages raise ``StoreUnavailable``, the update times of this worker's own writes, and
+    the lease checks and renewals of the attempts it runs."""
+
+    RENEWAL = "lease renewal"
+    """What a failed lease renewal's log line calls it."""
+
+    def __init__(
+        self,
+        client: firestore.Client,
+        *,
+        timeout_s: float,
+        lease_s: float,
+        result_ttl_s: float,
+    ):
+        self._client = client
+        self._timeout_s = timeout_s
+        self._retry = bounded_retry(timeout_s)
+        self.lease_s = lease_s
+        self._result_ttl_s = result_ttl_s
+        # Attempt token -> update time of this worker's last write to the document (claim, renewal).
+        self._versions: dict[str, Any] = {}
+        self._logger = logging.getLogger(type(self).__module__)  # the subclass's module logs
+
+    def _get_all(
+        self, refs: list[Any], what: str, field_paths: list[str] | None = None
+    ) -> list[Any]:
+        """The snapshots of ``refs`` (outside a transaction)."""
+        try:
+            return list(
+                self._client.get_all(
+                    refs, field_paths=field_paths, retry=self._retry, timeout=self._timeout_s
+                )
+            )
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Firestore {what} failed: {type(exc).__name__}") from exc
+
+    def _commit(self, write: Any, what: str) -> list[Any] | None:
+        """Commit an optimistic batch of writes: its results, or None if one of its
+        update-time preconditions failed (a document changed since it was read)."""
+        try:
+            results: list[Any] = write.commit(retry=self._retry, timeout=self._timeout_s)
+            return results
+        except gexc.FailedPrecondition:
+            return None
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Firestore {what} failed: {type(exc).__name__}") from exc
+
+    def _verdict(
+        self,
+        snapshot: Any,
+        doc: dict[str, Any] | None,
+        token: str,
+        now: datetime,
+        cancel: bool = False,
+    ) -> str:
+        """``check``'s verdict on one claim from its document: ``ok`` (``cancelled`` with
+        ``cancel``) while the attempt owns it, ``cancelled`` once it was, otherwise ``lost``.
+        Renews the lease of an owned claim whose lease is past half-way; a renewal that loses a
+        race is retried at the next check."""
+        if jobstate.owned_by(doc, token):
+            assert doc is not None
+            lease = doc.get("lease_expires_at")
+            if lease is None or lease - now < timedelta(seconds=self.lease_s / 2):
+                self._renew(snapshot, token)
+            return "cancelled" if cancel else "ok"
+        if doc is not None and doc.get("status") == JobStatus.CANCELLED.value:
+            return "cancelled"
+        return "lost"
+
+    def _renew(self, snapshot: Any, token: str) -> None:
+        self._versions.pop(token, None)  # unknown until the renewal answers
+        try:
+            result = snapshot.reference.update(
+                jobstate.renewed(datetime.now(UTC), self.lease_s),
+                option=self._client.write_option(last_update_time=snapshot.update_time),
+                timeout=self._timeout_s,
+            )
+            self._versions[token] = result.update_time
+        except gexc.FailedPrecondition:
+            pass  # someone wrote it since we read it; the next check decides what that means
+        except UNAVAILABLE as exc:
+            self._logger.warning("%s failed: %s", self.RENEWAL, type(exc).__name__)
+
+    def _run(self, function: Callable[[firestore.Transaction], T], what: str, subject: str) -> T:
+        """Run a transaction; ``subject`` names what it writes in an error message."""
+        try:
+            return function(self._client.transaction())
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(
+                f"Firestore {what} failed for {subject}: {type(exc).__name__}"
+            ) from exc
+        except ValueError as exc:
+            if not is_contention(exc):
+                raise
+            raise StoreUnavailable(f"Firestore {what} contention for {subject}: {exc}") from exc
+
+
+class JobStore(AttemptStore):
     def __init__(
         self,
         client: firestore.Client,
@@ -78,14 +177,8 @@ class JobStore:
         lease_s: float,
         result_ttl_s: float,
     ):
-        self._client = client
+        super().__init__(client, timeout_s=timeout_s, lease_s=lease_s, result_ttl_s=result_ttl_s)
         self._jobs = client.collection(collection)
-        self._timeout_s = timeout_s
-        self._retry = bounded_retry(timeout_s)
-        self.lease_s = lease_s
-        self._result_ttl_s = result_ttl_s
-        # Attempt token -> update time of this worker's last write to the job (claim, renewal).
-        self._versions: dict[str, Any] = {}
 
     def claim_many(
         self, jobs: Sequence[tuple[str, str]], worker: str = ""
@@ -103,15 +196,7 @@ class JobStore:
         for i, (job_id, _tenant) in enumerate(jobs):
             first.setdefault(job_id, i)
         refs = {job_id: self._jobs.document(job_id) for job_id in first}
-        try:
-            snapshots = {
-                snapshot.id: snapshot
-                for snapshot in self._client.get_all(
-                    list(refs.values()), retry=self._retry, timeout=self._timeout_s
-                )
-            }
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore claim read failed: {type(exc).__name__}") from exc
+        snapshots = {s.id: s for s in self._get_all(list(refs.values()), "claim read")}
         docs = {i: s.to_dict() or {} for i, s in snapshots.items() if s.exists}
         cancelled = self._cancelled_batches(docs)
         decisions, writes, deltas = self._decide(jobs, first, docs, worker, cancelled)
@@ -124,12 +209,9 @@ class JobStore:
                 refs[job_id], changes, option=self._client.write_option(last_update_time=when)
             )
         deltas.write(batch, self._client, datetime.now(UTC))
-        try:
-            results = batch.commit(retry=self._retry, timeout=self._timeout_s)
-        except gexc.FailedPrecondition:
+        results = self._commit(batch, "claim")
+        if results is None:
             return self._claim_in_transaction(jobs, first, refs, worker)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore claim failed: {type(exc).__name__}") from exc
         tokens = {c.job_id: c.token for c in decisions if isinstance(c, Claim)}
         if len(self._versions) > MAX_VERSIONS:
             self._versions.clear()  # only makes later writes take the transactional path
@@ -277,15 +359,9 @@ class JobStore:
                     }
                     deltas.move(running, status)
                 deltas.write(batch, self._client, now)
-                try:
-                    batch.commit(retry=self._retry, timeout=self._timeout_s)
+                if self._commit(batch, "terminal write") is not None:
                     return [True] * len(ends)
-                except gexc.FailedPrecondition:
-                    pass  # one of them changed since: decide each in a transaction
-                except UNAVAILABLE as exc:
-                    raise StoreUnavailable(
-                        f"Firestore terminal write failed: {type(exc).__name__}"
-                    ) from exc
+                # One of them changed since: decide each in a transaction.
             return self._end_in_transaction(ends, refs)
         finally:
             for claim, _, _ in ends:
@@ -386,58 +462,14 @@ class JobStore:
         if not claims:
             return {}
         refs = {self._jobs.document(c.job_id).path: c for c in claims}
-        try:
-            snapshots = list(
-                self._client.get_all(
-                    [self._jobs.document(c.job_id) for c in claims],
-                    retry=self._retry,
-                    timeout=self._timeout_s,
-                )
-            )
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore check failed: {type(exc).__name__}") from exc
+        snapshots = self._get_all([self._jobs.document(c.job_id) for c in claims], "check")
         now = datetime.now(UTC)
         verdicts: dict[str, str] = {}
         for snapshot in snapshots:
             claim = refs[snapshot.reference.path]
             doc = snapshot.to_dict() if snapshot.exists else None
-            if jobstate.owned_by(doc, claim.token):
-                verdicts[claim.token] = "ok"
-                assert doc is not None
-                lease = doc.get("lease_expires_at")
-                if lease is None or lease - now < timedelta(seconds=self.lease_s / 2):
-                    self._renew(snapshot, claim.token)
-            elif doc is not None and doc.get("status") == JobStatus.CANCELLED.value:
-                verdicts[claim.token] = "cancelled"
-            else:
-                verdicts[claim.token] = "lost"
+            verdicts[claim.token] = self._verdict(snapshot, doc, claim.token, now)
         return verdicts
-
-    def _renew(self, snapshot: Any, token: str) -> None:
-        self._versions.pop(token, None)  # unknown until the renewal answers
-        try:
-            result = snapshot.reference.update(
-                jobstate.renewed(datetime.now(UTC), self.lease_s),
-                option=self._client.write_option(last_update_time=snapshot.update_time),
-                timeout=self._timeout_s,
-            )
-            self._versions[token] = result.update_time
-        except gexc.FailedPrecondition:
-            pass  # someone wrote it since we read it; the next check decides what that means
-        except UNAVAILABLE as exc:
-            logger.warning("lease renewal failed: %s", type(exc).__name__)
-
-    def _run(self, function: Callable[[firestore.Transaction], T], what: str, job_id: str) -> T:
-        try:
-            return function(self._client.transaction())
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(
-                f"Firestore {what} failed for {job_id}: {type(exc).__name__}"
-            ) from exc
-        except ValueError as exc:
-            if not is_contention(exc):
-                raise
-            raise StoreUnavailable(f"Firestore {what} contention for {job_id}: {exc}") from exc
 
 
 def _ids(jobs: Sequence[tuple[str, str]]) -> str:

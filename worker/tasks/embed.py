@@ -93,12 +93,7 @@ class EmbedAdapter:
 
     def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
         # One forward pass over every text of every job, then split back per job.
-        texts: list[str] = []
-        bounds: list[tuple[int, int]] = []
-        for item in inputs:
-            assert isinstance(item, EmbedInput)
-            bounds.append((len(texts), len(texts) + len(item.texts)))
-            texts.extend(item.texts)
+        texts, bounds = _flatten(inputs)
         vectors = self.encode(texts, stop)
         return [
             {"model": MODEL_NAME, "dimensions": DIMENSIONS, "embeddings": vectors[a:b].tolist()}
@@ -110,14 +105,20 @@ class EmbedAdapter:
         vectors go from the model's array to float32 bytes, never through Python floats."""
         import numpy as np
 
-        texts: list[str] = []
-        bounds: list[tuple[int, int]] = []
-        for item in inputs:
-            assert isinstance(item, EmbedInput)
-            bounds.append((len(texts), len(texts) + len(item.texts)))
-            texts.extend(item.texts)
+        texts, bounds = _flatten(inputs)
         vectors = np.ascontiguousarray(self.encode(texts, stop), dtype="<f4")
         return [_packed_header(b - a) + vectors[a:b].tobytes() for a, b in bounds]
+
+
+def _flatten(inputs: list[BaseModel]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Every job's texts in one list, and each job's ``(start, end)`` in it."""
+    texts: list[str] = []
+    bounds: list[tuple[int, int]] = []
+    for item in inputs:
+        assert isinstance(item, EmbedInput)
+        bounds.append((len(texts), len(texts) + len(item.texts)))
+        texts.extend(item.texts)
+    return texts, bounds
 
 
 @functools.cache
