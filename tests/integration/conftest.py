@@ -10,14 +10,22 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
 from emulators.localrun import ROOT
 from emulators.process import free_port, stop_group, wait_until_answers
+from schemas.batches import COUNTERS, CountDeltas, counts_of
+from schemas.chunks import CHUNKS, ChunkMessage, chunk_id, pack_inputs
+from schemas.jobs import new_job_id
+from schemas.messages import parse
+from schemas.quota import COUNTED_FLAG, in_flight_of, shard_paths
 from tests.conftest import Emulators
 from tests.support import json_lines, python_env
 
@@ -145,10 +153,131 @@ def limited_ingress(
 def sink_topic_named(emulators: Emulators, name: str) -> str:
     """A topic no subscription reads (created if missing): an ingress publishing to it leaves
     its jobs queued, and no worker of the session spends time on them."""
-    from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
     publisher = pubsub_v1.PublisherClient()
     with suppress(gexc.AlreadyExists):
         publisher.create_topic(name=publisher.topic_path(emulators.project, name), timeout=30)
     return name
+
+
+def received_chunks(subscription: str, at_least: int = 0) -> list[ChunkMessage]:
+    """Every chunk message the subscription holds (acked): until ``at_least`` came and two pulls
+    came back empty, so a message published too many is seen too."""
+    subscriber = pubsub_v1.SubscriberClient()
+    found: list[ChunkMessage] = []
+    empty = 0
+    try:
+        while empty < 2 or len(found) < at_least:
+            response = subscriber.pull(
+                subscription=subscription, max_messages=1000, timeout=10, return_immediately=True
+            )
+            if not response.received_messages:
+                empty += 1
+                if empty > 30:
+                    break
+                continue
+            empty = 0
+            for item in response.received_messages:
+                message = parse(item.message.data, dict(item.message.attributes))
+                assert isinstance(message, ChunkMessage)
+                found.append(message)
+            subscriber.acknowledge(
+                subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
+            )
+    finally:
+        subscriber.close()
+    return found
+
+
+# -- batches and chunks written directly, as the ingress would leave them -----------------------
+
+FIRESTORE_TIMEOUT = 30
+"""Seconds a helper below waits for one Firestore read or write."""
+
+
+def write_chunk(
+    batch: firestore.DocumentReference,
+    start: int,
+    items: str,
+    tenant: str,
+    at: datetime,
+    inputs: list[bytes] | None = None,
+    counted: bool = True,
+    **fields: Any,
+) -> str:
+    """A chunk of ``batch`` (its part 0) from item ``start`` on, queued and last changed ``at``
+    unless ``fields`` say otherwise, whose items stand as ``items`` says; its id. Its input lines
+    are ``inputs`` (one embed text each by default). If ``counted``, the same commit counts its
+    items as acceptance counts them and moves each running, succeeded or failed letter to its
+    status."""
+    client = firestore.Client()
+    lines = inputs if inputs is not None else [b'{"texts":["x"]}'] * len(items)
+    doc = {
+        "tenant": tenant,
+        "task": "embed",
+        "batch_id": batch.id,
+        "batch_path": batch.path,
+        "part": 0,
+        "start": start,
+        "n": len(items),
+        "inputs": pack_inputs(lines),
+        "items": items,
+        COUNTED_FLAG: True,
+        "status": "queued",
+        "attempts": 0,
+        "terminal_writes": 0,
+        "created_at": at,
+        "updated_at": at,
+        **fields,
+    }
+    writes = client.batch()
+    writes.create(batch.collection(CHUNKS).document(chunk_id(start)), doc)
+    if counted:
+        deltas = CountDeltas()
+        deltas.added(batch.path, tenant, len(items))
+        for code, status in (("r", "running"), ("s", "succeeded"), ("f", "failed")):
+            deltas.move({**doc, "status": "queued"}, status, count=items.count(code))
+        deltas.write(writes, client, at)
+    writes.commit(timeout=FIRESTORE_TIMEOUT)
+    return chunk_id(start)
+
+
+def one_chunk_batch(
+    items: str,
+    tenant: str,
+    inputs: list[bytes] | None = None,
+    counted: bool = True,
+    **fields: Any,
+) -> tuple[str, str]:
+    """A new batch of embed items of ``tenant`` whose one part is one chunk (``write_chunk``
+    with these arguments), both written now; ``(batch_id, chunk_id)``."""
+    now = datetime.now(UTC)
+    batch = firestore.Client().collection("batches").document(new_job_id())
+    batch.create({"tenant": tenant, "task": "embed", "created_at": now, "counts": {}})
+    chunk = write_chunk(batch, 0, items, tenant, now, inputs, counted, **fields)
+    return batch.id, chunk
+
+
+def chunk_doc(batch_id: str, chunk: str) -> dict[str, Any]:
+    ref = firestore.Client().document("batches", batch_id, CHUNKS, chunk)
+    return ref.get(timeout=FIRESTORE_TIMEOUT).to_dict() or {}
+
+
+def batch_counts(batch_id: str) -> dict[str, int]:
+    """The batch's counts, its counter shards summed."""
+    ref = firestore.Client().collection("batches").document(batch_id)
+    shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream(timeout=FIRESTORE_TIMEOUT)]
+    return counts_of(ref.get(timeout=FIRESTORE_TIMEOUT).to_dict() or {}, shards).model_dump()
+
+
+def exact_counts(total: int, **nonzero: int) -> dict[str, int]:
+    """What ``batch_counts`` of ``total`` items reads when only the statuses named are not 0."""
+    statuses = ("queued", "running", "succeeded", "failed", "cancelled")
+    assert set(nonzero) <= set(statuses), nonzero
+    return {"total": total, **{status: nonzero.get(status, 0) for status in statuses}}
+
+
+def in_flight(tenant: str) -> int:
+    """The tenant's items in flight, its counter shards summed."""
+    client = firestore.Client()
+    refs = [client.document(*parts) for parts in shard_paths(tenant)]
+    return in_flight_of([s.to_dict() or {} for s in client.get_all(refs) if s.exists])

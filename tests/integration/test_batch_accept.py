@@ -25,9 +25,9 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from emulators.process import stop_group
 from ingress.idempotency import IdempotencyStore
 from schemas.chunks import CHUNK_ITEMS, CHUNKS, ChunkMessage, chunk_id, unpack_inputs
-from schemas.messages import parse
 from tests.conftest import Emulators
 from tests.integration.conftest import Service, start_ingress
+from tests.integration.conftest import received_chunks as received
 from tests.support import descendants
 
 pytestmark = pytest.mark.integration
@@ -71,35 +71,6 @@ def drained(subscription: str) -> str:
     """The subscription, emptied of what earlier tests published."""
     received(subscription)
     return subscription
-
-
-def received(subscription: str, at_least: int = 0) -> list[ChunkMessage]:
-    """Every message the subscription holds (acked): until ``at_least`` came and two pulls came
-    back empty, so a message published too many is seen too."""
-    subscriber = pubsub_v1.SubscriberClient()
-    found: list[ChunkMessage] = []
-    empty = 0
-    try:
-        while empty < 2 or len(found) < at_least:
-            response = subscriber.pull(
-                subscription=subscription, max_messages=1000, timeout=10, return_immediately=True
-            )
-            if not response.received_messages:
-                empty += 1
-                if empty > 30:
-                    break
-                continue
-            empty = 0
-            for item in response.received_messages:
-                message = parse(item.message.data, dict(item.message.attributes))
-                assert isinstance(message, ChunkMessage)
-                found.append(message)
-            subscriber.acknowledge(
-                subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
-            )
-    finally:
-        subscriber.close()
-    return found
 
 
 def lines(start: int, end: int) -> list[str]:

@@ -17,11 +17,16 @@ import pytest
 from google.cloud import firestore
 
 from deadletter.main import MAX_DEAD_LETTERS, DeadLetterStore, LiveAttempt, handle
-from schemas.batches import COUNTERS, CountDeltas, counts_of
-from schemas.chunks import CHUNKS, ChunkMessage, chunk_id, pack_inputs
+from schemas.chunks import ChunkMessage
 from schemas.jobs import new_job_document, new_job_id
 from schemas.messages import JobMessage, chunk_to_pubsub
-from schemas.quota import COUNTED_FLAG, in_flight_of, shard_paths
+from tests.integration.conftest import (
+    batch_counts,
+    chunk_doc,
+    exact_counts,
+    in_flight,
+    one_chunk_batch,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -117,40 +122,7 @@ def make_chunk(items: str, counted: bool = True, **fields: Any) -> tuple[str, st
     """A batch (its items counted as acceptance counts them, if ``counted``) and one chunk of it
     whose items stand as ``items`` says (each letter counted in its status); ``(batch_id,
     chunk_id)``."""
-    client = firestore.Client()
-    batch_id = new_job_id()
-    now = datetime.now(UTC)
-    batch = client.collection("batches").document(batch_id)
-    batch.create({"tenant": TENANT, "task": "embed", "created_at": now, "counts": {}})
-    chunk = chunk_id(0)
-    doc = {
-        "tenant": TENANT,
-        "task": "embed",
-        "batch_id": batch_id,
-        "batch_path": batch.path,
-        "part": 0,
-        "start": 0,
-        "n": len(items),
-        "inputs": pack_inputs([b'{"texts":["x"]}'] * len(items)),
-        "items": items,
-        COUNTED_FLAG: True,
-        "status": "queued",
-        "attempts": 0,
-        "terminal_writes": 0,
-        "created_at": now,
-        "updated_at": now,
-        **fields,
-    }
-    writes = client.batch()
-    writes.create(batch.collection(CHUNKS).document(chunk), doc)
-    if counted:
-        deltas = CountDeltas()
-        deltas.added(batch.path, TENANT, len(items))
-        for code, status in (("r", "running"), ("s", "succeeded"), ("f", "failed")):
-            deltas.move({**doc, "status": "queued"}, status, count=items.count(code))
-        deltas.write(writes, client, now)
-    writes.commit()
-    return batch_id, chunk
+    return one_chunk_batch(items, TENANT, counted=counted, **fields)
 
 
 def chunk_event(batch_id: str, chunk: str, deliveries: int = 5) -> dict[str, Any]:
@@ -164,21 +136,7 @@ def settle_chunk(batch_id: str, chunk: str) -> tuple[str, dict[str, Any], Publis
     published = Published()
     store = DeadLetterStore(firestore.Client(), "jobs", result_ttl_s=3600)
     outcome = handle(chunk_event(batch_id, chunk), store, published)  # type: ignore[arg-type]
-    ref = firestore.Client().collection("batches").document(batch_id)
-    doc = ref.collection(CHUNKS).document(chunk).get().to_dict() or {}
-    return outcome, doc, published
-
-
-def counts(batch_id: str) -> dict[str, int]:
-    ref = firestore.Client().collection("batches").document(batch_id)
-    shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
-    return counts_of(ref.get().to_dict() or {}, shards).model_dump()
-
-
-def in_flight() -> int:
-    client = firestore.Client()
-    refs = [client.document(*parts) for parts in shard_paths(TENANT)]
-    return in_flight_of([s.to_dict() or {} for s in client.get_all(refs) if s.exists])
+    return outcome, chunk_doc(batch_id, chunk), published
 
 
 def test_a_chunk_that_ran_every_attempt_fails_its_unfinished_items_with_exact_counts(
@@ -190,7 +148,7 @@ def test_a_chunk_that_ran_every_attempt_fails_its_unfinished_items_with_exact_co
     batch_id, chunk = make_chunk(
         "rrrr", status="running", attempts=5, lease_expires_at=lapsed, last_error=last_error
     )
-    assert counts(batch_id)["running"] == 4 and in_flight() == 4
+    assert batch_counts(batch_id)["running"] == 4 and in_flight(TENANT) == 4
     outcome, doc, published = settle_chunk(batch_id, chunk)
     assert outcome == "failed" and published.jobs == []
     assert doc["status"] == "failed" and doc["items"] == "ffff"
@@ -199,19 +157,12 @@ def test_a_chunk_that_ran_every_attempt_fails_its_unfinished_items_with_exact_co
     assert sorted(doc["errors"]) == ["0", "1", "2", "3"]
     for error in doc["errors"].values():
         assert error["code"] == "attempts_exhausted" and "store timeout" in error["message"]
-    assert counts(batch_id) == {
-        "total": 4,
-        "queued": 0,
-        "running": 0,
-        "succeeded": 0,
-        "failed": 4,
-        "cancelled": 0,
-    }
-    assert in_flight() == 0
+    assert batch_counts(batch_id) == exact_counts(4, failed=4)
+    assert in_flight(TENANT) == 0
     # Idempotent: the same dead letter again changes nothing, counts included.
     again, after, _ = settle_chunk(batch_id, chunk)
     assert again == "already failed" and after == doc
-    assert counts(batch_id)["failed"] == 4 and in_flight() == 0
+    assert batch_counts(batch_id)["failed"] == 4 and in_flight(TENANT) == 0
 
 
 def test_a_released_chunk_fails_from_queued_and_its_ended_items_keep_their_outcome(
@@ -222,15 +173,8 @@ def test_a_released_chunk_fails_from_queued_and_its_ended_items_keep_their_outco
     outcome, doc, _ = settle_chunk(batch_id, chunk)
     assert outcome == "failed" and doc["items"] == "fsff"
     assert sorted(doc["errors"]) == ["0", "2"]
-    assert counts(batch_id) == {
-        "total": 4,
-        "queued": 0,
-        "running": 0,
-        "succeeded": 1,
-        "failed": 3,
-        "cancelled": 0,
-    }
-    assert in_flight() == 0
+    assert batch_counts(batch_id) == exact_counts(4, succeeded=1, failed=3)
+    assert in_flight(TENANT) == 0
 
 
 def test_a_chunk_with_attempts_left_is_published_again_as_a_chunk(clean_firestore: object) -> None:
@@ -240,7 +184,7 @@ def test_a_chunk_with_attempts_left_is_published_again_as_a_chunk(clean_firestor
     assert published.jobs == [
         ChunkMessage(batch_id=batch_id, chunk_id=chunk, task="embed", tenant=TENANT)
     ]
-    assert counts(batch_id)["queued"] == 2
+    assert batch_counts(batch_id)["queued"] == 2
 
 
 def test_a_chunk_held_by_a_live_attempt_is_decided_again_later(clean_firestore: object) -> None:
@@ -248,7 +192,7 @@ def test_a_chunk_held_by_a_live_attempt_is_decided_again_later(clean_firestore: 
     batch_id, chunk = make_chunk("rr", status="running", attempts=5, lease_expires_at=lease)
     with pytest.raises(LiveAttempt):
         settle_chunk(batch_id, chunk)
-    assert counts(batch_id)["running"] == 2
+    assert batch_counts(batch_id)["running"] == 2
 
 
 def test_a_pending_chunk_is_left_alone(clean_firestore: object) -> None:

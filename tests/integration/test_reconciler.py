@@ -17,11 +17,11 @@ from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
 from reconciler.settings import ReconcilerSettings
 from reconciler.sweep import Reconciler
-from schemas.batches import COUNTERS, Batch, CountDeltas
-from schemas.chunks import CHUNKS, ChunkMessage, chunk_id, pack_inputs
-from schemas.messages import parse
-from schemas.quota import COUNTED_FLAG, in_flight_of, shard_paths
+from schemas.batches import COUNTERS, Batch
+from schemas.chunks import CHUNKS, ChunkMessage
 from tests.conftest import PROJECT, Emulators
+from tests.integration.conftest import in_flight, write_chunk
+from tests.integration.conftest import received_chunks as received
 
 pytestmark = pytest.mark.integration
 
@@ -54,34 +54,6 @@ def reconciler(topic_name: str) -> Reconciler:
     return Reconciler(settings, firestore.Client(), pubsub_v1.PublisherClient())
 
 
-def received(subscription: str, at_least: int = 0) -> list[ChunkMessage]:
-    """What the subscription holds (acked): waits until ``at_least`` came, then one more pull
-    that comes back empty, so a message published too many is seen too."""
-    subscriber = pubsub_v1.SubscriberClient()
-    found: list[ChunkMessage] = []
-    empty = 0
-    try:
-        while empty < 2 or len(found) < at_least:
-            response = subscriber.pull(
-                subscription=subscription, max_messages=100, timeout=5, return_immediately=True
-            )
-            if not response.received_messages:
-                empty += 1
-                if empty > 20:
-                    break
-                continue
-            for item in response.received_messages:
-                message = parse(item.message.data, dict(item.message.attributes))
-                assert isinstance(message, ChunkMessage)
-                found.append(message)
-            subscriber.acknowledge(
-                subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
-            )
-    finally:
-        subscriber.close()
-    return found
-
-
 def make_batch(**fields: Any) -> firestore.DocumentReference:
     batch_id = uuid.uuid4().hex
     now = datetime.now(UTC)
@@ -105,35 +77,9 @@ def make_chunk(
 ) -> str:
     """A chunk of ``batch`` last changed ``age`` ago, its items counted as the ingress and the
     worker count them (none while ``pending``); its id."""
-    client = firestore.Client()
     then = datetime.now(UTC) - age
-    doc = {
-        "tenant": TENANT,
-        "task": "embed",
-        "batch_id": batch.id,
-        "batch_path": batch.path,
-        "part": 0,
-        "start": start,
-        "n": len(items),
-        "inputs": pack_inputs([b'{"texts":["x"]}'] * len(items)),
-        "items": items,
-        COUNTED_FLAG: True,
-        "status": "queued",
-        "attempts": 0,
-        "terminal_writes": 0,
-        "created_at": then,
-        "updated_at": then,
-        **fields,
-    }
-    writes = client.batch()
-    writes.create(batch.collection(CHUNKS).document(chunk_id(start)), doc)
-    if doc["status"] != "pending":
-        deltas = CountDeltas()
-        deltas.added(batch.path, TENANT, len(items))
-        deltas.move({**doc, "status": "queued"}, "running", count=items.count("r"))
-        deltas.write(writes, client, then)
-    writes.commit()
-    return chunk_id(start)
+    counted = fields.get("status", "queued") != "pending"
+    return write_chunk(batch, start, items, TENANT, then, counted=counted, **fields)
 
 
 def chunk(batch: firestore.DocumentReference, chunk: str) -> dict[str, Any]:
@@ -143,12 +89,6 @@ def chunk(batch: firestore.DocumentReference, chunk: str) -> dict[str, Any]:
 def resource(batch: firestore.DocumentReference) -> Batch:
     shards = [s.to_dict() or {} for s in batch.collection(COUNTERS).stream()]
     return Batch.from_documents(batch.id, batch.get().to_dict() or {}, shards)
-
-
-def in_flight() -> int:
-    client = firestore.Client()
-    refs = [client.document(*parts) for parts in shard_paths(TENANT)]
-    return in_flight_of([s.to_dict() or {} for s in client.get_all(refs) if s.exists])
 
 
 def test_stale_chunks_are_published_again_and_pending_or_fresh_ones_are_not(
@@ -187,7 +127,7 @@ def test_a_chunk_queued_for_too_long_is_given_up_with_exact_counts(
     name, subscription = topic
     batch = make_batch()
     ancient = make_chunk(batch, 0, "qqq", timedelta(days=2))
-    assert in_flight() == 3
+    assert in_flight(TENANT) == 3
     report = reconciler(name).sweep()
     assert report.failed == [f"{batch.id}/{ancient}"] and report.republished == []
     doc = chunk(batch, ancient)
@@ -197,7 +137,7 @@ def test_a_chunk_queued_for_too_long_is_given_up_with_exact_counts(
     assert sorted(doc["errors"]) == ["0", "1", "2"]
     counts = resource(batch).counts
     assert (counts.total, counts.queued, counts.failed) == (3, 0, 3)
-    assert in_flight() == 0 and received(subscription) == []
+    assert in_flight(TENANT) == 0 and received(subscription) == []
 
 
 def test_an_open_batch_not_closed_in_time_is_cancelled_with_its_queued_chunks(
@@ -231,7 +171,7 @@ def test_an_open_batch_not_closed_in_time_is_cancelled_with_its_queued_chunks(
     counts = resource(expired).counts
     assert (counts.total, counts.queued, counts.running, counts.cancelled) == (10, 0, 2, 8)
     assert resource(expired).status == "running"
-    assert in_flight() == 4  # the running chunk's two items and the open batch's two
+    assert in_flight(TENANT) == 4  # the running chunk's two items and the open batch's two
     # The batch still open is left as it is.
     assert (still_open.get().to_dict() or {})["open"] is True
     assert chunk(still_open, other)["status"] == "queued"

@@ -20,21 +20,26 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from emulators.process import free_port, stop_group
-from schemas.batches import COUNTERS, CountDeltas, counts_of
-from schemas.chunks import CHUNKS, ChunkMessage, chunk_id, pack_inputs, unpack_result
+from schemas.chunks import ChunkMessage, unpack_result
 from schemas.messages import chunk_to_pubsub, task_subscription
-from schemas.quota import in_flight_of, shard_paths
 from tests.conftest import Emulators
-from tests.integration.conftest import Service, _start
+from tests.integration.conftest import (
+    Service,
+    _start,
+    batch_counts,
+    chunk_doc,
+    exact_counts,
+    in_flight,
+    one_chunk_batch,
+)
 from tests.support import python_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -106,58 +111,11 @@ def workers(route: Route) -> Iterator[list[Service]]:
         stop_group(service.process, 30)
 
 
-def write_chunk(texts: list[str], tenant: str) -> tuple[str, str]:
+def queued_chunk(texts: list[str], tenant: str) -> tuple[str, str]:
     """A batch whose one part is one queued chunk of ``texts`` (one embed item each), counted as
     its acceptance counts it."""
-    client = firestore.Client()
-    batch_id, chunk = secrets.token_hex(16), chunk_id(0)
-    batch_ref = client.collection("batches").document(batch_id)
-    now = datetime.now(UTC)
-    batch_ref.create({"task": "embed", "tenant": tenant, "counts": {}, "created_at": now})
-    lines = (json.dumps({"texts": [text]}, separators=(",", ":")).encode() for text in texts)
-    write = client.batch()
-    write.create(
-        batch_ref.collection(CHUNKS).document(chunk),
-        {
-            "tenant": tenant,
-            "task": "embed",
-            "batch_id": batch_id,
-            "batch_path": batch_ref.path,
-            "part": 0,
-            "start": 0,
-            "n": len(texts),
-            "inputs": pack_inputs(lines),
-            "items": "q" * len(texts),
-            "status": "queued",
-            "in_flight_counted": True,
-            "attempts": 0,
-            "terminal_writes": 0,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    deltas = CountDeltas()
-    deltas.added(batch_ref.path, tenant, len(texts))
-    deltas.write(write, client, now)
-    write.commit(timeout=TIMEOUT)
-    return batch_id, chunk
-
-
-def chunk_doc(batch_id: str, chunk: str) -> dict[str, Any]:
-    ref = firestore.Client().document("batches", batch_id, CHUNKS, chunk)
-    return ref.get(timeout=TIMEOUT).to_dict() or {}
-
-
-def counts(batch_id: str) -> dict[str, int]:
-    ref = firestore.Client().collection("batches").document(batch_id)
-    shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream(timeout=TIMEOUT)]
-    return counts_of(ref.get(timeout=TIMEOUT).to_dict() or {}, shards).model_dump()
-
-
-def in_flight(tenant: str) -> int:
-    client = firestore.Client()
-    refs = [client.document(*parts) for parts in shard_paths(tenant)]
-    return in_flight_of([s.to_dict() or {} for s in client.get_all(refs) if s.exists])
+    lines = [json.dumps({"texts": [text]}, separators=(",", ":")).encode() for text in texts]
+    return one_chunk_batch("q" * len(texts), tenant, inputs=lines)
 
 
 def summary(doc: dict[str, Any]) -> tuple[Any, ...]:
@@ -182,21 +140,14 @@ def test_a_chunk_runs_whole_with_exact_counts_and_each_items_own_vector(
     workers.append(route.start_worker("chunk-worker"))
     tenant = f"chunks-{secrets.token_hex(3)}"
     texts = [f"Sentence {i} about the harbour, the ships and the weather." for i in range(300)]
-    batch_id, chunk = write_chunk(texts, tenant)
+    batch_id, chunk = queued_chunk(texts, tenant)
     route.publish(ChunkMessage(batch_id=batch_id, chunk_id=chunk, task="embed", tenant=tenant))
 
     doc = wait_status(batch_id, chunk, {"succeeded", "failed", "cancelled"}, 180)
     assert summary(doc) == ("succeeded", "s" * 300, {}, 1, 1)
     assert doc["done_at"]
     assert len(doc["results"]) == 300
-    assert counts(batch_id) == {
-        "total": 300,
-        "queued": 0,
-        "running": 0,
-        "succeeded": 300,
-        "failed": 0,
-        "cancelled": 0,
-    }
+    assert batch_counts(batch_id) == exact_counts(300, succeeded=300)
     assert in_flight(tenant) == 0
 
     adapter = EmbedAdapter(device="cpu")
@@ -219,7 +170,7 @@ def test_a_worker_killed_in_the_middle_of_a_chunk_leaves_it_to_the_next_attempt(
     # Longer texts: the chunk runs for seconds, so the kill lands in the middle of it.
     clause = "the harbour master counted ships returning through fog while gulls circled"
     texts = [f"{i}: " + " and ".join([clause] * 3) for i in range(300)]
-    batch_id, chunk = write_chunk(texts, tenant)
+    batch_id, chunk = queued_chunk(texts, tenant)
     route.publish(ChunkMessage(batch_id=batch_id, chunk_id=chunk, task="embed", tenant=tenant))
 
     wait_status(batch_id, chunk, {"running"}, 120)
@@ -228,7 +179,7 @@ def test_a_worker_killed_in_the_middle_of_a_chunk_leaves_it_to_the_next_attempt(
     first.process.wait(timeout=TIMEOUT)
     killed = chunk_doc(batch_id, chunk)
     assert killed["status"] == "running", "the chunk ended before the kill: make it longer"
-    assert counts(batch_id)["running"] == 300
+    assert batch_counts(batch_id)["running"] == 300
 
     workers.append(route.start_worker("chunk-worker-next"))
     doc = wait_status(batch_id, chunk, {"succeeded", "failed", "cancelled"}, 240)
@@ -237,12 +188,5 @@ def test_a_worker_killed_in_the_middle_of_a_chunk_leaves_it_to_the_next_attempt(
         unpack_result(r)["embeddings"] for r in doc["results"]
     )
     # The takeover moved no count; the commit moved each item once.
-    assert counts(batch_id) == {
-        "total": 300,
-        "queued": 0,
-        "running": 0,
-        "succeeded": 300,
-        "failed": 0,
-        "cancelled": 0,
-    }
+    assert batch_counts(batch_id) == exact_counts(300, succeeded=300)
     assert in_flight(tenant) == 0

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from google.cloud import firestore
 
-from schemas.batches import COUNTERS, CountDeltas, counts_of
-from schemas.chunks import CHUNKS, chunk_id, pack_inputs
+from schemas.chunks import CHUNKS
 from schemas.jobs import JobStatus, new_job_document, new_job_id
+from tests.integration.conftest import batch_counts, chunk_doc, one_chunk_batch
 from worker.chunkstore import ChunkClaim, ChunkOutcome, ChunkStore
 from worker.store import Busy, Claim, JobStore, Skip
 
@@ -111,49 +110,18 @@ def chunk_store() -> ChunkStore:
 
 def queued_chunk(n: int, tenant: str = "t") -> tuple[str, str]:
     """A batch of ``n`` items in one queued chunk, counted as an accepted part is."""
-    client = firestore.Client()
-    batch_id, chunk = new_job_id(), chunk_id(0)
-    batch_ref = client.collection("batches").document(batch_id)
-    now = datetime.now(UTC)
-    batch_ref.create({"task": "embed", "tenant": tenant, "counts": {}, "created_at": now})
-    inputs = pack_inputs(json.dumps({"texts": [f"t{i}"]}).encode() for i in range(n))
-    write = client.batch()
-    write.create(
-        batch_ref.collection(CHUNKS).document(chunk),
-        {
-            "tenant": tenant,
-            "task": "embed",
-            "batch_id": batch_id,
-            "batch_path": batch_ref.path,
-            "part": 0,
-            "start": 0,
-            "n": n,
-            "inputs": inputs,
-            "items": "q" * n,
-            "status": "queued",
-            "in_flight_counted": True,
-            "attempts": 0,
-            "terminal_writes": 0,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    deltas = CountDeltas()
-    deltas.added(batch_ref.path, tenant, n)
-    deltas.write(write, client, now)
-    write.commit()
-    return batch_id, chunk
+    inputs = [json.dumps({"texts": [f"t{i}"]}).encode() for i in range(n)]
+    return one_chunk_batch("q" * n, tenant, inputs=inputs)
 
 
-def chunk_doc(batch_id: str, chunk: str) -> dict[str, Any]:
-    ref = firestore.Client().document("batches", batch_id, CHUNKS, chunk)
-    return ref.get(timeout=TIMEOUT).to_dict() or {}
-
-
-def batch_counts(batch_id: str) -> dict[str, int]:
-    ref = firestore.Client().collection("batches").document(batch_id)
-    shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
-    return counts_of(ref.get().to_dict() or {}, shards).model_dump()
+def claimed_chunk(n: int) -> tuple[ChunkStore, str, str, ChunkClaim]:
+    """A chunk store, and a batch of ``n`` items in one queued chunk it has claimed:
+    ``(store, batch_id, chunk_id, claim)``."""
+    store = chunk_store()
+    batch_id, chunk = queued_chunk(n)
+    claim = store.claim(batch_id, chunk, "t")
+    assert isinstance(claim, ChunkClaim)
+    return store, batch_id, chunk, claim
 
 
 def outcome_of(claim: ChunkClaim, letters: str) -> ChunkOutcome:
@@ -202,10 +170,7 @@ def test_a_queued_chunk_of_a_cancelled_batch_ends_cancelled_and_never_runs(
 def test_a_running_chunk_sees_its_batch_cancel_and_a_release_requeues_its_items(
     clean_firestore: object,
 ) -> None:
-    store = chunk_store()
-    batch_id, chunk = queued_chunk(4)
-    claim = store.claim(batch_id, chunk, "t")
-    assert isinstance(claim, ChunkClaim)
+    store, batch_id, chunk, claim = claimed_chunk(4)
     assert store.check([claim]) == {claim.token: "ok"}
     assert store.release(claim, {"code": "transient", "message": "x"})
     doc = chunk_doc(batch_id, chunk)
@@ -221,10 +186,7 @@ def test_a_running_chunk_sees_its_batch_cancel_and_a_release_requeues_its_items(
 def test_a_commit_after_another_attempt_took_the_chunk_writes_nothing(
     clean_firestore: object,
 ) -> None:
-    store = chunk_store()
-    batch_id, chunk = queued_chunk(2)
-    claim = store.claim(batch_id, chunk, "t")
-    assert isinstance(claim, ChunkClaim)
+    store, batch_id, chunk, claim = claimed_chunk(2)
     # The lease lapsed and another worker took it over: the optimistic write fails over to a
     # transaction that sees the other token.
     ref = firestore.Client().document("batches", batch_id, CHUNKS, chunk)

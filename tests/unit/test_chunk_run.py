@@ -18,6 +18,7 @@ from schemas.chunks import ChunkMessage, pack_result, unpack_result
 from schemas.jobs import JobStatus
 from schemas.messages import chunk_to_pubsub
 from schemas.tasks.embed import EmbedInput
+from tests.unit.fakes import FakeMessage, handle_all
 from worker.attempts import StopToken
 from worker.chunkstore import ChunkClaim, ChunkOutcome, doc_bytes, fit
 from worker.errors import PermanentError, TransientError
@@ -27,27 +28,6 @@ from worker.store import Busy, Claim, Skip
 from worker.tasks.embed import MODEL_NAME, _packed_header
 
 BATCH, CHUNK = "b" * 16, "0000000000"
-
-
-@dataclass
-class FakeMessage:
-    data: bytes
-    attributes: dict[str, str]
-    message_id: str = "m-1"
-    delivery_attempt: int | None = 1
-    settled: list[str] = field(default_factory=list)
-
-    def ack(self) -> None:
-        self.settled.append("ack")
-
-    def nack(self) -> None:
-        self.settled.append("nack")
-
-    def drop(self) -> None:
-        self.settled.append("drop")
-
-    def modify_ack_deadline(self, seconds: int) -> None:
-        self.settled.append(f"retry in {seconds}s")
 
 
 def chunk_message(task: str = "embed") -> FakeMessage:
@@ -173,11 +153,7 @@ def run_chunk(
         chunks=chunks,
         watch_interval_s=0.05,
     )
-    worker.start()
-    try:
-        worker.handle([message])
-    finally:
-        worker.close()
+    handle_all(worker, [message])
     return message
 
 

@@ -4,7 +4,6 @@ which dead letters reach the store at all."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,46 +12,10 @@ from deadletter.main import failed_items, handle
 from schemas.batches import CountDeltas
 from schemas.chunks import ChunkMessage
 from schemas.messages import JobMessage, chunk_to_pubsub
+from tests.unit.fakes import chunk_document as chunk
+from tests.unit.fakes import totals
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ERROR = {"code": "attempts_exhausted", "message": "gave up"}
-
-
-class Recorder:
-    """Collects the writes ``CountDeltas.write`` adds to a commit (and is its client too)."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[str, dict[str, Any]]] = []
-
-    def document(self, *parts: str) -> str:
-        return "/".join(parts)
-
-    def set(self, reference: Any, document_data: dict[str, Any], merge: bool = False) -> None:
-        self.writes.append((reference, document_data))
-
-
-def totals(deltas: CountDeltas) -> dict[str, int]:
-    """Every counter field's net change: the batch's statuses, and ``in_flight`` (tenant)."""
-    recorder = Recorder()
-    deltas.write(recorder, recorder, NOW)
-    found: dict[str, int] = {}
-    for _path, data in recorder.writes:
-        for key, value in data.items():
-            if key != "at":
-                found[key] = found.get(key, 0) + value.value
-    return found
-
-
-def chunk(items: str, status: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "tenant": "t",
-        "batch_path": "batches/b",
-        "in_flight_counted": True,
-        "status": status,
-        "n": len(items),
-        "items": items,
-        **fields,
-    }
 
 
 def test_running_items_of_a_running_chunk_fail_from_running() -> None:

@@ -19,33 +19,13 @@ from pydantic import BaseModel
 
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
+from tests.unit.fakes import FakeMessage, handle_all
 from worker.attempts import StopToken
 from worker.errors import PermanentError, StoreUnavailable, TransientError
 from worker.processor import Processor
 from worker.store import Busy, Claim, Skip
 
 JOB_ID = "a" * 32
-
-
-@dataclass
-class FakeMessage:
-    data: bytes
-    attributes: dict[str, str]
-    message_id: str = "m-1"
-    delivery_attempt: int | None = 1
-    settled: list[str] = field(default_factory=list)
-
-    def ack(self) -> None:
-        self.settled.append("ack")
-
-    def nack(self) -> None:
-        self.settled.append("nack")
-
-    def drop(self) -> None:
-        self.settled.append("drop")
-
-    def modify_ack_deadline(self, seconds: int) -> None:
-        self.settled.append(f"retry in {seconds}s")
 
 
 def job_message(task: str = "embed") -> FakeMessage:
@@ -132,11 +112,7 @@ def run(
 ) -> FakeMessage:
     message = message or job_message()
     worker = processor(store, model, **options)
-    worker.start()
-    try:
-        worker.handle([message])
-    finally:
-        worker.close()
+    handle_all(worker, [message])
     return message
 
 
@@ -339,11 +315,7 @@ def messages(*job_ids: str) -> list[FakeMessage]:
 def handled(worker: Processor, *job_ids: str) -> list[FakeMessage]:
     """Start the processor, hand it one message per job id at once, close it once all settle."""
     received = messages(*job_ids)
-    worker.start()
-    try:
-        worker.handle(received)
-    finally:
-        worker.close()
+    handle_all(worker, received)
     return received
 
 

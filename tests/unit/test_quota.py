@@ -4,7 +4,6 @@ tenant's jobs in flight by the right amount, in the same commit."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
@@ -12,29 +11,12 @@ from schemas.batches import CountDeltas
 from schemas.jobs import new_job_document
 from schemas.quota import COUNTED_FLAG as COUNTED
 from schemas.quota import in_flight_delta, in_flight_of, shard_paths, tenant_doc_id
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class Recorder:
-    """Collects the writes ``CountDeltas.write`` adds to a commit (and is its client too)."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[str, dict[str, Any]]] = []
-
-    def document(self, *parts: str) -> str:
-        return "/".join(parts)
-
-    def set(self, reference: Any, document_data: dict[str, Any], merge: bool = False) -> None:
-        assert merge
-        self.writes.append((reference, document_data))
+from tests.unit.fakes import NOW, written
 
 
 def tenant_total(deltas: CountDeltas) -> dict[str, int]:
-    recorder = Recorder()
-    deltas.write(recorder, recorder, NOW)
     totals: dict[str, int] = {}
-    for path, data in recorder.writes:
+    for path, data in written(deltas, merge_only=True):
         if path.startswith("tenants/"):
             tenant = path.split("/")[1]
             totals[tenant] = totals.get(tenant, 0) + data["in_flight"].value
@@ -83,10 +65,8 @@ def test_batch_items_move_their_batch_and_their_tenant_in_one_commit() -> None:
 
     deltas.move(item, "succeeded")
     deltas.move({**item, "tenant": "other"}, "failed")
-    recorder = Recorder()
-    deltas.write(recorder, recorder, NOW)
 
-    paths = [path.rsplit("/", 1)[0] for path, _ in recorder.writes]
+    paths = [path.rsplit("/", 1)[0] for path, _ in written(deltas, merge_only=True)]
     assert sorted(paths) == [
         "batches/b1/counters",
         "tenants/acme/counters",

@@ -3,7 +3,6 @@ and counts."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from google.cloud import firestore
@@ -12,43 +11,11 @@ from reconciler.settings import ReconcilerSettings
 from reconciler.sweep import NOT_DISPATCHED_ITEM, ended_queued
 from schemas.batches import CountDeltas
 from schemas.jobs import JobStatus
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class Recorder:
-    """Collects the writes ``CountDeltas.write`` adds to a commit (and is its client too)."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[str, dict[str, Any]]] = []
-
-    def document(self, *parts: str) -> str:
-        return "/".join(parts)
-
-    def set(self, reference: Any, document_data: dict[str, Any], merge: bool = False) -> None:
-        self.writes.append((reference, document_data))
-
-
-def totals(deltas: CountDeltas) -> dict[str, int]:
-    recorder = Recorder()
-    deltas.write(recorder, recorder, NOW)
-    found: dict[str, int] = {}
-    for _path, data in recorder.writes:
-        for key, value in data.items():
-            if key != "at":
-                found[key] = found.get(key, 0) + value.value
-    return found
+from tests.unit.fakes import chunk_document, totals
 
 
 def queued(items: str) -> dict[str, Any]:
-    return {
-        "tenant": "t",
-        "batch_path": "batches/b",
-        "in_flight_counted": True,
-        "status": "queued",
-        "n": len(items),
-        "items": items,
-    }
+    return chunk_document(items, "queued")
 
 
 def test_a_given_up_chunk_fails_each_queued_item_with_not_dispatched() -> None:
