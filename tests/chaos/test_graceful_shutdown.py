@@ -27,14 +27,15 @@ JOBS = 300
 
 def test_sigterm_under_load_finishes_or_hands_back_every_job(clean: ChaosStack) -> None:
     stack = clean
-    leaving = stack.start_worker(WORKER_GRACE_S="4")
+    # The long job below outlives embed's 60 s limit: both workers allow it 180 s.
+    leaving = stack.start_worker(WORKER_GRACE_S="4", WORKER_TASK_TIMEOUT_S="180")
     started = time.monotonic()
     # A job longer than the grace period, in the leaving worker's hands: it must be released at
     # the end of the grace and run again by the other worker. Long enough to still be running
     # once the second worker has loaded its model, which took over 30 s on a loaded CI machine.
     long_id = stack.submit(embed("long", fault="sleep=90")).json()["id"]
     stack.wait_status(long_id, {"running"}, timeout_s=60)
-    stack.start_worker()
+    stack.start_worker(WORKER_TASK_TIMEOUT_S="180")
     assert stack.job(long_id)["status"] == "running", "the long job ended before the SIGTERM"
     ids = [stack.submit(embed(f"load {i}")).json()["id"] for i in range(JOBS)]
     term_sent = time.monotonic()
