@@ -58,14 +58,14 @@ def _store() -> BatchStore:
     return store
 
 
-def owned_batch(batch_id: str) -> StoredBatch:
-    """The tenant's accepted batch; 404 for an id that is malformed, unknown or another
-    tenant's, all alike."""
+def owned_batch(batch_id: str, counts: bool = True) -> StoredBatch:
+    """The tenant's accepted batch (``counts``: with its counter shards); 404 for an id that is
+    malformed, unknown or another tenant's, all alike."""
     if not JOB_ID_PATTERN.match(batch_id):
         raise NotFound("no such batch")
     bind_log_context(batch_id=batch_id)
     try:
-        batch = _store().get(batch_id)
+        batch = _store().get(batch_id, counts)
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
     if batch is None or batch.doc.get("tenant") != g.tenant:
@@ -216,7 +216,7 @@ def append_items(batch_id: str) -> _Answer:
 def _append(batch_id: str) -> _Answer:
     svc = services()
     tenant: str = g.tenant
-    batch = owned_batch(batch_id)
+    batch = owned_batch(batch_id, counts=False)  # begin_part takes the lease as read here
     key = _idempotency_key()
     if request.mimetype not in NDJSON_TYPES:
         raise UnsupportedMediaType(
@@ -226,7 +226,7 @@ def _append(batch_id: str) -> _Answer:
     spec = get_task(str(batch.doc["task"]))
     items = NdjsonItems(request, svc.settings, spec)
     try:
-        part = svc.batches.begin_part(batch_id)
+        part = svc.batches.begin_part(batch)
     except PartRefused as exc:
         raise Conflict(str(exc)) from exc
     except StoreUnavailable as exc:
@@ -271,9 +271,8 @@ def _replayed_part(batch_id: str, reservation: Reservation) -> _Answer:
 def close_batch(batch_id: str) -> Response:
     """200 with the batch: it takes no more parts, and ends as any batch does once its items
     are done. Closing a closed batch answers the same; 409 while a part is being appended."""
-    owned_batch(batch_id)
     try:
-        _store().close(batch_id)
+        _store().close(owned_batch(batch_id, counts=False))
     except PartRefused as exc:
         raise Conflict(str(exc)) from exc
     except StoreUnavailable as exc:

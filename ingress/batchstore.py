@@ -65,11 +65,13 @@ class PartLost(Exception):
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch document and its counter shards, read together."""
+    """A batch document and its counter shards, read together (no shards when read without
+    its counts), and the document's update time as read."""
 
     id: str
     doc: dict[str, Any]
     shards: list[dict[str, Any]]
+    update_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -159,15 +161,15 @@ class BatchStore:
             webhook=webhook is not None,
         )
 
-    def begin_part(self, batch_id: str) -> Part:
+    def begin_part(self, batch: Batch) -> Part:
         """Take the open batch's append lease for one part; ``PartRefused`` when it takes none
-        now. The caller checked that the batch is the tenant's."""
-        ref = self._batches.document(batch_id)
+        now. ``batch`` is the tenant's, as the caller read it (``get``): the lease is taken only
+        while the document is still as read."""
+        ref = self._batches.document(batch.id)
         token = secrets.token_hex(8)
         now = datetime.now(UTC)
+        doc = batch.doc
         try:
-            snapshot = ref.get(retry=self._retry, timeout=self._timeout_s)
-            doc = snapshot.to_dict() or {}
             _check_appendable(doc, now)
             result = ref.update(
                 {
@@ -175,7 +177,7 @@ class BatchStore:
                     "appending_until": now + timedelta(seconds=APPEND_LEASE_S),
                     "updated_at": now,
                 },
-                option=self._client.write_option(last_update_time=snapshot.update_time),
+                option=self._client.write_option(last_update_time=batch.update_time),
                 timeout=self._timeout_s,
             )
         except gexc.FailedPrecondition:
@@ -183,7 +185,7 @@ class BatchStore:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore part lease failed: {type(exc).__name__}") from exc
         return Part(
-            batch_id=batch_id,
+            batch_id=batch.id,
             batch_path=ref.path,
             tenant=str(doc["tenant"]),
             task=str(doc["task"]),
@@ -330,23 +332,21 @@ class BatchStore:
 
     # -- close ---------------------------------------------------------------------------------
 
-    def close(self, batch_id: str) -> None:
+    def close(self, batch: Batch) -> None:
         """No more parts: ``open`` false and ``closed_at``. A batch not open is left as it is
-        (closing twice is fine); ``PartRefused`` while a part is being appended."""
-        ref = self._batches.document(batch_id)
+        (closing twice is fine); ``PartRefused`` while a part is being appended. ``batch`` as
+        the caller read it (``get``): it is closed only while the document is still as read."""
         now = datetime.now(UTC)
+        if not batch.doc.get("open"):
+            return
+        if _lease_live(batch.doc, now):
+            raise PartRefused(
+                "a part of this batch is being appended; close it once that part is answered"
+            )
         try:
-            snapshot = ref.get(retry=self._retry, timeout=self._timeout_s)
-            doc = snapshot.to_dict() or {}
-            if not doc.get("open"):
-                return
-            if _lease_live(doc, now):
-                raise PartRefused(
-                    "a part of this batch is being appended; close it once that part is answered"
-                )
-            ref.update(
+            self._batches.document(batch.id).update(
                 {"open": False, "closed_at": now, "updated_at": now},
-                option=self._client.write_option(last_update_time=snapshot.update_time),
+                option=self._client.write_option(last_update_time=batch.update_time),
                 timeout=self._timeout_s,
             )
         except gexc.FailedPrecondition:
@@ -366,14 +366,15 @@ class BatchStore:
             raise StoreUnavailable(f"Firestore batch read failed: {type(exc).__name__}") from exc
         return snapshot.to_dict() if snapshot.exists else None
 
-    def get(self, batch_id: str) -> Batch | None:
-        """The accepted batch with its counts, or None."""
+    def get(self, batch_id: str, counts: bool = True) -> Batch | None:
+        """The accepted batch with its counts (without, ``shards`` empty: one document read, not
+        ``1 + SHARDS``), or None."""
         ref = self._batches.document(batch_id)
-        shard_refs = [ref.collection(COUNTERS).document(str(i)) for i in range(SHARDS)]
+        refs = [ref]
+        if counts:
+            refs += [ref.collection(COUNTERS).document(str(i)) for i in range(SHARDS)]
         try:
-            snapshots = list(
-                self._client.get_all([ref, *shard_refs], retry=self._retry, timeout=self._timeout_s)
-            )
+            snapshots = list(self._client.get_all(refs, retry=self._retry, timeout=self._timeout_s))
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore batch read failed: {type(exc).__name__}") from exc
         by_path = {s.reference.path: s for s in snapshots}
@@ -384,7 +385,7 @@ class BatchStore:
         if doc.get("state") != "accepted":
             return None
         shards = [s.to_dict() or {} for s in snapshots if s.exists and s.reference.path != ref.path]
-        return Batch(batch_id, doc, shards)
+        return Batch(batch_id, doc, shards, main.update_time)
 
     def shards(self, batch_id: str) -> Any:
         """The counters subcollection, for a listener."""

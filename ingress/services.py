@@ -75,12 +75,13 @@ def release(reservation: Reservation | None) -> None:
         services().idempotency.release(reservation)
 
 
-def admit(tenant: str, new_jobs: int, reservation: Reservation | None = None) -> None:
-    """The tenant's cap on jobs in flight, checked before a view creates ``new_jobs``: its 429
-    (or 413) as raised, a 503 when the count cannot be read, and on either the request's
-    ``Idempotency-Key`` freed first, so the same key works once there is room."""
+def admit(tenant: str, new_items: int, reservation: Reservation | None = None) -> None:
+    """The tenant's cap on items in flight (a job is one; a batch, a part or a retry, its
+    items), checked before a view creates ``new_items``: its 429 (or 413) as raised, a 503 when
+    the count cannot be read, and on either the request's ``Idempotency-Key`` freed first, so
+    the same key works once there is room."""
     try:
-        services().in_flight.check(tenant, new_jobs)
+        services().in_flight.check(tenant, new_items)
     except StoreUnavailable as exc:
         release(reservation)
         raise unavailable("job store") from exc

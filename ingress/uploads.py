@@ -1,9 +1,11 @@
 """Admission of large uploads: at most ``MAX_LARGE_UPLOADS`` large batch bodies are read and
 accepted at once in one ingress process; the next gets 503 with ``Retry-After`` at once.
 
-A batch body of up to 32 MiB becomes up to 100,000 validated inputs held in memory until they are
-written (docs/limits.md has the measured peak), so the number of them in progress, not the
-request size alone, decides whether an instance stays inside its memory limit. Refusing at once,
+A batch body of up to 32 MiB (100,000 items) is read by lines and written a chunk at a time: one
+holds a few chunks (``ingress/chunkwriter.py``: up to ``WRITERS + QUEUED + 1``, each under
+``DOC_BUDGET_BYTES``), its writer threads, and most of a core while it validates, for as long as
+its upload takes. The number of them in progress, not the request size alone, decides whether an
+instance stays inside its memory and CPU (docs/limits.md has the measured peak). Refusing at once,
 before a byte of the body is read, costs the client one round trip; queueing would hold a
 thread and the client's upload for as long as the others take.
 """

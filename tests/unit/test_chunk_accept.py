@@ -16,7 +16,7 @@ import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers
 
-from ingress import batchstore, chunkwriter
+from ingress import batchinput, batchstore, chunkwriter
 from ingress.batchinput import NdjsonItems, _schema_gaps
 from ingress.chunkwriter import ChunkWriter, Written
 from ingress.errors import BadRequest, PayloadTooLarge
@@ -103,6 +103,28 @@ def test_only_schemas_with_free_form_values_or_open_integers_pay_for_the_guards(
 def test_a_line_that_is_not_utf8_is_a_400() -> None:
     with pytest.raises(BadRequest, match="line 2 is not valid UTF-8"):
         read(b'{"texts": ["a"]}\n{"texts": ["\xff"]}\n')
+
+
+def test_bad_lines_past_the_reported_errors_are_only_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listed: list[int] = []
+    line_problems = batchinput._line_problems
+
+    def spy(*args: Any) -> Any:
+        listed.append(args[4])
+        return line_problems(*args)
+
+    monkeypatch.setattr(batchinput, "_line_problems", spy)
+    many = b'{"texts": [' + b",".join([b"1"] * 50) + b"]}"  # 50 errors: more than reported
+    good, items = read(b"\n".join([many] * 30 + [b'{"texts": []}']))
+    assert good == [] and items.problems.bad == 31
+    assert len(items.problems.errors) == 20
+    assert listed == [1, 31]  # the lines after the first listed nothing (one error still does)
+    with pytest.raises(Exception, match="31 lines are invalid"):
+        items.problems.raise_if_bad("line")
+    with pytest.raises(BadRequest, match="line 31 is not valid UTF-8"):
+        read(b"\n".join([many] * 30 + [b'{"texts": ["\xff"]}']))
 
 
 def test_more_items_than_a_request_holds_is_a_413_as_they_arrive() -> None:
