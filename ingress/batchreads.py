@@ -24,12 +24,16 @@ from ingress.store import AlreadyFinished, StoreUnavailable
 from schemas import JobStatus
 from schemas.batches import counts_of
 from schemas.chunks import parse_event_id
+from schemas.jobs import JOB_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("batchreads", __name__, url_prefix="/v1/batches")
 
 _INDEX = re.compile(r"[0-9]{1,12}")
+_EVENT_ID = re.compile(r"[0-9]{16}\.[0-9a-z]{1,40}\.[0-9]{5}")
+"""What ``event_id`` writes. Checked before ``parse_event_id``, which takes any ``isdigit``
+string (``"²"``, thousands of digits) to ``int`` and would answer 500."""
 STATUSES = tuple(s.value for s in JobStatus)
 
 
@@ -120,6 +124,10 @@ def retry_batch(batch_id: str) -> Response:
     batch = owned_batch(batch_id)
     # Each failed item is queued again: they count against the cap like new ones.
     failed = counts_of(batch.doc, batch.shards).failed
+    if not failed and not batch.doc.get("cancel_requested"):
+        # Counts move in the same commit as the letters: no failed item to look for. Saves a
+        # scan of every ended chunk (thousands for a large batch) and a read of the batch.
+        return jsonify(batch_resource(batch))
     try:
         admit(g.tenant, failed)
     except PayloadTooLarge as exc:
@@ -134,7 +142,7 @@ def retry_batch(batch_id: str) -> Response:
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
     logger.info("batch retry", extra={"requeued": moved})
-    return jsonify(batch_resource(owned_batch(batch_id)))
+    return jsonify(batch_resource(owned_batch(batch_id) if moved else batch))
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -144,7 +152,7 @@ def _last_event_id() -> EventKey | None:
     raw = (request.headers.get("Last-Event-ID") or "").strip()
     if not raw:
         return None
-    key = parse_event_id(raw)
+    key = parse_event_id(raw) if _EVENT_ID.fullmatch(raw) else None
     if key is None:
         raise BadRequest("Last-Event-ID must be the id of an item event this stream sent")
     return key
@@ -158,19 +166,19 @@ def batch_events(batch_id: str) -> Response:
     until it ends (429 when none is free), and ends after ``stream_max_lifetime_s`` at the
     latest, between two events."""
     svc = services()
-    batch = owned_batch(batch_id)
     with_results = request.args.get("results", "").lower() in {"1", "true", "yes"}
     after = _last_event_id()
     resumed = after is not None
+    if not resumed and JOB_ID_PATTERN.match(batch_id):
+        # Items that end from now on. The cursor is read before the batch, so that an item
+        # ended in between is in the first progress event's counts; the batch (and whose it
+        # is) is read once, after it.
+        try:
+            after = svc.chunks.latest_completion(batch_id)
+        except StoreUnavailable as exc:
+            raise unavailable("job store") from exc
+    batch = owned_batch(batch_id)
     store = svc.batches
-    try:
-        if not resumed:
-            # Items that end from now on; the batch read again after the cursor, so that an
-            # item ended in between is in the first progress event's counts.
-            after = svc.chunks.latest_completion(batch.id)
-            batch = store.get(batch.id) or batch
-    except StoreUnavailable as exc:
-        raise unavailable("job store") from exc
     hold = svc.holds.acquire(g.tenant)
     settings = svc.settings
     stream = batch_stream(

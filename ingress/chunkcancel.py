@@ -6,7 +6,9 @@
 Correctness does not depend on it: a worker that claims a queued chunk of a cancelled batch ends
 it ``cancelled`` itself, and a running chunk stops at its next safe point. The sweep makes the
 counts show the cancel at once rather than as the backlog drains, and frees the workers from those
-messages. At most one sweep of a batch runs in a process at a time, whatever asks for it.
+messages. At most one sweep of a batch runs in a process at a time, whatever asks for it, at most
+``TENANT_SWEEPS`` of one tenant and ``SWEEPS`` in all: a cancel past them is left to the workers
+(and the reconciler), so no tenant's cancels hold the process's threads and Firestore writes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 SWEEP_PAGE = 200
 """Queued chunks cancelled per commit (plus one counter write each way)."""
 SWEEP_FIELDS = ["status", "items", "tenant", "batch_path", "in_flight_counted"]
+SWEEPS = 8
+"""Sweeps running at once in a process."""
+TENANT_SWEEPS = 2
+"""Sweeps of one tenant's batches running at once in a process."""
 
 
 class CancelSweeper:
@@ -48,20 +54,27 @@ class CancelSweeper:
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
         self._result_ttl_s = result_ttl_s
-        # Guards _sweeping, the batches whose cancel sweep runs in this process now.
+        # Guards _sweeping: batch → tenant, the sweeps running in this process now.
         self._sweeps_lock = threading.Lock()
-        self._sweeping: set[str] = set()
+        self._sweeping: dict[str, str] = {}
 
-    def start(self, batch_id: str) -> None:
-        """Sweep the batch in a thread of its own, unless one sweeps it already."""
+    def start(self, batch_id: str, tenant: str) -> bool:
+        """Sweep the batch in a thread of its own, unless one sweeps it already or the caps
+        are reached (the workers then end its queued chunks as their messages come); whether
+        a sweep started."""
         with self._sweeps_lock:
             if batch_id in self._sweeping:
-                return
-            self._sweeping.add(batch_id)
+                return False
+            theirs = sum(1 for owner in self._sweeping.values() if owner == tenant)
+            if len(self._sweeping) >= SWEEPS or theirs >= TENANT_SWEEPS:
+                logger.info("batch cancel sweep left to the workers", extra={"batch_id": batch_id})
+                return False
+            self._sweeping[batch_id] = tenant
         logger.info("batch cancel sweep started", extra={"batch_id": batch_id})
         threading.Thread(
             target=self._sweep_logged, args=(batch_id,), name="batch-cancel", daemon=True
         ).start()
+        return True
 
     def _sweep_logged(self, batch_id: str) -> None:
         try:
@@ -71,7 +84,7 @@ class CancelSweeper:
             logger.exception("batch cancel sweep failed", extra={"batch_id": batch_id})
         finally:
             with self._sweeps_lock:
-                self._sweeping.discard(batch_id)
+                self._sweeping.pop(batch_id, None)
 
     def sweep_cancelled(self, batch_id: str) -> int:
         """Cancel every queued chunk of the batch, a page at a time; returns how many."""

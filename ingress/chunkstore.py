@@ -59,6 +59,8 @@ EventKey = tuple[int, str, int]
 DOC_ID = FieldPath.document_id()
 READ_FIELDS = ["status", "start", "indexes", "n", "items", "errors", "moved", "attempts"]
 """What a results line needs of a chunk, its results aside (never its inputs)."""
+PLACE_FIELDS = ["status", "start", "n"]
+"""What finding the chunk that holds an index needs (``_holding`` reads up to ``LOOKBACK``)."""
 RESULTS_PAGE = 8
 """Chunks read at once with their results: each is under ``DOC_BUDGET_BYTES`` (~0.9 MB), so a
 results stream holds a few MB whatever the batch's size."""
@@ -120,9 +122,7 @@ class ChunkStore:
         with_result = status in (None, JobStatus.SUCCEEDED.value)
         fields = [*READ_FIELDS, "results"] if with_result else READ_FIELDS
         size = RESULTS_PAGE if with_result else LINES_PAGE
-        holding = (
-            self._holding(batch_id, first, ["status", "start", "n"]) if first < total else None
-        )
+        holding = self._holding(batch_id, first) if first < total else None
         if holding is None:
             return
         chunks = self._chunks(batch_id)
@@ -157,26 +157,28 @@ class ChunkStore:
     def item(self, batch_id: str, index: int) -> dict[str, Any] | None:
         """One item's results line; None when no accepted chunk holds ``index``."""
         fields = [*READ_FIELDS, "results"]
-        holding = self._holding(batch_id, index, fields)
+        holding = self._holding(batch_id, index)
         if holding is None:
             return None
-        doc = holding[1]
-        located = [(index, doc, index - int(doc["start"]))]
+        # Found by its place alone, then read whole: the lookback never reads up to
+        # ``LOOKBACK`` chunks with their results (~0.9 MB each) for one line.
+        doc = self._get_all(batch_id, [holding[0]], fields).get(holding[0])
+        if doc is None:
+            return None
+        located = [(index, doc, index - int(holding[1]["start"]))]
         [(_, latest, position)] = self._latest(batch_id, located, fields)
         return item_line(index, latest, position)
 
-    def _holding(
-        self, batch_id: str, index: int, fields: list[str]
-    ) -> tuple[str, dict[str, Any]] | None:
-        """The accepted original chunk that holds ``index``: the nearest that starts at or
-        before it."""
+    def _holding(self, batch_id: str, index: int) -> tuple[str, dict[str, Any]] | None:
+        """The accepted original chunk that holds ``index`` (its id, and its ``PLACE_FIELDS``):
+        the nearest that starts at or before it."""
         # By ``start``, not by id: the emulator refuses descending key scans. Retry chunks
         # have no ``start`` and so are not in this index.
         query = (
             self._chunks(batch_id)
             .where(filter=FieldFilter("start", "<=", index))
             .order_by("start", direction=firestore.Query.DESCENDING)
-            .select(fields)
+            .select(PLACE_FIELDS)
             .limit(LOOKBACK)
         )
         for snapshot in self._read(query, "chunk"):
@@ -237,14 +239,22 @@ class ChunkStore:
         self, batch_id: str, after: EventKey | None, with_results: bool
     ) -> Iterator[tuple[EventKey, str, dict[str, Any]]]:
         """``(key, event id, results line)`` of every item a chunk ended after ``after`` (None:
-        from the first), in event id order."""
+        from the first), in event id order.
+
+        The key of a chunk's last item has position ``LAST_POSITION``, as ``latest_completion``'s
+        has: a cursor that says its chunk was sent whole, so the next call starts after that
+        chunk rather than reading it (with its results) again at every look of a stream."""
         fields = [*READ_FIELDS, "done_at", *(["results"] if with_results else [])]
         size = RESULTS_PAGE if with_results else LINES_PAGE
         query = self._chunks(batch_id).order_by("done_at").order_by(DOC_ID)
         if after is not None:
-            # One µs lower: event_id's float arithmetic may round a time down by one.
-            lower = _EPOCH + timedelta(microseconds=after[0] - 1)
-            query = query.where(filter=FieldFilter("done_at", ">=", lower))
+            at = _EPOCH + timedelta(microseconds=after[0])
+            if after[2] == LAST_POSITION:
+                query = query.start_after({"done_at": at, "__name__": after[1]})
+            else:  # a client's Last-Event-ID, maybe within a chunk: read that chunk again
+                # One µs lower: event_id's float arithmetic may round a time down by one.
+                lower = at - timedelta(microseconds=1)
+                query = query.where(filter=FieldFilter("done_at", ">=", lower))
         query = query.select(fields).limit(size)
         last: Any = None
         while True:
@@ -256,6 +266,7 @@ class ChunkStore:
                 done_at = doc.get("done_at")
                 if done_at is None:
                     continue
+                ended = []
                 for position, index in enumerate(item_indexes(doc)):
                     if _letter(doc, position) not in FINISHED:
                         continue
@@ -263,7 +274,11 @@ class ChunkStore:
                     key = parse_event_id(eid)
                     assert key is not None
                     if after is None or key > after:
-                        yield key, eid, item_line(index, doc, position, with_results)
+                        ended.append((key, eid, item_line(index, doc, position, with_results)))
+                if ended:  # a terminal chunk's letters do not change: the whole of it is sent
+                    key, eid, line = ended[-1]
+                    ended[-1] = ((key[0], key[1], LAST_POSITION), eid, line)
+                yield from ended
             if len(snapshots) < size:
                 return
             last = snapshots[-1]
@@ -310,7 +325,7 @@ class ChunkStore:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Firestore batch cancel failed: {type(exc).__name__}") from exc
         batch.doc.update(changes)
-        self._sweeper.start(batch.id)
+        self._sweeper.start(batch.id, str(batch.doc.get("tenant")))
         return batch
 
     # -- retry ---------------------------------------------------------------------------------

@@ -1,20 +1,27 @@
-"""The ingress's chunk rules that need no store: what a cancel writes to a queued chunk, which
-items a retry takes from a chunk, and the order of a batch event stream's events."""
+"""The ingress's chunk rules that need no store: what a cancel writes to a queued chunk and how
+many sweeps run, which items a retry takes from a chunk, the order of a batch event stream's
+events, where item events resume, and which ``Last-Event-ID`` is one."""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from flask import Flask
 from google.cloud.firestore import SERVER_TIMESTAMP, Increment
 
+from ingress import chunkcancel
 from ingress.batchevents import batch_stream
+from ingress.batchreads import _last_event_id
 from ingress.batchstore import Batch as StoredBatch
 from ingress.chunkcancel import CancelSweeper
 from ingress.chunkretry import _source
-from ingress.chunkstore import EventKey
+from ingress.chunkstore import LAST_POSITION, ChunkStore, EventKey
+from ingress.errors import BadRequest
 from schemas import get_task
 from schemas.batches import CountDeltas
 from schemas.chunks import event_id, pack_inputs, parse_event_id
@@ -176,3 +183,90 @@ def test_a_stream_resumed_on_an_ended_batch_sends_what_was_missed() -> None:
     assert [m["event"] for m in messages] == ["progress", "item", "item", "done"]
     assert [m["data"]["index"] for m in messages[1:3]] == [1, 2]
     assert [m["event"] for m in run(fake, ended, None, False)] == ["progress", "done"]
+
+
+def test_cancel_sweeps_are_capped_per_tenant_and_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    sweeper = CancelSweeper(None, lambda _id: None, 5.0, 60.0)  # type: ignore[arg-type]
+    monkeypatch.setattr(sweeper, "sweep_cancelled", lambda _batch_id: release.wait(10) and 0)
+    monkeypatch.setattr(chunkcancel, "SWEEPS", 3)
+    try:
+        assert sweeper.start("a1", "a") and sweeper.start("a2", "a")
+        assert not sweeper.start("a1", "a")  # that batch is being swept
+        assert not sweeper.start("a3", "a")  # the tenant's cap
+        assert sweeper.start("b1", "b")
+        assert not sweeper.start("c1", "c")  # the process's cap
+    finally:
+        release.set()
+    for _ in range(200):
+        if sweeper.start("a3", "a"):  # room again once they end
+            break
+        threading.Event().wait(0.01)
+    else:
+        raise AssertionError("the sweeps did not free their places")
+
+
+class Query:
+    """A chunks query that records how it was built and answers one page of snapshots."""
+
+    def __init__(self, pages: list[list[Any]]):
+        self.pages = pages
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., Query]:
+        def record(*args: Any, **kwargs: Any) -> Query:
+            self.calls.append((name, args[0] if args else kwargs.get("filter")))
+            return self
+
+        return record
+
+
+class EventSnapshot(Snapshot):
+    def __init__(self, chunk: str, doc: dict[str, Any]):
+        super().__init__(doc)
+        self.id = chunk
+
+
+def completions(query: Query, after: EventKey | None) -> list[tuple[EventKey, str, Any]]:
+    store = ChunkStore.__new__(ChunkStore)
+    store._chunks = lambda _batch_id: query  # type: ignore[method-assign]
+    store._read = lambda _query, _what: query.pages.pop(0) if query.pages else []  # type: ignore[method-assign]
+    return list(store.completions("b", after, False))
+
+
+def test_item_events_mark_a_chunk_sent_whole_and_resume_after_it() -> None:
+    done = {"start": 4, "n": 4, "items": "sf>q", "done_at": NOW, "attempts": 1}
+    query = Query([[EventSnapshot("0000000004", done)]])
+    got = completions(query, None)
+    assert [line["index"] for _, _, line in got] == [4, 5]  # ended items only
+    keys = [key for key, _, _ in got]
+    sent = [parse_event_id(eid) for _, eid, _ in got]
+    assert sent[0] == keys[0] and sent[1] == (keys[0][0], "0000000004", 1)
+    assert keys[1] == (keys[0][0], "0000000004", LAST_POSITION)  # the chunk's cursor
+
+    query = Query([])
+    completions(query, keys[1])
+    assert ("start_after", {"done_at": NOW, "__name__": "0000000004"}) in query.calls
+    assert not any(name == "where" for name, _ in query.calls)  # not read again
+    query = Query([[EventSnapshot("0000000004", done)]])
+    resumed = completions(query, keys[0])  # a client's id within the chunk: read it again
+    assert any(name == "where" for name, _ in query.calls)
+    assert [line["index"] for _, _, line in resumed] == [5]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["7", "\xb2.0000000004.00001", "1" * 5000 + ".0000000004.00001", "1.0000000004.00001"],
+)
+def test_a_last_event_id_not_written_by_event_id_is_a_400(header: str) -> None:
+    context = Flask(__name__).test_request_context(headers={"Last-Event-ID": header})
+    with context, pytest.raises(BadRequest):
+        _last_event_id()
+
+
+def test_a_last_event_id_written_by_event_id_is_its_key() -> None:
+    eid = event_id(NOW, "r" + "0" * 32, 12)
+    with Flask(__name__).test_request_context(headers={"Last-Event-ID": eid}):
+        assert _last_event_id() == parse_event_id(eid)
