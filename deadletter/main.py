@@ -51,7 +51,7 @@ from google.cloud import firestore
 
 from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.chunks import CHUNKS, CODE_OF, PENDING, ChunkMessage
+from schemas.chunks import CHUNKS, END_FIELDS, PENDING, ChunkMessage, end_unfinished
 from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus, result_ttl_from_env
 from schemas.jsonlog import configure_logging, log_context
@@ -70,7 +70,8 @@ attempts (a job that can never even be claimed must end too). Generous: in the e
 test a job was dead-lettered twice without one attempt."""
 REQUEUE = "requeued"
 HELD = "held by a live attempt"
-QUEUED_CODE, RUNNING_CODE = CODE_OF[JobStatus.QUEUED.value], CODE_OF[JobStatus.RUNNING.value]
+CHUNK_FIELDS = [*END_FIELDS, "lease_expires_at", "attempts", "dead_letters", "last_error"]
+"""What settling a chunk reads of it: never its inputs (up to ~1 MB) or results."""
 
 
 class LiveAttempt(RuntimeError):
@@ -102,14 +103,14 @@ class DeadLetterStore:
                 .collection(CHUNKS)
                 .document(message.chunk_id)
             )
-            kind = "chunk"
+            kind, fields = "chunk", CHUNK_FIELDS
         else:
             ref = self._jobs.document(message.job_id)
-            kind = "job"
+            kind, fields = "job", None
 
         @firestore.transactional
         def _fail(transaction: firestore.Transaction) -> str:
-            snapshot = ref.get(transaction=transaction)
+            snapshot = ref.get(field_paths=fields, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
             if doc is None or doc.get("tenant") != message.tenant:
                 return f"no such {kind}"
@@ -135,14 +136,13 @@ class DeadLetterStore:
             )
             error = {"code": "attempts_exhausted", "message": text}
             deltas = CountDeltas()
-            if kind == "chunk":
-                items = failed_items(doc, error, deltas)
-                fields: dict[str, Any] = {**items, "done_at": firestore.SERVER_TIMESTAMP}
+            items: dict[str, Any] = {}
+            if kind == "chunk":  # its items not ended yet fail; the others keep their outcome
+                items = end_unfinished(doc, JobStatus.FAILED, deltas, error)
             else:
                 deltas.move(doc, JobStatus.FAILED)
-                fields = {}
             changes = jobstate.terminal(
-                JobStatus.FAILED, now, "dead-letter", self._result_ttl_s, error=error, **fields
+                JobStatus.FAILED, now, "dead-letter", self._result_ttl_s, error=error, **items
             )
             transaction.update(ref, {**changes, "dead_letters": dead_letters})
             deltas.write(transaction, self._client, now)
@@ -150,23 +150,6 @@ class DeadLetterStore:
 
         outcome: str = _fail(self._client.transaction())
         return outcome
-
-
-def failed_items(doc: dict[str, Any], error: dict[str, str], deltas: CountDeltas) -> dict[str, Any]:
-    """A given-up chunk's ``items`` and ``errors``: every item not ended yet fails with ``error``
-    (those with an outcome keep it); ``deltas`` gets their counts, each from the status its
-    letter is counted in (``q`` queued, ``r`` running), whatever the chunk's own status."""
-    letters = str(doc.get("items") or "").ljust(int(doc.get("n") or 0), QUEUED_CODE)
-    unfinished = {QUEUED_CODE: JobStatus.QUEUED, RUNNING_CODE: JobStatus.RUNNING}
-    for code, status in unfinished.items():
-        deltas.move({**doc, "status": status.value}, JobStatus.FAILED, count=letters.count(code))
-    errors = dict(doc.get("errors") or {})
-    for position, code in enumerate(letters):
-        if code in unfinished:
-            errors[str(position)] = error
-    failed = CODE_OF[JobStatus.FAILED.value]
-    items = "".join(failed if code in unfinished else code for code in letters)
-    return {"items": items, "errors": errors}
 
 
 class Requeue:

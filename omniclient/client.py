@@ -372,12 +372,11 @@ class OmniClient:
                 finally:
                     response.close()
             failures += 1
-            if failures > STREAM_RECONNECTS:
-                raise OmniConnectionError(
-                    f"the results stream from {self.url} broke after {count} lines "
-                    f"({failures} times in a row): {reason}"
-                )
-            self._sleep(min(BACKOFF_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S))
+            self._reconnect(
+                failures,
+                f"the results stream from {self.url} broke after {count} lines "
+                f"({failures} times in a row): {reason}",
+            )
 
     def batch_events(self, batch_id: str) -> Iterator[BatchEvent]:
         """``progress`` (the batch), ``item`` (one item finished) ..., ending with ``done``.
@@ -603,11 +602,17 @@ class OmniClient:
                 finally:
                     response.close()
             failures += 1
-            if failures > STREAM_RECONNECTS:
-                raise OmniConnectionError(
-                    f"the event stream {path} from {self.url} broke {failures} times: {reason}"
-                )
-            self._sleep(min(BACKOFF_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S))
+            self._reconnect(
+                failures,
+                f"the event stream {path} from {self.url} broke {failures} times: {reason}",
+            )
+
+    def _reconnect(self, failures: int, message: str) -> None:
+        """A stream broke ``failures`` times in a row: past ``STREAM_RECONNECTS`` raise
+        ``message``, else wait the backoff before the next try."""
+        if failures > STREAM_RECONNECTS:
+            raise OmniConnectionError(message)
+        self._sleep(min(BACKOFF_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S))
 
 
 class _UploadReport:

@@ -40,7 +40,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
 from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.chunks import CHUNKS, CODE_OF, ChunkMessage
+from schemas.chunks import CHUNKS, END_FIELDS, ChunkMessage, end_unfinished
 from schemas.googleapi import is_contention
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage, chunk_to_pubsub
@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 TIMEOUT_S = 30.0
 SWEEP_PAGE = 200
 """Chunks of a cancelled batch ended per commit (each one write, beside two counter writes)."""
-QUEUED_CODE = CODE_OF[JobStatus.QUEUED.value]
+CHUNK_FIELDS = [*END_FIELDS, "task", "batch_id", "created_at", "dispatched_at", "dispatch_count"]
+"""What a sweep reads of a chunk: never its inputs (up to ~1 MB a chunk) or results."""
 NOT_DISPATCHED = {
     "code": "not_dispatched",
     "message": "the job could not be handed to a worker; submit it again",
@@ -79,24 +80,6 @@ class SweepReport:
         }
 
 
-def ended_queued(
-    doc: dict[str, Any], to: JobStatus, error: dict[str, str] | None, deltas: CountDeltas
-) -> dict[str, Any]:
-    """The item changes that end a queued chunk's queued items ``to`` (a failure with ``error``
-    for each), their counts added to ``deltas``; the caller adds ``jobstate.terminal``'s own."""
-    letters = str(doc.get("items") or "").ljust(int(doc.get("n") or 0), QUEUED_CODE)
-    deltas.move({**doc, "status": JobStatus.QUEUED.value}, to, count=letters.count(QUEUED_CODE))
-    changes: dict[str, Any] = {
-        "items": letters.replace(QUEUED_CODE, CODE_OF[to.value]),
-        "done_at": firestore.SERVER_TIMESTAMP,
-    }
-    if error is not None:
-        errors = dict(doc.get("errors") or {})
-        errors.update({str(i): error for i, code in enumerate(letters) if code == QUEUED_CODE})
-        changes["errors"] = errors
-    return changes
-
-
 class Reconciler:
     def __init__(
         self,
@@ -123,8 +106,8 @@ class Reconciler:
         ]
         chunks_group = self._client.collection_group(CHUNKS)
         chunks = [
-            *self._query(chunks_group, JobStatus.QUEUED, "updated_at", stale),
-            *self._query(chunks_group, JobStatus.RUNNING, "lease_expires_at", stale),
+            *self._query(chunks_group, JobStatus.QUEUED, "updated_at", stale, CHUNK_FIELDS),
+            *self._query(chunks_group, JobStatus.RUNNING, "lease_expires_at", stale, CHUNK_FIELDS),
         ]
         # Batch path → whether a cancel was asked (None: no such batch), read once a sweep.
         cancelled: dict[str, bool | None] = {}
@@ -145,13 +128,20 @@ class Reconciler:
         return report
 
     def _query(
-        self, source: Any, status: JobStatus, field_name: str, before: datetime
+        self,
+        source: Any,
+        status: JobStatus,
+        field_name: str,
+        before: datetime,
+        fields: list[str] | None = None,
     ) -> list[Any]:
         query = (
             source.where(filter=FieldFilter("status", "==", status.value))
             .where(filter=FieldFilter(field_name, "<", before))
             .limit(BATCH_LIMIT)
         )
+        if fields is not None:
+            query = query.select(fields)
         return list(query.stream(timeout=TIMEOUT_S))
 
     # -- jobs and chunks without a message -----------------------------------------------------
@@ -268,12 +258,12 @@ class Reconciler:
 
         @firestore.transactional
         def _end(transaction: firestore.Transaction) -> bool:
-            snapshot = ref.get(transaction=transaction)
+            snapshot = ref.get(field_paths=END_FIELDS, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
             if doc is None or doc.get("status") != JobStatus.QUEUED.value:
                 return False
             deltas = CountDeltas()
-            items = ended_queued(doc, to, error, deltas)
+            items = end_unfinished(doc, to, deltas, error)
             fields = {**items, **({"error": error} if error is not None else {})}
             transaction.update(ref, jobstate.terminal(to, now, "reconciler", ttl, **fields))
             deltas.write(transaction, self._client, now)
@@ -332,6 +322,7 @@ class Reconciler:
         query = (
             batch_ref.collection(CHUNKS)
             .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .select(END_FIELDS)
             .limit(SWEEP_PAGE)
         )
         swept: list[str] = []
@@ -349,7 +340,7 @@ class Reconciler:
         deltas = CountDeltas()
         ttl = self._settings.result_ttl_s
         for snapshot in snapshots:
-            items = ended_queued(snapshot.to_dict() or {}, JobStatus.CANCELLED, None, deltas)
+            items = end_unfinished(snapshot.to_dict() or {}, JobStatus.CANCELLED, deltas)
             writes.update(
                 snapshot.reference,
                 jobstate.terminal(JobStatus.CANCELLED, now, "reconciler", ttl, **items),

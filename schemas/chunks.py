@@ -42,7 +42,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.cloud.firestore import SERVER_TIMESTAMP
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.batches import CountDeltas
+from schemas.jobs import JobStatus
+from schemas.quota import COUNTED_FLAG
 
 CHUNKS = "chunks"
 """The subcollection of a batch document that holds its chunks."""
@@ -77,6 +82,12 @@ MOVED = ">"
 CODE_OF = {status: code for code, status in ITEM_CODES.items()}
 
 
+UNFINISHED = {CODE_OF["queued"]: JobStatus.QUEUED, CODE_OF["running"]: JobStatus.RUNNING}
+"""The letters of items not ended yet, and the status each one's count is in."""
+END_FIELDS = ["status", "items", "n", "errors", "tenant", "batch_path", COUNTED_FLAG]
+"""What ``end_unfinished`` reads of a chunk: a read for it needs no inputs or results."""
+
+
 def chunk_id(start: int) -> str:
     return f"{start:0{ID_DIGITS}d}"
 
@@ -91,6 +102,28 @@ def item_indexes(doc: dict[str, Any]) -> list[int]:
         return [int(i) for i in doc["indexes"]]
     start = int(doc["start"])
     return list(range(start, start + int(doc["n"])))
+
+
+def end_unfinished(
+    doc: dict[str, Any], to: JobStatus, deltas: CountDeltas, error: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The changes that end every item of chunk ``doc`` not ended yet (``q``, or ``r`` of an
+    attempt that died) ``to`` (a failure with ``error`` for each); items that ended keep their
+    outcome. ``deltas`` gets their counts, each from the status its letter is counted in,
+    whatever the chunk's own status. With ``done_at``; the caller adds ``jobstate.terminal``'s."""
+    letters = str(doc.get("items") or "").ljust(int(doc.get("n") or 0), CODE_OF["queued"])
+    for code, status in UNFINISHED.items():
+        deltas.move({**doc, "status": status.value}, to, count=letters.count(code))
+    ended = CODE_OF[to.value]
+    changes: dict[str, Any] = {
+        "items": "".join(ended if code in UNFINISHED else code for code in letters),
+        "done_at": SERVER_TIMESTAMP,
+    }
+    if error is not None:
+        errors = dict(doc.get("errors") or {})
+        errors.update({str(i): error for i, code in enumerate(letters) if code in UNFINISHED})
+        changes["errors"] = errors
+    return changes
 
 
 # -- sizes ------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Chunk documents' pure parts: ids, sizing, stored inputs and results, result lines, event ids,
-and the two kinds of messages."""
+"""Chunk documents' pure parts: ids, sizing, stored inputs and results, how unfinished items end
+(the dead-letter function, the reconciler), result lines, event ids, and the two kinds of
+messages."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import math
 from datetime import UTC, datetime
 
 import pytest
+from google.cloud.firestore import SERVER_TIMESTAMP
 
+from schemas.batches import CountDeltas
 from schemas.chunks import (
     DOC_BUDGET_BYTES,
+    END_FIELDS,
     ChunkCutter,
     ChunkMessage,
     chunk_id,
+    end_unfinished,
     event_id,
     item_indexes,
     item_line,
@@ -23,6 +28,7 @@ from schemas.chunks import (
     unpack_inputs,
     unpack_result,
 )
+from schemas.jobs import JobStatus
 from schemas.messages import (
     JobMessage,
     UnknownMessage,
@@ -30,6 +36,11 @@ from schemas.messages import (
     parse,
 )
 from schemas.tasks import get_task
+from schemas.tasks.embed import DIMENSIONS, MAX_TEXT_CHARS, MAX_TEXTS
+from tests.unit.fakes import chunk_document, totals
+from worker.chunkstore import DOC_LIMIT_BYTES, DOC_OVERHEAD_BYTES
+
+ERROR = {"code": "attempts_exhausted", "message": "gave up"}
 
 
 def test_original_chunk_ids_sort_in_input_order_and_before_retry_chunks() -> None:
@@ -66,11 +77,78 @@ def test_the_cutter_cuts_by_count_and_by_bytes_and_an_item_alone_always_fits() -
 def test_an_embed_chunk_of_256_one_text_items_fits_a_document_and_256_texts_fill_one() -> None:
     spec = get_task("embed")
     one = spec.input_model.model_validate({"texts": ["a short sentence"]})
-    full = spec.input_model.model_validate({"texts": ["x"] * 256})
     assert 256 * result_bound("embed", one, 40) < DOC_BUDGET_BYTES
-    # 256 texts' vectors are 384 KiB as float32: two such items share no chunk.
-    assert result_bound("embed", full, 2000) >= 256 * 384 * 4
-    assert 2 * result_bound("embed", full, 2000) > DOC_BUDGET_BYTES / 2
+    # The largest embed item: 256 texts, 512 KiB of text, and its 256 vectors.
+    full = {"texts": ["x" * MAX_TEXT_CHARS] * MAX_TEXTS}
+    line = spec.input_model.model_validate(full).model_dump_json().encode()
+    bound = result_bound("embed", spec.input_model.model_validate_json(line), len(line))
+    vectors = {"model": "all-MiniLM-L6-v2", "dimensions": DIMENSIONS}
+    stored = pack_result("embed", {**vectors, "embeddings": [[0.5] * DIMENSIONS] * MAX_TEXTS})
+    assert len(stored) <= bound, "the embed bound is an upper bound of the stored result"
+    assert len(line) + bound + DOC_OVERHEAD_BYTES < DOC_LIMIT_BYTES, "alone, its result fits"
+    cutter = ChunkCutter(max_items=256)
+    cutter.add(len(line), bound)
+    assert not cutter.fits(len(line), bound), "two such items share no chunk"
+    assert not cutter.fits(40, result_bound("embed", one, 40)), "nor one with another item"
+
+
+def test_running_items_of_a_running_chunk_fail_from_running() -> None:
+    deltas = CountDeltas()
+    changes = end_unfinished(chunk_document("rrr", "running"), JobStatus.FAILED, deltas, ERROR)
+    errors = {"0": ERROR, "1": ERROR, "2": ERROR}
+    assert changes == {"items": "fff", "errors": errors, "done_at": SERVER_TIMESTAMP}
+    assert totals(deltas) == {"running": -3, "failed": 3, "in_flight": -3}
+
+
+def test_items_that_ended_keep_their_outcome_and_each_letter_moves_its_own_count() -> None:
+    earlier = {"code": "bad_input", "message": "no"}
+    doc = chunk_document("qsfcr", "queued", errors={"2": earlier})
+    deltas = CountDeltas()
+    changes = end_unfinished(doc, JobStatus.FAILED, deltas, ERROR)
+    assert changes["items"] == "fsfcf"
+    assert changes["errors"] == {"0": ERROR, "2": earlier, "4": ERROR}
+    assert doc["errors"] == {"2": earlier}, "the document read is not changed"
+    assert totals(deltas) == {"queued": -1, "running": -1, "failed": 2, "in_flight": -2}
+
+
+def test_a_chunk_without_letters_counts_each_of_its_items_as_queued() -> None:
+    deltas = CountDeltas()
+    changes = end_unfinished({**chunk_document("", "queued"), "n": 2}, JobStatus.FAILED, deltas)
+    assert changes["items"] == "ff"
+    assert totals(deltas) == {"queued": -2, "failed": 2, "in_flight": -2}
+
+
+def test_a_given_up_queued_chunk_fails_each_item_with_the_error() -> None:
+    deltas = CountDeltas()
+    changes = end_unfinished(chunk_document("qqq", "queued"), JobStatus.FAILED, deltas, ERROR)
+    assert changes["items"] == "fff" and changes["done_at"] is SERVER_TIMESTAMP
+    assert changes["errors"] == {str(i): ERROR for i in range(3)}
+    assert totals(deltas) == {"queued": -3, "failed": 3, "in_flight": -3}
+
+
+def test_a_cancelled_chunk_cancels_its_queued_items_and_records_no_error() -> None:
+    deltas = CountDeltas()
+    changes = end_unfinished(chunk_document("qq", "queued"), JobStatus.CANCELLED, deltas)
+    assert changes["items"] == "cc" and "errors" not in changes
+    assert totals(deltas) == {"queued": -2, "cancelled": 2, "in_flight": -2}
+
+
+def test_ending_items_reads_only_the_fields_its_callers_select() -> None:
+    doc = chunk_document("qsr", "running", errors={"1": ERROR}, inputs=b"x", task="embed")
+    selected = {k: v for k, v in doc.items() if k in END_FIELDS}
+    whole, projected = CountDeltas(), CountDeltas()
+    changes = end_unfinished(doc, JobStatus.FAILED, whole, ERROR)
+    assert end_unfinished(selected, JobStatus.FAILED, projected, ERROR) == changes
+    assert (
+        totals(projected)
+        == totals(whole)
+        == {
+            "queued": -1,
+            "running": -1,
+            "failed": 2,
+            "in_flight": -2,
+        }
+    )
 
 
 def test_inputs_round_trip_as_lines() -> None:

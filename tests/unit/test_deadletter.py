@@ -1,5 +1,5 @@
-"""deadletter/main.py without Firestore: how a given-up chunk's items end and are counted, and
-which dead letters reach the store at all."""
+"""deadletter/main.py without Firestore: which dead letters reach the store at all (how a given-up
+chunk's items end and are counted: ``schemas.chunks.end_unfinished``, in test_chunks.py)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,9 @@ from typing import Any
 
 import pytest
 
-from deadletter.main import failed_items, handle
-from schemas.batches import CountDeltas
+from deadletter.main import handle
 from schemas.chunks import ChunkMessage
 from schemas.messages import JobMessage, chunk_to_pubsub
-from tests.unit.fakes import chunk_document as chunk
-from tests.unit.fakes import totals
-
-ERROR = {"code": "attempts_exhausted", "message": "gave up"}
-
-
-def test_running_items_of_a_running_chunk_fail_from_running() -> None:
-    deltas = CountDeltas()
-    changes = failed_items(chunk("rrr", "running"), ERROR, deltas)
-    assert changes == {"items": "fff", "errors": {"0": ERROR, "1": ERROR, "2": ERROR}}
-    assert totals(deltas) == {"running": -3, "failed": 3, "in_flight": -3}
-
-
-def test_items_that_ended_keep_their_outcome_and_each_letter_moves_its_own_count() -> None:
-    earlier = {"code": "bad_input", "message": "no"}
-    doc = chunk("qsfcr", "queued", errors={"2": earlier})
-    deltas = CountDeltas()
-    changes = failed_items(doc, ERROR, deltas)
-    assert changes["items"] == "fsfcf"
-    assert changes["errors"] == {"0": ERROR, "2": earlier, "4": ERROR}
-    assert totals(deltas) == {"queued": -1, "running": -1, "failed": 2, "in_flight": -2}
-
-
-def test_a_chunk_without_letters_counts_each_of_its_items_as_queued() -> None:
-    deltas = CountDeltas()
-    changes = failed_items({**chunk("", "queued"), "n": 2}, ERROR, deltas)
-    assert changes["items"] == "ff"
-    assert totals(deltas) == {"queued": -2, "failed": 2, "in_flight": -2}
 
 
 class Store:
