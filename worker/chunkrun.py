@@ -45,7 +45,7 @@ from schemas.jobs import JobStatus
 from schemas.tasks import get_task
 from worker import metrics
 from worker.attempts import StopToken, Watcher
-from worker.chunkstore import ChunkClaim, ChunkOutcome
+from worker.chunkstore import ChunkClaim, ChunkOutcome, ended
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
 from worker.lanes import Delivery, Lane
 from worker.modellock import ModelLock
@@ -352,14 +352,7 @@ class ChunkRunner:
             logger.warning("Firestore unavailable at shutdown; chunk nacked: %s", exc)
             delivery.nack()
             return
-        counts = {
-            name: outcome.letters.count(code) - claim.items.count(chr(code))
-            for name, code in (
-                ("succeeded", SUCCEEDED),
-                ("failed", FAILED),
-                ("cancelled", CANCELLED),
-            )
-        }
+        counts = ended(claim, outcome)
         status = outcome.status.value if written else "lost"
         metrics.outcome(delivery, status)
         if written:

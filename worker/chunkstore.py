@@ -26,7 +26,7 @@ from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, CODE_OF, PENDING, unpack_inputs
 from schemas.jobs import JobStatus
 from schemas.quota import COUNTED_FLAG
-from worker.store import AttemptStore, Busy, Skip
+from worker.store import AttemptStore, Busy, Skip, running_doc
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +70,6 @@ class ChunkClaim:
         """What a log line names it by."""
         return {"batch_id": self.batch_id, "chunk_id": self.chunk_id}
 
-    def running_doc(self) -> dict[str, Any]:
-        """The fields ``CountDeltas.move`` reads, as the chunk stands while this attempt owns it."""
-        return {
-            "batch_path": self.batch_path,
-            "tenant": self.tenant,
-            COUNTED_FLAG: self.counted,
-            "status": JobStatus.RUNNING.value,
-        }
-
 
 @dataclass
 class ChunkOutcome:
@@ -91,6 +82,16 @@ class ChunkOutcome:
     letters: bytearray
     results: list[bytes]
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def ended(claim: ChunkClaim, outcome: ChunkOutcome) -> dict[str, int]:
+    """How many of the attempt's items ``outcome`` ended, per item status: the positions it did
+    not run keep their letters, so the counts are the letters' less the claim's."""
+    counts = {}
+    for status in ("succeeded", "failed", "cancelled"):
+        code = CODE_OF[status]
+        counts[status] = outcome.letters.count(ord(code)) - claim.items.count(code)
+    return counts
 
 
 def doc_bytes(claim: ChunkClaim, outcome: ChunkOutcome) -> int:
@@ -307,11 +308,8 @@ class ChunkStore(AttemptStore):
 
         def deltas() -> CountDeltas:
             moved = CountDeltas()
-            running = claim.running_doc()
-            letters = outcome.letters
-            for status in ("succeeded", "failed", "cancelled"):
-                code = ord(CODE_OF[status])
-                count = sum(1 for i in claim.todo if letters[i] == code)
+            running = running_doc(claim.batch_path, claim.tenant, claim.counted)
+            for status, count in ended(claim, outcome).items():
                 if count:
                     moved.move(running, status, count=count)
             return moved
@@ -327,7 +325,7 @@ class ChunkStore(AttemptStore):
             if self._commit(write, "chunk commit") is not None:
                 return True
             # Changed since (a cancel's write, a takeover): decide in a transaction.
-        return self._fenced(claim, "chunk commit", lambda _doc, now: (changes(now), deltas()))
+        return self._owned_write(claim, "chunk commit", lambda _doc, now: (changes(now), deltas()))
 
     def release(
         self, claim: ChunkClaim, last_error: dict[str, str] | None, started: bool = True
@@ -346,35 +344,20 @@ class ChunkStore(AttemptStore):
             }, moved
 
         self._versions.pop(claim.token, None)
-        return self._fenced(claim, "chunk release", changes)
+        return self._owned_write(claim, "chunk release", changes)
 
     def forget(self, claim: ChunkClaim) -> None:
         """Drop what is kept for ``claim`` (an attempt that ends without a write)."""
         self._versions.pop(claim.token, None)
 
-    def _fenced(
+    def _owned_write(
         self,
         claim: ChunkClaim,
         what: str,
         changes: Callable[[dict[str, Any], datetime], tuple[dict[str, Any], CountDeltas]],
     ) -> bool:
         ref = self._refs(claim.batch_id, claim.chunk_id)[0]
-
-        @firestore.transactional
-        def _write(transaction: firestore.Transaction) -> bool:
-            (snapshot,) = self._client.get_all(
-                [ref], field_paths=_FENCE_FIELDS, transaction=transaction
-            )
-            doc = snapshot.to_dict() if snapshot.exists else None
-            if doc is None or not jobstate.owned_by(doc, claim.token):
-                return False
-            now = datetime.now(UTC)
-            update, deltas = changes(doc, now)
-            transaction.update(ref, update)
-            deltas.write(transaction, self._client, now)
-            return True
-
-        written: bool = self._run(_write, what, ref.path)
+        written = self._fenced(ref, claim.token, what, changes, _FENCE_FIELDS)
         if not written:
             logger.warning(
                 "attempt %s no longer owns the chunk; %s dropped",

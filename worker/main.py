@@ -149,22 +149,14 @@ class Worker:
                 return 0
             settings = self.settings
             client = firestore.Client(project=settings.project)
-            store = JobStore(
-                client,
-                settings.jobs_collection,
-                timeout_s=settings.firestore_timeout_s,
-                lease_s=settings.job_lease_s,
-                result_ttl_s=settings.result_ttl_s,
-            )
-            chunks = ChunkStore(
-                client,
-                settings.batches_collection,
-                timeout_s=settings.firestore_timeout_s,
-                lease_s=settings.job_lease_s,
-                result_ttl_s=settings.result_ttl_s,
-            )
+            # One client, one lease and the same timeouts for jobs and a batch's chunks.
+            attempts = {
+                "timeout_s": settings.firestore_timeout_s,
+                "lease_s": settings.job_lease_s,
+                "result_ttl_s": settings.result_ttl_s,
+            }
             processor = Processor(
-                store,
+                JobStore(client, settings.jobs_collection, **attempts),
                 self._adapters,
                 task_timeout_s=settings.timeout_for,
                 batch_policy=settings.batch_policy,
@@ -174,7 +166,7 @@ class Worker:
                 retry_backoff_s=settings.retry_backoff_s,
                 fault_injection=settings.fault_injection,
                 watch_interval_s=settings.watch_interval_s,
-                chunks=chunks,
+                chunks=ChunkStore(client, settings.batches_collection, **attempts),
             )
             if settings.fault_injection:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")

@@ -46,9 +46,6 @@ INFERENCE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Bounds of the micro-batch size histogram, jobs."""
 
-CHUNK_OUTCOMES = ("succeeded", "cancelled", "failed", "retried", "lost", "released", "skipped",
-                  "aborted")  # fmt: skip
-"""The ``outcome`` label of ``omni_worker_chunks_total``: as ``OUTCOMES``, for a whole chunk."""
 JOBS = Counter(
     "omni_worker_jobs",
     "Jobs this worker settled, by task and outcome (see docs/observability.md for the outcomes).",

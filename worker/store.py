@@ -30,6 +30,17 @@ MAX_VERSIONS = 10_000
 transactions, correct but slower)."""
 
 
+def running_doc(batch_path: str | None, tenant: str, counted: bool) -> dict[str, Any]:
+    """The fields ``CountDeltas.move`` reads, as a job or chunk stands while this worker's
+    attempt owns it (the terminal write's precondition holds it there)."""
+    return {
+        "batch_path": batch_path,
+        "tenant": tenant,
+        COUNTED_FLAG: counted,
+        "status": JobStatus.RUNNING.value,
+    }
+
+
 @dataclass(frozen=True)
 class Claim:
     """This worker's right to run one attempt of a job."""
@@ -152,6 +163,34 @@ class AttemptStore:
             pass  # someone wrote it since we read it; the next check decides what that means
         except UNAVAILABLE as exc:
             self._logger.warning("%s failed: %s", self.RENEWAL, type(exc).__name__)
+
+    def _fenced(
+        self,
+        ref: Any,
+        token: str,
+        what: str,
+        changes: Callable[[dict[str, Any], datetime], tuple[dict[str, Any], CountDeltas]],
+        field_paths: list[str] | None = None,
+    ) -> bool:
+        """Write ``changes(doc, now)`` and their counts in a transaction, only while the attempt
+        ``token`` owns the document (``field_paths``: what to read of it); False otherwise."""
+
+        @firestore.transactional
+        def _write(transaction: firestore.Transaction) -> bool:
+            (snapshot,) = self._client.get_all(
+                [ref], field_paths=field_paths, transaction=transaction
+            )
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or not jobstate.owned_by(doc, token):
+                return False
+            now = datetime.now(UTC)
+            update, deltas = changes(doc, now)
+            transaction.update(ref, update)
+            deltas.write(transaction, self._client, now)
+            return True
+
+        written: bool = self._run(_write, what, ref.path)
+        return written
 
     def _run(self, function: Callable[[firestore.Transaction], T], what: str, subject: str) -> T:
         """Run a transaction; ``subject`` names what it writes in an error message."""
@@ -350,13 +389,7 @@ class JobStore(AttemptStore):
                     )
                     option = self._client.write_option(last_update_time=version)
                     batch.update(refs[claim.job_id], changes, option=option)
-                    # The precondition holds the job at this worker's running attempt.
-                    running = {
-                        "batch_path": claim.batch_path,
-                        "tenant": claim.tenant,
-                        COUNTED_FLAG: claim.counted,
-                        "status": JobStatus.RUNNING.value,
-                    }
+                    running = running_doc(claim.batch_path, claim.tenant, claim.counted)
                     deltas.move(running, status)
                 deltas.write(batch, self._client, now)
                 if self._commit(batch, "terminal write") is not None:
@@ -413,12 +446,14 @@ class JobStore(AttemptStore):
     ) -> bool:
         """Hand the job back (``queued``) for a later delivery; False if it was not ours."""
 
-        def changes(now: datetime) -> dict[str, Any]:
+        def changes(doc: dict[str, Any], now: datetime) -> tuple[dict[str, Any], CountDeltas]:
             error = None if last_error is None else {**last_error, "attempt": claim.attempt}
-            return jobstate.released(now, error, started)
+            moved = CountDeltas()
+            moved.move(doc, JobStatus.QUEUED)
+            return jobstate.released(now, error, started), moved
 
         self._versions.pop(claim.token, None)
-        return self._fenced(claim, "release", changes, JobStatus.QUEUED)
+        return self._fenced(self._jobs.document(claim.job_id), claim.token, "release", changes)
 
     def _read(
         self, refs: dict[str, Any], transaction: firestore.Transaction
@@ -429,31 +464,6 @@ class JobStore(AttemptStore):
             if snapshot.exists:
                 docs[snapshot.id] = snapshot.to_dict() or {}
         return docs
-
-    def _fenced(
-        self,
-        claim: Claim,
-        what: str,
-        changes: Callable[[datetime], dict[str, Any]],
-        to: JobStatus,
-    ) -> bool:
-        ref = self._jobs.document(claim.job_id)
-
-        @firestore.transactional
-        def _write(transaction: firestore.Transaction) -> bool:
-            snapshot = ref.get(transaction=transaction)
-            doc = snapshot.to_dict() if snapshot.exists else None
-            if not jobstate.owned_by(doc, claim.token):
-                return False
-            now = datetime.now(UTC)
-            transaction.update(ref, changes(now))
-            deltas = CountDeltas()
-            deltas.move(doc, to)
-            deltas.write(transaction, self._client, now)
-            return True
-
-        written: bool = self._run(_write, what, claim.job_id)
-        return written
 
     def check(self, claims: Sequence[Claim]) -> dict[str, str]:
         """For each claim (by token): ``ok``, ``cancelled`` or ``lost`` (another attempt owns it,

@@ -80,6 +80,22 @@ def test_a_job_cancelled_between_claim_and_write_keeps_its_cancel(store: JobStor
     assert [doc(i)["status"] for i in ids] == ["succeeded", "cancelled", "succeeded"]
 
 
+def test_a_released_job_is_queued_again_and_only_by_the_attempt_that_owns_it(
+    store: JobStore,
+) -> None:
+    (job_id,) = queued(1)
+    (first,) = store.claim_many([(job_id, "t")])
+    assert isinstance(first, Claim)
+    assert store.release(first, {"code": "transient", "message": "x"})
+    released = doc(job_id)
+    assert released["status"] == "queued" and released["attempt_token"] is None
+    assert released["last_error"] == {"code": "transient", "message": "x", "attempt": 1}
+    (second,) = store.claim_many([(job_id, "t")])
+    assert isinstance(second, Claim) and second.attempt == 2
+    assert not store.release(first, None)  # the first attempt's token no longer owns it
+    assert doc(job_id)["status"] == "running"
+
+
 def test_a_document_changed_after_the_read_makes_the_claim_decide_again(
     store: JobStore,
 ) -> None:
