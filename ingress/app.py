@@ -111,7 +111,6 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         batches=BatchStore(
             firestore_client,
             settings.batches_collection,
-            settings.jobs_collection,
             publisher,
             settings.firestore_timeout_s,
             settings.result_ttl_s,

@@ -97,12 +97,10 @@ class BatchStore:
         self,
         client: firestore.Client,
         batches_collection: str,
-        jobs_collection: str,
         publisher: JobPublisher,
         timeout_s: float,
         result_ttl_s: float,
     ):
-        del jobs_collection  # batch items are chunks, not jobs
         self._client = client
         self._batches = client.collection(batches_collection)
         self._publisher = publisher
@@ -386,10 +384,6 @@ class BatchStore:
             return None
         shards = [s.to_dict() or {} for s in snapshots if s.exists and s.reference.path != ref.path]
         return Batch(batch_id, doc, shards, main.update_time)
-
-    def shards(self, batch_id: str) -> Any:
-        """The counters subcollection, for a listener."""
-        return self._batches.document(batch_id).collection(COUNTERS)
 
 
 def _updates(chunks: Any, written: list[Written], changes: dict[str, Any]) -> list[Any]:

@@ -26,7 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from ingress.store import StoreUnavailable
 from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.chunks import CODE_OF
+from schemas.chunks import END_FIELDS, end_unfinished
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 SWEEP_PAGE = 200
 """Queued chunks cancelled per commit (plus one counter write each way)."""
-SWEEP_FIELDS = ["status", "items", "tenant", "batch_path", "in_flight_counted"]
 SWEEPS = 8
 """Sweeps running at once in a process."""
 TENANT_SWEEPS = 2
@@ -91,7 +90,7 @@ class CancelSweeper:
         query = (
             self._chunks(batch_id)
             .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
-            .select(SWEEP_FIELDS)
+            .select(END_FIELDS)
             .limit(SWEEP_PAGE)
         )
         swept = 0
@@ -133,25 +132,15 @@ class CancelSweeper:
     def _cancelled(self, doc: dict[str, Any], now: datetime, deltas: CountDeltas) -> dict[str, Any]:
         """The changes that end a queued chunk ``cancelled``, its counts moved into ``deltas``:
         every item not ended (queued, or running in an attempt released since) is cancelled."""
-        items = str(doc.get("items") or "")
-        left = items.count(CODE_OF["queued"]) + items.count(CODE_OF["running"])
-        cancelled = CODE_OF["cancelled"]
-        deltas.move(doc, JobStatus.CANCELLED, count=left)
+        ended = end_unfinished(doc, JobStatus.CANCELLED, deltas)
         return jobstate.terminal(
-            JobStatus.CANCELLED,
-            now,
-            "batch-cancel",
-            self._result_ttl_s,
-            items=items.replace(CODE_OF["queued"], cancelled).replace(
-                CODE_OF["running"], cancelled
-            ),
-            done_at=firestore.SERVER_TIMESTAMP,
+            JobStatus.CANCELLED, now, "batch-cancel", self._result_ttl_s, **ended
         )
 
     def _cancel_one(self, ref: Any) -> bool:
         @firestore.transactional
         def _cancel(transaction: firestore.Transaction) -> bool:
-            snapshot = ref.get(field_paths=SWEEP_FIELDS, transaction=transaction)
+            snapshot = ref.get(field_paths=END_FIELDS, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
             if doc is None or doc.get("status") != JobStatus.QUEUED.value:
                 return False

@@ -37,6 +37,7 @@ counts in the same commit, ``CountDeltas.move(chunk_doc, to, count=k)``.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -258,12 +259,17 @@ def event_id(done_at: datetime, chunk: str, position: int) -> str:
     return f"{micros:016d}.{chunk}.{position:05d}"
 
 
+_EVENT_ID = re.compile(r"([0-9]{16})\.([0-9a-z]{1,40})\.([0-9]{5})")
+"""Exactly what ``event_id`` writes: ASCII digits of fixed length, so no client-sent id reaches
+``int`` with other digits (``str.isdigit`` takes "²") or thousands of them."""
+
+
 def parse_event_id(value: str) -> tuple[int, str, int] | None:
     """``(micros, chunk, position)`` from an ``event_id``; None when it is not one."""
-    parts = value.split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+    match = _EVENT_ID.fullmatch(value)
+    if match is None:
         return None
-    return int(parts[0]), parts[1], int(parts[2])
+    return int(match[1]), match[2], int(match[3])
 
 
 class ChunkMessage(BaseModel):

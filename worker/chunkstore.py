@@ -23,7 +23,7 @@ from google.cloud import firestore
 
 from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.chunks import CHUNKS, CODE_OF, PENDING, unpack_inputs
+from schemas.chunks import CHUNKS, CODE_OF, PENDING, end_unfinished, unpack_inputs
 from schemas.jobs import JobStatus
 from schemas.quota import COUNTED_FLAG
 from worker.store import AttemptStore, Busy, Skip, running_doc
@@ -222,16 +222,10 @@ class ChunkStore(AttemptStore):
             and doc.get("status") == JobStatus.QUEUED.value
             and doc.get("tenant") == tenant
         ):
-            queued = items.count(QUEUED)
+            ended = end_unfinished(doc, JobStatus.CANCELLED, deltas)
             changes = jobstate.terminal(
-                JobStatus.CANCELLED,
-                now,
-                "batch-cancel",
-                self._result_ttl_s,
-                items=items.replace(QUEUED, CODE_OF["cancelled"]),
-                done_at=firestore.SERVER_TIMESTAMP,
+                JobStatus.CANCELLED, now, "batch-cancel", self._result_ttl_s, **ended
             )
-            deltas.move(doc, JobStatus.CANCELLED, count=queued)
             return Skip(chunk_id, "its batch was cancelled"), changes, deltas
         decision = jobstate.claim(doc, tenant, now, self.lease_s, worker)
         if isinstance(decision, jobstate.Refused):

@@ -209,7 +209,7 @@ def test_event_ids_order_as_completions_and_parse_back() -> None:
     ]
     assert ids == sorted(ids)
     assert parse_event_id(ids[1]) == (int(early.timestamp() * 1_000_000), chunk_id(512), 12)
-    for bad in ("", "12", "a.b.c", "1.x.y"):
+    for bad in ("", "12", "a.b.c", "1.x.y", f"{'²' * 16}.x.00001", f"{'9' * 5000}.x.00001"):
         assert parse_event_id(bad) is None
 
 
