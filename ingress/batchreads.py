@@ -164,7 +164,11 @@ def batch_events(batch_id: str) -> Response:
     latest, between two events."""
     svc = services()
     with_results = request.args.get("results", "").lower() in {"1", "true", "yes"}
-    after = _last_event_id()
+    try:
+        after = _last_event_id()
+    except BadRequest:
+        owned_batch(batch_id)  # a batch the tenant cannot see is a 404, whatever the header says
+        raise
     resumed = after is not None
     if not resumed and JOB_ID_PATTERN.match(batch_id):
         # Items that end from now on. The cursor is read before the batch, so that an item

@@ -140,7 +140,7 @@ _BATCH_LAST_EVENT_ID = _header(
     "Last-Event-ID",
     "Resume after this `item` event: the stream starts with a fresh `progress`, then the item "
     "events that came after it. Ids order completions (`MICROS.CHUNK.POSITION`), not indexes.",
-    {"type": "string", "pattern": "^[0-9]+\\.[0-9A-Za-z]+\\.[0-9]+$"},
+    {"type": "string", "pattern": "^[0-9]{16}\\.[0-9a-z]{1,40}\\.[0-9]{5}$"},
 )
 _INDEX = {"type": "string", "pattern": "^[0-9]{1,12}$"}
 """An item's place in its batch, from 0 (a path segment)."""

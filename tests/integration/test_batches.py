@@ -401,6 +401,12 @@ def test_item_events_resume_after_last_event_id_losing_and_repeating_nothing(
         timeout=TIMEOUT,
     )
     assert bad.status_code == 400
+    unknown = requests.get(
+        f"{reader.url}/v1/batches/{'0' * 32}/events",
+        headers={**A, "Last-Event-ID": "7"},
+        timeout=TIMEOUT,
+    )
+    assert unknown.status_code == 404  # no batch to resume: the header is not what is wrong
 
 
 # -- cancel -----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from openapi_spec_validator import validate
 from ingress import create_app, openapi
 from ingress.settings import Settings
 from schemas import TASKS
+from schemas.chunks import event_id
 from schemas.webhooks import MAX_URL_CHARS
 
 IGNORED = {"HEAD", "OPTIONS"}
@@ -164,6 +167,10 @@ def test_batch_parts_results_and_events_are_described(served: dict[str, Any]) ->
     }
     events = {p["name"]: p for p in paths["/v1/batches/{batch_id}/events"]["get"]["parameters"]}
     assert events["Last-Event-ID"]["in"] == "header"
+    documented = re.compile(events["Last-Event-ID"]["schema"]["pattern"])
+    assert documented.match(event_id(datetime(2026, 12, 5, tzinfo=UTC), "r" + "0" * 32, 12))
+    assert documented.match(event_id(datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), "0000000004", 0))
+    assert not documented.match("7")  # what the route answers 400 to, the document calls invalid
 
     line = schemas["BatchItem"]
     assert set(line["properties"]) == {"index", "status", "result", "error", "attempts"}
