@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from enum import StrEnum
 
 from worker.chunkstore import ChunkClaim
 from worker.errors import Stopped, WorkerError
@@ -27,21 +30,53 @@ Held = Claim | ChunkClaim
 logger = logging.getLogger(__name__)
 
 
+class StopReason(StrEnum):
+    """Why an attempt stops at its safe point (``Stopped.reason``; logged as ``stop``, and a
+    metric label, so the values never change)."""
+
+    CANCELLED = "cancelled"
+    """The job (or the chunk's batch) was cancelled: the cancel wrote its end."""
+    LOST = "lost"
+    """Another attempt or writer owns it now (its lease lapsed, or a newer claim took it)."""
+    TIMEOUT = "timeout"
+    """It ran past its task's time limit."""
+    SHUTDOWN = "shutdown"
+    """The worker's shutdown grace period is over: released and nacked."""
+
+
+CALL_METADATA: ContextVar[Sequence[Mapping[str, str]]] = ContextVar(
+    "omni_call_metadata", default=()
+)
+"""The ``metadata`` of each job whose input the current model call runs, in input order (empty
+for a chunk's items, which have none), for what wraps an adapter and acts per job
+(``worker.faults``)."""
+
+
+@contextmanager
+def calling(metadata: Sequence[Mapping[str, str]]) -> Iterator[None]:
+    """Within it, ``CALL_METADATA`` is ``metadata`` (in this thread)."""
+    token = CALL_METADATA.set(metadata)
+    try:
+        yield
+    finally:
+        CALL_METADATA.reset(token)
+
+
 class StopToken:
     """Tells a running task whether it must stop, and why."""
 
     def __init__(self, timeout_s: float):
         self.deadline = time.monotonic() + timeout_s
-        self._reason: str | None = None
+        self._reason: StopReason | None = None
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self._reason is None:
             self._reason = reason
 
     @property
-    def reason(self) -> str | None:
+    def reason(self) -> StopReason | None:
         if self._reason is None and time.monotonic() > self.deadline:
-            return "timeout"
+            return StopReason.TIMEOUT
         return self._reason
 
     def check(self) -> None:
@@ -69,12 +104,12 @@ class BatchStop(StopToken):
         self.members = members
         self.deadline = min(m.deadline for m in members)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         for member in self.members:
             member.stop(reason)
 
     @property
-    def reason(self) -> str | None:
+    def reason(self) -> StopReason | None:
         reasons = [m.reason for m in self.members]
         if all(r is not None for r in reasons):
             return reasons[0]
@@ -121,7 +156,7 @@ class Watcher:
         with self._lock:
             self._in_hand.pop(claim.token, None)
 
-    def stop_all(self, reason: str) -> int:
+    def stop_all(self, reason: StopReason) -> int:
         with self._lock:
             held = list(self._in_hand.values())
         for item in held:
@@ -152,12 +187,13 @@ class Watcher:
             return
         verdicts = self._check([item.claim for item in due])
         for item in due:
-            verdict = verdicts.get(item.claim.token, "ok")
+            verdict = verdicts.get(item.claim.token, "ok")  # "ok", or a StopReason's value
             if verdict != "ok":
+                reason = StopReason(verdict)
                 logger.info(
                     "attempt %s must stop: %s",
                     item.claim.attempt,
-                    verdict,
-                    extra={**item.claim.label, "stop": verdict},
+                    reason,
+                    extra={**item.claim.label, "stop": reason.value},
                 )
-                item.stop.stop(verdict)
+                item.stop.stop(reason)

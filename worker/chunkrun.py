@@ -1,7 +1,7 @@
 """A batch's chunk, run as one unit: one claim, the model over its items, one commit, one ack.
 
-Each served task has a chunk lane beside its job lane (``worker.lanes``, one chunk at a time: the
-next chunk is claimed while one runs). A chunk delivery goes:
+Each served task has a chunk lane beside its job lane (``worker.pipeline.lanes``, one chunk at a
+time: the next chunk is claimed while one runs). A chunk delivery goes:
 
     claim ── pending / missing / ended ─────────────────────────────────────────▶ ack
           ── queued, its batch cancelled ──▶ ended cancelled, whole, never run ──▶ ack
@@ -44,11 +44,12 @@ from schemas.chunks import CODE_OF, ChunkMessage, pack_result
 from schemas.jobs import JobStatus
 from schemas.tasks import get_task
 from worker import metrics
-from worker.attempts import StopToken, Watcher
+from worker.attempts import StopReason, StopToken, Watcher
 from worker.chunkstore import ChunkClaim, ChunkOutcome, ended
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
-from worker.lanes import Delivery, Lane
 from worker.modellock import ModelLock
+from worker.pipeline.delivery import Delivery
+from worker.pipeline.lanes import Lane
 from worker.store import Busy, Skip
 from worker.tasks import Adapter
 
@@ -246,7 +247,7 @@ class ChunkRunner:
                     outcome.results[position] = result
                 elif isinstance(result, PermanentError):
                     _fail(outcome, position, result.code, result.message)
-                elif isinstance(result, Stopped) and result.reason == "timeout":
+                elif isinstance(result, Stopped) and result.reason == StopReason.TIMEOUT:
                     _fail(outcome, position, "timeout", f"ran longer than its {limit_s:g}s limit")
                 elif isinstance(result, Stopped):
                     ran.stopped = result.reason
@@ -256,7 +257,7 @@ class ChunkRunner:
                 ran.stopped = "transient"
             if ran.stopped is not None:
                 break
-        if ran.stopped == "cancelled":
+        if ran.stopped == StopReason.CANCELLED:
             ran.stopped = None
             for position in todo:
                 if letters[position] == RUNNING:
@@ -306,12 +307,13 @@ class ChunkRunner:
     def _settle(self, item: ChunkInFlight, ran: Ran) -> None:
         claim, delivery = item.claim, item.delivery
         extra = {**claim.label, "task": claim.task, "attempt": claim.attempt}
-        if ran.stopped == "lost":
+        if ran.stopped == StopReason.LOST:
             self._store.forget(claim)
-            metrics.outcome(delivery, "lost")
-            logger.info("chunk stopped: another attempt owns it", extra={**extra, "stop": "lost"})
+            metrics.outcome(delivery, StopReason.LOST)
+            extra["stop"] = StopReason.LOST
+            logger.info("chunk stopped: another attempt owns it", extra=extra)
             delivery.ack()
-        elif ran.stopped == "shutdown":
+        elif ran.stopped == StopReason.SHUTDOWN:
             self._release(item, None, started=True)
             logger.info("stopped for shutdown; chunk released and message nacked", extra=extra)
         elif ran.stopped is not None:
@@ -353,7 +355,7 @@ class ChunkRunner:
             delivery.nack()
             return
         counts = ended(claim, outcome)
-        status = outcome.status.value if written else "lost"
+        status = outcome.status.value if written else StopReason.LOST
         metrics.outcome(delivery, status)
         if written:
             metrics.chunk_items(claim.task, **counts)

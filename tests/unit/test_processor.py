@@ -1,15 +1,12 @@
-"""worker/processor.py: how each outcome settles its message, with a fake store and model.
-
-The fakes stand in for Firestore and the model only here; the integration tests run the same
-processor against the real emulators and the real model.
-"""
+"""worker/processor.py: the whole pipeline, message in to message settled, with a fake store
+and model (tests/unit/pipeline_fakes.py); each role has its own tests (test_claimer, test_runner,
+test_settler, test_hold, test_lanes)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import patch
@@ -20,91 +17,20 @@ from pydantic import BaseModel
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
 from tests.unit.fakes import FakeMessage, handle_all
+from tests.unit.pipeline_fakes import (
+    JOB_ID,
+    FakeModel,
+    FakeStore,
+    TextModel,
+    claim,
+    job_message,
+    processor,
+)
 from worker.attempts import StopToken
 from worker.errors import PermanentError, StoreUnavailable, TransientError
+from worker.faults import with_faults
 from worker.processor import Processor
 from worker.store import Busy, Claim, Skip
-
-JOB_ID = "a" * 32
-
-
-def job_message(task: str = "embed") -> FakeMessage:
-    data, attributes = JobMessage(job_id=JOB_ID, task=task, tenant="t").to_pubsub()
-    return FakeMessage(data, attributes)
-
-
-@dataclass
-class FakeStore:
-    """Claims answer from ``claims`` in turn (the last one repeats); an exception is raised."""
-
-    claims: list[Claim | Skip | Busy | Exception]
-    owns: bool = True
-    writes: list[tuple[str, Any]] = field(default_factory=list)
-    lease_s: float = 0.2
-    calls: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
-
-    def claim(self, job_id: str, tenant: str) -> Claim | Skip | Busy:
-        outcome = self.claims[min(self.calls, len(self.claims) - 1)]
-        self.calls += 1
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    def claim_many(
-        self, jobs: Sequence[tuple[str, str]], worker: str = ""
-    ) -> list[Claim | Skip | Busy]:
-        return [self.claim(job_id, tenant) for job_id, tenant in jobs]
-
-    def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]:
-        for _claim, status, fields in ends:
-            if status is JobStatus.SUCCEEDED:
-                self.writes.append(("succeeded", fields["result"]))
-                self.batch_sizes.append(fields["batch_size"])
-            else:
-                self.writes.append((status.value, fields["error"]["code"]))
-        return [self.owns] * len(ends)
-
-    def release(
-        self, claim: Claim, last_error: dict[str, str] | None, started: bool = True
-    ) -> bool:
-        self.writes.append(("released", last_error and last_error["code"]))
-        return self.owns
-
-    def check(self, claims: Sequence[Claim]) -> dict[str, str]:
-        return {c.token: "ok" for c in claims}
-
-
-class FakeModel:
-    name = "embed"
-
-    def __init__(self, outcome: Exception | None = None, sleep_s: float = 0.0):
-        self.outcome = outcome
-        self.sleep_s = sleep_s
-        self.calls = 0
-
-    def load(self) -> None:
-        return None
-
-    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
-        self.calls += 1
-        if self.sleep_s:
-            stop.sleep(self.sleep_s)
-        if self.outcome is not None:
-            raise self.outcome
-        return [{"model": "fake", "dimensions": 384, "embeddings": [[0.0] * 384]} for _ in inputs]
-
-
-def claim(
-    task: str = "embed", input: dict[str, Any] | None = None, attempt: int = 1, **metadata: str
-) -> Claim:
-    body = input if input is not None else {"texts": ["hi"]}
-    return Claim(JOB_ID, attempt, "tok", task, "t", body, metadata)
-
-
-def processor(store: FakeStore, model: FakeModel, **options: Any) -> Processor:
-    options.setdefault("task_timeout_s", lambda _task: 60.0)
-    return Processor(store, {"embed": model}, **options)
 
 
 def run(
@@ -172,7 +98,7 @@ def test_with_a_delivery_count_the_dead_letter_policy_decides() -> None:
 def test_firestore_unavailable_is_held_and_retried_not_nacked() -> None:
     outage = StoreUnavailable("Firestore claim failed")
     store, model = FakeStore([outage, outage, claim()]), FakeModel()
-    with patch("worker.processor.STORE_BACKOFF_S", (0.01,)):
+    with patch("worker.pipeline.hold.STORE_BACKOFF_S", (0.01,)):
         assert run(store, model).settled == ["ack"]
     assert store.calls == 3 and model.calls == 1
 
@@ -246,13 +172,21 @@ def test_a_task_this_worker_does_not_serve_is_nacked_untouched() -> None:
         ("nonsense", ["ack"], [("failed", "bad_fault")]),
     ],
 )
-def test_injected_faults_only_when_enabled(fault: str, settled: list[str], writes: Any) -> None:
+def test_injected_faults_only_with_the_adapters_wrapped(
+    fault: str, settled: list[str], writes: Any
+) -> None:
     store = FakeStore([claim(**{"omni-fault": fault})])
-    assert run(store, FakeModel(), fault_injection=True).settled == settled
-    assert store.writes == writes
+    worker = Processor(store, with_faults({"embed": FakeModel()}), task_timeout_s=lambda _: 60.0)
+    handle_all(worker, [message := job_message()])
+    assert message.settled == settled and store.writes == writes
     off = FakeStore([claim(**{"omni-fault": fault})])
     assert run(off, FakeModel()).settled == ["ack"]
     assert off.writes[0][0] == "succeeded"
+
+
+def test_the_fault_injection_flag_wraps_the_adapters_until_main_does() -> None:
+    store = FakeStore([claim(**{"omni-fault": "transient"})])
+    assert run(store, FakeModel(), fault_injection=True).settled == ["drop", "retry in 10s"]
 
 
 @pytest.mark.parametrize("data", [b"not json", b"[]", b"null", b'{"v": 1}'])
@@ -288,20 +222,6 @@ class BatchStore(FakeStore):
     ) -> bool:
         self.released.append((claim.job_id, started))
         return True
-
-
-class TextModel(FakeModel):
-    """Fails a whole call when any text in it is ``bad``; records each call's size."""
-
-    def __init__(self, sleep_s: float = 0.0) -> None:
-        super().__init__(sleep_s=sleep_s)
-        self.sizes: list[int] = []
-
-    def run(self, inputs: list[BaseModel], stop: StopToken) -> list[dict[str, Any]]:
-        self.sizes.append(len(inputs))
-        if any("bad" in item.texts for item in inputs):  # type: ignore[attr-defined]
-            raise PermanentError("bad_text", "no")
-        return super().run(inputs, stop)
 
 
 def messages(*job_ids: str) -> list[FakeMessage]:

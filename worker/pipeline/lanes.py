@@ -5,7 +5,7 @@
 - The *gather* thread takes the first waiting delivery, then more until the batch holds
   ``max_size`` or ``max_wait_s`` has passed since the first, and claims them in one transaction.
 - The *run* thread runs the claimed batch as one model call, then hands its outcomes to the
-  processor's settle threads, and takes the next.
+  settle threads, and takes the next.
 
 While one batch runs, the next is gathered and claimed, so claims and writes overlap the model and
 the model rarely waits for Firestore. Batches grow with the load by themselves: deliveries that
@@ -23,67 +23,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from schemas.chunks import ChunkMessage
-from schemas.messages import JobMessage
+from worker.pipeline.delivery import Delivery, M
 
-if TYPE_CHECKING:
-    from worker.processor import Message
-
-M = TypeVar("M", JobMessage, ChunkMessage)
-"""What a delivery carries: a job's message or a chunk's."""
 I = TypeVar("I")  # noqa: E741 - what a lane's claim makes of a delivery: a claimed job or chunk
-
-
-@dataclass(eq=False)  # identity: each delivery is its own, and kept in sets
-class Delivery(Generic[M]):
-    """One received message on its way through a lane; ``wait()`` returns once it is settled.
-
-    A delivery is settled once: the first of ack, nack or retry_in wins and the rest are no-ops,
-    so an error path may nack whatever it holds without undoing an outcome already given."""
-
-    message: Message
-    job: M
-    """The parsed message: a job's, or a chunk's (then the lane runs one chunk at a time)."""
-    on_settled: Callable[[Delivery[Any]], None] | None = None
-    _done: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def settled(self) -> bool:
-        return self._done.is_set()
-
-    def _settle(self, action: Callable[[], None]) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            try:
-                action()
-            finally:
-                self._done.set()
-        if self.on_settled is not None:
-            self.on_settled(self)
-
-    def ack(self) -> None:
-        self._settle(self.message.ack)
-
-    def nack(self) -> None:
-        self._settle(self.message.nack)
-
-    def retry_in(self, seconds: int) -> None:
-        """Leave the message unacked and let Pub/Sub redeliver it after ``seconds``."""
-
-        def later() -> None:
-            # Out of lease management first, so no lease extension lands after the new deadline.
-            self.message.drop()
-            self.message.modify_ack_deadline(seconds)
-
-        self._settle(later)
-
-    def wait(self) -> None:
-        self._done.wait()
 
 
 _CLOSE: Any = object()
@@ -166,8 +110,8 @@ class Lane(Generic[M, I]):
         return batch
 
     def _gather_loop(self) -> None:
-        # ``claim`` and ``run`` settle their own messages whatever fails (the processor's
-        # _claim_batch and _run_batch): nothing raised here could strand a callback.
+        # ``claim`` and ``run`` settle their own messages whatever fails (the pipeline's claimer
+        # and runner): nothing raised here could strand a callback.
         while (batch := self.gather()) is not None:
             claimed = self._claim(self, batch)
             if claimed:

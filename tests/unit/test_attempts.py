@@ -1,0 +1,69 @@
+"""worker/attempts.py: stop reasons, stop tokens, the watcher's verdicts, and a call's metadata."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from worker.attempts import (
+    CALL_METADATA,
+    BatchStop,
+    Held,
+    StopReason,
+    StopToken,
+    Watcher,
+    calling,
+)
+from worker.errors import Stopped
+from worker.store import Claim
+
+
+def test_stop_reasons_keep_the_values_logs_and_metrics_use() -> None:
+    assert [r.value for r in StopReason] == ["cancelled", "lost", "timeout", "shutdown"]
+    assert StopReason.LOST == "lost" and f"{StopReason.SHUTDOWN}" == "shutdown"
+
+
+def test_a_token_past_its_deadline_reads_timeout() -> None:
+    token = StopToken(0.0)
+    time.sleep(0.01)
+    assert token.reason is StopReason.TIMEOUT
+    with pytest.raises(Stopped) as stopped:
+        token.check()
+    assert stopped.value.reason == "timeout"
+
+
+def test_the_first_stop_reason_wins() -> None:
+    token = StopToken(60.0)
+    token.stop(StopReason.CANCELLED)
+    token.stop(StopReason.SHUTDOWN)
+    assert token.reason is StopReason.CANCELLED
+
+
+def test_a_batch_stops_only_once_every_member_must() -> None:
+    one, two = StopToken(60.0), StopToken(60.0)
+    batch = BatchStop([one, two])
+    one.stop(StopReason.CANCELLED)
+    assert batch.reason is None
+    two.stop(StopReason.LOST)
+    assert batch.reason is StopReason.CANCELLED
+
+
+@pytest.mark.parametrize("verdict", ["cancelled", "lost"])
+def test_the_watcher_turns_a_store_verdict_into_a_stop_reason(verdict: str) -> None:
+    def check(claims: Sequence[Held]) -> dict[str, str]:
+        return {c.token: verdict for c in claims}
+
+    watcher = Watcher(check, interval_s=0.0, lease_s=1.0)
+    token = StopToken(60.0)
+    watcher.add(Claim("j", 1, "tok", "embed", "t", {}, {}), token)
+    watcher.check_once()
+    assert token.reason is StopReason(verdict)
+
+
+def test_a_call_s_metadata_is_set_only_within_it() -> None:
+    assert CALL_METADATA.get() == ()
+    with calling([{"k": "v"}]):
+        assert CALL_METADATA.get() == [{"k": "v"}]
+    assert CALL_METADATA.get() == ()
