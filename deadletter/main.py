@@ -55,7 +55,15 @@ from schemas.chunks import CHUNKS, END_FIELDS, PENDING, ChunkMessage, end_unfini
 from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus, result_ttl_from_env
 from schemas.jsonlog import configure_logging, log_context
-from schemas.messages import DEFAULT_TOPIC, JobMessage, UnknownMessage, chunk_to_pubsub, parse
+from schemas.messages import (
+    DEFAULT_TOPIC,
+    JobMessage,
+    Topics,
+    UnknownMessage,
+    UnknownTask,
+    encode,
+    parse,
+)
 
 logger = logging.getLogger("deadletter")
 
@@ -153,18 +161,15 @@ class DeadLetterStore:
 
 
 class Requeue:
-    """Publishes a job's or chunk's message again, to the jobs topic."""
+    """Publishes a job's or chunk's message again, to its task's topic of its kind."""
 
-    def __init__(self, publisher: Any, topic_path: str):
+    def __init__(self, publisher: Any, topics: Topics):
         self._publisher = publisher
-        self._topic_path = topic_path
+        self._topics = topics
 
     def __call__(self, message: JobMessage | ChunkMessage) -> None:
-        if isinstance(message, ChunkMessage):
-            data, attributes = chunk_to_pubsub(message)
-        else:
-            data, attributes = message.to_pubsub()
-        self._publisher.publish(self._topic_path, data, **attributes).result(
+        data, attributes = encode(message)
+        self._publisher.publish(self._topics.of(message), data, **attributes).result(
             timeout=FIRESTORE_TIMEOUT_S
         )
 
@@ -200,7 +205,12 @@ def handle(data: dict[str, Any], store: DeadLetterStore, requeue: Requeue) -> st
     with log_context(**context, task=message.task, tenant=message.tenant):
         outcome = store.settle(message, attributes.get(DELIVERY_COUNT_ATTRIBUTE))
         if outcome == REQUEUE:
-            requeue(message)
+            try:
+                requeue(message)
+            except UnknownTask:
+                # No release of this catalogue can run it; retrying would not change that.
+                logger.error("dead letter of a task with no topic dropped", exc_info=True)
+                return "unknown task"
         logger.info("dead letter: %s", outcome, extra={"outcome": outcome})
         if outcome == HELD:
             raise LiveAttempt(f"{name} is held by a live attempt; retry later")
@@ -223,8 +233,7 @@ def _services() -> tuple[DeadLetterStore, Requeue]:
         env.get("BATCHES_COLLECTION") or "batches",
     )
     publisher = pubsub_v1.PublisherClient()
-    topic = publisher.topic_path(project, env.get("JOBS_TOPIC") or DEFAULT_TOPIC)
-    return store, Requeue(publisher, topic)
+    return store, Requeue(publisher, Topics(project, env.get("JOBS_TOPIC") or DEFAULT_TOPIC))
 
 
 @functions_framework.cloud_event

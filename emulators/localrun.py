@@ -177,7 +177,9 @@ def start_stack(config: StackConfig, supervisor: Supervisor, data_dir: str) -> N
     resources = Resources(project=config.project, dead_letter_endpoint=deadletter_url)
     provision(resources, emulator_host=pubsub_host)
     supervisor.log(
-        "provisioned", topic=resources.topic, subscriptions=resources.subscription_prefix + "-*"
+        "provisioned",
+        topics=resources.topic + "-*",
+        subscriptions=resources.subscription_prefix + "-*",
     )
     for name in ("reconciler", "webhooks"):
         supervisor.spawn(

@@ -5,14 +5,16 @@ Google client talks to the emulator; otherwise it uses Application Default Crede
 project. Running it again converges an existing subscription to the settings below instead of
 failing, so a deploy can always run it.
 
-    jobs ──▶ jobs-worker-<task>, one per task, filtered on attributes.task (pull; dead letter
-             after 5 deliveries; no retry policy, see below)
-                 └──▶ jobs-dead ──▶ jobs-dead-handler (push to the dead-letter function)
+    jobs-<task>        ──▶ worker-<task>         one pair per task (pull; dead letter
+    jobs-<task>-chunks ──▶ worker-<task>-chunks  after 5 deliveries; no retry policy)
+                               └──▶ jobs-dead ──▶ jobs-dead-handler (push to the dead-letter
+                                                                     function)
 
-One subscription per task, not per worker pool: every pool that serves a task pulls from that
-task's subscription (competing consumers), so pools can be composed freely (``WORKER_TASKS``) and
-no task is delivered to two pools. The emulator stores filters but does not apply them; the worker
-applies the same rule (docs/decisions.md, "Routing").
+One topic per task and kind (a job, a batch's chunk), each with one subscription, and no filter
+anywhere: the emulator ignores subscription filters, so routing by topic is what makes it deliver
+what production delivers. One subscription per task, not per worker pool: every pool that serves a
+task pulls from that task's subscriptions (competing consumers), so pools can be composed freely
+(``WORKER_TASKS``) and no task is delivered to two pools (docs/decisions.md, "Routing").
 
 On a real project it also applies ``firestore.indexes.json``: the composite indexes the queries
 need, the TTL policies on ``expire_at``, and the single-field index exemptions of its
@@ -33,7 +35,7 @@ The worker subscription has no retry policy: the worker delays a failed job's re
 dead-letter policy are combined and a subscriber dies (docs/reliability.md has the measurement).
 
 In production the Pub/Sub service agent needs publisher rights on ``jobs-dead`` and subscriber
-rights on each ``jobs-worker-<task>`` for dead-lettering to work (see docs/reliability.md). A push
+rights on each task subscription for dead-lettering to work (see docs/reliability.md). A push
 subscription to the dead-letter function authenticates with an OIDC token of its own service
 account, which needs ``roles/run.invoker`` on the function (``python -m deploy`` grants it).
 
@@ -61,8 +63,10 @@ from schemas.messages import (
     DEFAULT_DEAD_LETTER_TOPIC,
     DEFAULT_SUBSCRIPTION_PREFIX,
     DEFAULT_TOPIC,
-    task_filter,
+    JOB_KIND,
+    KINDS,
     task_subscription,
+    task_topic,
 )
 from schemas.tasks import TASKS
 
@@ -105,12 +109,15 @@ class Resources:
     def _path(self, kind: str, name: str) -> str:
         return f"projects/{self.project}/{kind}/{name}"
 
-    @property
-    def topic_path(self) -> str:
-        return self._path("topics", self.topic)
+    def topic_path(self, task: str, kind: str = JOB_KIND) -> str:
+        return self._path("topics", task_topic(task, kind, self.topic))
 
-    def subscription_path(self, task: str) -> str:
-        return self._path("subscriptions", task_subscription(task, self.subscription_prefix))
+    def subscription_path(self, task: str, kind: str = JOB_KIND) -> str:
+        return self._path("subscriptions", task_subscription(task, kind, self.subscription_prefix))
+
+    def routes(self) -> list[tuple[str, str]]:
+        """Every (task, kind): one topic and one subscription each."""
+        return [(task, kind) for task in self.tasks for kind in KINDS]
 
     @property
     def dead_letter_topic_path(self) -> str:
@@ -133,12 +140,12 @@ def _retry_policy(resources: Resources) -> dict[str, object]:
     }
 
 
-def _subscription_settings(resources: Resources, task: str) -> dict[str, object]:
+def _subscription_settings(
+    resources: Resources, task: str, kind: str = JOB_KIND
+) -> dict[str, object]:
     return {
-        "name": resources.subscription_path(task),
-        "topic": resources.topic_path,
-        # A filter is fixed when the subscription is created (update cannot change it).
-        "filter": task_filter(task),
+        "name": resources.subscription_path(task, kind),
+        "topic": resources.topic_path(task, kind),
         "ack_deadline_seconds": ACK_DEADLINE_S,
         "dead_letter_policy": {
             "dead_letter_topic": resources.dead_letter_topic_path,
@@ -169,15 +176,15 @@ def _dead_letter_subscription_settings(resources: Resources) -> dict[str, object
 def pubsub_requests(resources: Resources) -> list[tuple[str, dict[str, Any]]]:
     """What ``provision`` sends, in order: ``("create_topic", {"name": ...})`` per topic, then
     ``("converge_subscription", settings)`` per subscription (create, or update if it exists)."""
+    topics = [resources.topic_path(task, kind) for task, kind in resources.routes()]
     calls: list[tuple[str, dict[str, Any]]] = [
-        ("create_topic", {"name": topic})
-        for topic in (resources.dead_letter_topic_path, resources.topic_path)
+        ("create_topic", {"name": topic}) for topic in (resources.dead_letter_topic_path, *topics)
     ]
     # The dead-letter side first: nothing may be dead-lettered before someone listens.
     if resources.dead_letter_endpoint is not None:
         calls.append(("converge_subscription", _dead_letter_subscription_settings(resources)))
-    for task in resources.tasks:
-        calls.append(("converge_subscription", _subscription_settings(resources, task)))
+    for task, kind in resources.routes():
+        calls.append(("converge_subscription", _subscription_settings(resources, task, kind)))
     return calls
 
 
@@ -251,17 +258,19 @@ def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
             timeout=ADMIN_TIMEOUT_S,
         )
         logger.info("updated subscription %s", settings["name"])
-        wanted = settings.get("filter", "")
         found = subscriber.get_subscription(subscription=settings["name"], timeout=ADMIN_TIMEOUT_S)
-        if found.filter != wanted:
-            # Pub/Sub fixes a filter at creation. The worker acks other tasks' messages unread,
-            # so this only costs deliveries; recreating the subscription would drop its backlog.
-            logger.warning(
-                "subscription %s has filter %r, not %r: delete and re-create it once drained",
-                settings["name"],
-                found.filter,
-                wanted,
-            )
+        # Pub/Sub fixes a subscription's topic and filter at creation, and recreating it here
+        # would drop its backlog: an operator deletes it once drained (docs/deploy.md).
+        for key in ("topic", "filter"):
+            wanted, have = settings.get(key, ""), getattr(found, key)
+            if have != wanted:
+                logger.warning(
+                    "subscription %s has %s %r, not %r: delete and re-create it once drained",
+                    settings["name"],
+                    key,
+                    have,
+                    wanted,
+                )
 
 
 def firestore_admin_requests(
@@ -355,11 +364,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT"), required=False)
     parser.add_argument("--emulator", help="HOST:PORT of the Pub/Sub emulator")
-    parser.add_argument("--topic", default=os.environ.get("JOBS_TOPIC", DEFAULT_TOPIC))
+    parser.add_argument(
+        "--topic",
+        default=os.environ.get("JOBS_TOPIC", DEFAULT_TOPIC),
+        help="topics are named TOPIC-TASK (jobs) and TOPIC-TASK-chunks",
+    )
     parser.add_argument(
         "--subscription-prefix",
         default=os.environ.get("JOBS_SUBSCRIPTION_PREFIX", DEFAULT_SUBSCRIPTION_PREFIX),
-        help="task subscriptions are named PREFIX-TASK",
+        help="task subscriptions are named PREFIX-TASK and PREFIX-TASK-chunks",
     )
     parser.add_argument(
         "--deadletter-endpoint",

@@ -43,6 +43,7 @@ from ingress.webhookstore import WebhookLedger
 from schemas import tracing
 from schemas.errortracking import init_error_tracking
 from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
+from schemas.messages import Topics
 from schemas.webhooks import SigningSecrets
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     firestore_client = firestore.Client(project=settings.project)
     publisher = JobPublisher(
         publisher_client,
-        publisher_client.topic_path(settings.project, settings.jobs_topic),
+        Topics(settings.project, settings.jobs_topic),
         settings.publish_timeout_s,
     )
     # The request-rate split needs the number of live ingress processes: counted only when

@@ -1,8 +1,10 @@
-"""Publishing job and chunk messages to Pub/Sub."""
+"""Publishing job and chunk messages to Pub/Sub, each to its task's topic of its kind
+(``schemas.messages.Topics``: the paths are built once)."""
 
 from __future__ import annotations
 
 from concurrent import futures
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
@@ -12,7 +14,7 @@ from ingress import metrics
 from schemas import tracing
 from schemas.chunks import ChunkMessage
 from schemas.googleapi import bounded_retry
-from schemas.messages import JobMessage, chunk_to_pubsub
+from schemas.messages import CHUNK_KIND, JobMessage, Topics, chunk_to_pubsub
 
 MAX_PER_CALL = 1000
 """Messages per publish call (Pub/Sub takes at most 1,000 and 10 MB)."""
@@ -23,9 +25,9 @@ class PublishFailed(RuntimeError):
 
 
 class JobPublisher:
-    def __init__(self, client: pubsub_v1.PublisherClient, topic_path: str, timeout_s: float):
+    def __init__(self, client: pubsub_v1.PublisherClient, topics: Topics, timeout_s: float):
         self._client = client
-        self._topic_path = topic_path
+        self._topics = topics
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
 
@@ -33,9 +35,10 @@ class JobPublisher:
     def publish(self, message: JobMessage) -> str:
         """Publish and wait for Pub/Sub's confirmation; returns the message id."""
         data, attributes = message.to_pubsub()
+        topic = self._topics.path(message.task)
         try:
             future = self._client.publish(
-                self._topic_path, data, retry=self._retry, timeout=self._timeout_s, **attributes
+                topic, data, retry=self._retry, timeout=self._timeout_s, **attributes
             )
             return str(future.result(timeout=self._timeout_s))
         except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
@@ -52,21 +55,27 @@ class JobPublisher:
         The messages are built as protobufs and sent with the underlying generated client's
         ``publish`` (the same RPC): the batching publisher spends ~100 µs of Python a message on
         its wrappers and futures, and a million items in parts are thousands of chunks."""
-        from google.pubsub_v1 import PublisherClient as GeneratedPublisher
         from google.pubsub_v1.types import PubsubMessage
 
         message_pb = PubsubMessage.pb()
-        for start in range(0, len(messages), MAX_PER_CALL):
-            pbs = []
-            for message in messages[start : start + MAX_PER_CALL]:
-                data, attributes = chunk_to_pubsub(message)
-                tracing.inject(attributes, context)
-                pbs.append(message_pb(data=data, attributes=attributes))
+        by_topic: dict[str, list[Any]] = {}
+        for message in messages:  # a part's chunks are one batch's: one task, one topic
+            data, attributes = chunk_to_pubsub(message)
+            tracing.inject(attributes, context)
+            topic = self._topics.path(message.task, CHUNK_KIND)
+            by_topic.setdefault(topic, []).append(message_pb(data=data, attributes=attributes))
+        for topic, pbs in by_topic.items():
+            self._publish_pbs(topic, pbs)
+
+    def _publish_pbs(self, topic: str, pbs: list[Any]) -> None:
+        from google.pubsub_v1 import PublisherClient as GeneratedPublisher
+
+        for start in range(0, len(pbs), MAX_PER_CALL):
             try:
                 GeneratedPublisher.publish(
                     self._client,
-                    topic=self._topic_path,
-                    messages=pbs,
+                    topic=topic,
+                    messages=pbs[start : start + MAX_PER_CALL],
                     retry=self._retry,
                     timeout=self._timeout_s,
                 )
@@ -74,9 +83,10 @@ class JobPublisher:
                 raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
     def ping(self) -> bool:
-        """Whether the topic answers now."""
+        """Whether Pub/Sub answers now (for one topic: that every topic exists is provisioning's
+        job, and a probe should cost one call)."""
         try:
-            self._client.get_topic(topic=self._topic_path, timeout=3.0, retry=None)
+            self._client.get_topic(topic=self._topics.paths()[0], timeout=3.0, retry=None)
         except Exception:  # noqa: BLE001 - any failure means "not healthy"
             return False
         return True

@@ -88,6 +88,8 @@ def _tenant_limits(env: Mapping[str, str]) -> LimitPolicy:
 class Settings:
     project: str = DEFAULT_PROJECT
     jobs_topic: str = DEFAULT_TOPIC
+    """The topics' base name: task *t*'s jobs go to ``<jobs_topic>-t``, its chunks to
+    ``<jobs_topic>-t-chunks`` (``schemas.messages.task_topic``)."""
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"
     tenant_limits: LimitPolicy = LimitPolicy()

@@ -21,11 +21,13 @@ What is checked, and where each rule comes from:
   ``google_metrics.json``, with its monitored resource and labels; every PromQL metric is one
   that ``worker/metrics.py`` or ``ingress/metrics.py`` defines (or a pinned Google/GKE one), with
   the labels it has; ``outcome`` values are ``worker.metrics.OUTCOMES``; every subscription is
-  ``jobs-worker-<task>`` of a task in ``schemas.tasks`` (or the dead-letter handler's).
-- **Coverage**: one ``backlog-age-<task>`` policy per task, its threshold the task's budget
-  (``budgets.py``); the no-ready-worker policy has one condition per task, naming the Deployment
-  that serves the task in ``k8s/overlays``; each policy's ``userLabels.omni_policy`` is its file's
-  name (``apply`` finds the deployed policy by it).
+  ``worker-<task>`` or ``worker-<task>-chunks`` of a task in ``schemas.tasks`` (or the
+  dead-letter handler's).
+- **Coverage**: one ``backlog-age-<task>`` policy per task on its jobs' subscription, its
+  threshold the task's budget (``budgets.py``); the no-ready-worker policy has one condition per
+  task, on both its subscriptions, naming the Deployment that serves the task in
+  ``k8s/overlays``; each policy's ``userLabels.omni_policy`` is its file's name (``apply`` finds
+  the deployed policy by it).
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from typing import Any
 from monitoring import budgets, catalogue, promql
 from monitoring.shape import Checker, InvalidConfig, Problem, duration_s, walk
 from schemas.messages import (
+    CHUNK_KIND,
     DEFAULT_DEAD_LETTER_SUBSCRIPTION,
     DEFAULT_SUBSCRIPTION_PREFIX,
+    KINDS,
     task_subscription,
 )
 from schemas.tasks import TASKS
@@ -69,9 +73,12 @@ _GROUP_BY = re.compile(r'^(metric|resource)\.labels?\.(?:"([^"]+)"|(\w+))$')
 
 
 def _subscription_problems(value: str, how: str) -> str | None:
-    known = {task_subscription(task) for task in TASKS} | {DEFAULT_DEAD_LETTER_SUBSCRIPTION}
-    if how in ("=", "!=") and value not in known:
-        return f"subscription {value!r} is not provisioned (emulators/provision.py)"
+    known = {task_subscription(task, kind) for task in TASKS for kind in KINDS}
+    known.add(DEFAULT_DEAD_LETTER_SUBSCRIPTION)
+    # A regular expression is checked as a list of alternatives, as the outcomes are.
+    for name in value.split("|") if how == "=~" else [value] if how in ("=", "!=") else []:
+        if name not in known:
+            return f"subscription {name!r} is not provisioned (emulators/provision.py)"
     if how == "starts_with" and not any(name.startswith(value) for name in known):
         return f"no provisioned subscription starts with {value!r}"
     return None
@@ -395,8 +402,9 @@ def _no_ready_coverage(policy: Any, pools: dict[str, str] | None) -> list[Proble
         for c in policy.get("conditions", [])
     ]
     for task in TASKS:
-        subscription = task_subscription(task)
-        mine = [q for q in queries if f'subscription_id="{subscription}"' in q]
+        # Jobs or chunks waiting: either backlog needs a pod.
+        subscription = f"{task_subscription(task)}|{task_subscription(task, CHUNK_KIND)}"
+        mine = [q for q in queries if f'subscription_id=~"{subscription}"' in q]
         if len(mine) != 1:
             problems.append(Problem(file, "conditions", f"needs one condition on {subscription}"))
         elif pools is not None and f'deployment="{pools.get(task)}"' not in mine[0]:

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ReconcilerSettings:
     project: str = "omni-local"
-    jobs_topic: str = DEFAULT_TOPIC
+    jobs_topic: str = DEFAULT_TOPIC  # the topics' base name (schemas.messages.task_topic)
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"
     interval_s: float = INTERVAL_S

@@ -43,7 +43,7 @@ from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, END_FIELDS, ChunkMessage, end_unfinished
 from schemas.googleapi import is_contention
 from schemas.jobs import JobStatus
-from schemas.messages import JobMessage, chunk_to_pubsub
+from schemas.messages import JobMessage, Topics, UnknownTask, encode
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Reconciler:
         self._jobs = firestore_client.collection(settings.jobs_collection)
         self._batches = firestore_client.collection(settings.batches_collection)
         self._publisher = publisher
-        self._topic = publisher.topic_path(settings.project, settings.jobs_topic)
+        self._topics = Topics(settings.project, settings.jobs_topic)
 
     def sweep(self, now: datetime | None = None) -> SweepReport:
         now = now or datetime.now(UTC)
@@ -119,7 +119,7 @@ class Reconciler:
                     self._reconcile_chunk(snapshot, doc, now, report, cancelled)
                 else:
                     self._reconcile(snapshot, doc, now, report, None)
-            except gexc.GoogleAPICallError as exc:
+            except (gexc.GoogleAPICallError, UnknownTask) as exc:
                 logger.warning(
                     "could not reconcile %s: %s", name, exc, extra=_label(snapshot, is_chunk)
                 )
@@ -206,12 +206,10 @@ class Reconciler:
         wait = timedelta(seconds=self._settings.stale_after_s * 2**count)
         if last is not None and now - last < wait:
             return
-        if chunk is not None:
-            data, attributes = chunk_to_pubsub(chunk)
-        else:
-            job = JobMessage(job_id=snapshot.id, task=doc["task"], tenant=doc["tenant"])
-            data, attributes = job.to_pubsub()
-        self._publisher.publish(self._topic, data, **attributes).result(timeout=TIMEOUT_S)
+        message = chunk or JobMessage(job_id=snapshot.id, task=doc["task"], tenant=doc["tenant"])
+        data, attributes = encode(message)
+        topic = self._topics.of(message)  # its task's topic of its kind
+        self._publisher.publish(topic, data, **attributes).result(timeout=TIMEOUT_S)
         # No precondition: a worker may claim it meanwhile, and these two fields are the
         # reconciler's own; losing a count to a race only re-publishes once more.
         snapshot.reference.update(
@@ -292,7 +290,7 @@ class Reconciler:
                 report.expired.append(snapshot.id)
                 swept = self._cancel_queued_chunks(snapshot.reference, now)
                 report.cancelled.extend(swept)
-            except gexc.GoogleAPICallError as exc:
+            except (gexc.GoogleAPICallError, UnknownTask) as exc:
                 logger.warning(
                     "could not expire an open batch: %s", exc, extra={"batch_id": snapshot.id}
                 )

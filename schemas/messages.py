@@ -2,7 +2,9 @@
 
 A message names its unit of work; the input stays in its Firestore document (the source of truth),
 which the worker reads anyway when it claims it. Attributes repeat the routing fields so that a
-subscription filter or a router can act without parsing the body.
+router can act without parsing the body. Each task and kind has its own topic and subscription
+(``task_topic``, ``task_subscription``): no subscription filter anywhere, so the emulator, which
+ignores filters, routes as production does.
 
 Every message says its ``kind`` (attribute and body) and its version (``v``). A job is version 1
 (its body also carried no kind before chunks existed: still read as a job); a chunk is version 2.
@@ -13,11 +15,13 @@ release does not know (``UnknownMessage``: nacked, so a newer worker takes it, d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.chunks import ChunkMessage
+from schemas.tasks import TASKS
 
 MESSAGE_VERSION = 1
 """A job message's version; workers refuse versions they do not know."""
@@ -97,22 +101,79 @@ def parse(data: bytes, attributes: dict[str, str]) -> JobMessage | ChunkMessage:
 
 
 DEFAULT_TOPIC = "jobs"
-"""Topic the ingress publishes jobs to (``JOBS_TOPIC``)."""
-DEFAULT_SUBSCRIPTION_PREFIX = "jobs-worker"
-"""Task subscriptions are named ``<prefix>-<task>`` (``JOBS_SUBSCRIPTION_PREFIX``)."""
+"""The topics' base name (``JOBS_TOPIC``): task *t*'s jobs go to ``<base>-t``, its chunks to
+``<base>-t-chunks``."""
+DEFAULT_SUBSCRIPTION_PREFIX = "worker"
+"""Task *t*'s subscriptions are ``<prefix>-t`` and ``<prefix>-t-chunks``
+(``JOBS_SUBSCRIPTION_PREFIX``). Not the filtered ``jobs-worker-t`` of the shared topic: a
+subscription cannot change topic, and the old ones drain during a rollout (docs/deploy.md)."""
 DEFAULT_DEAD_LETTER_TOPIC = "jobs-dead"
-"""Where Pub/Sub moves a job message after the maximum deliveries."""
+"""Where Pub/Sub moves a message after the maximum deliveries (one for every subscription)."""
 DEFAULT_DEAD_LETTER_SUBSCRIPTION = "jobs-dead-handler"
 """The push subscription that hands dead letters to the dead-letter function."""
+KINDS = (JOB_KIND, CHUNK_KIND)
+"""Every kind of message; each has a topic (and a subscription) per task."""
 
 
-def task_subscription(task: str, prefix: str = DEFAULT_SUBSCRIPTION_PREFIX) -> str:
-    """The subscription one task's workers pull from: every pool serving ``task`` shares it."""
-    return f"{prefix}-{task}"
+def _routed(name: str, task: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    return f"{name}-{task}" if kind == JOB_KIND else f"{name}-{task}-chunks"
 
 
-def task_filter(task: str) -> str:
-    """The subscription filter that lets only ``task``'s messages through (production Pub/Sub
-    honours it; the emulator does not, so the worker applies the same rule, see
-    ``worker.consumer``)."""
-    return f'attributes.task = "{task}"'
+def task_topic(task: str, kind: str = JOB_KIND, base: str = DEFAULT_TOPIC) -> str:
+    """The topic ``task``'s messages of ``kind`` are published to. Routing is by topic, not by a
+    subscription filter, so that the emulator (which ignores filters) delivers what production
+    delivers: a task pool gets only its own tasks' messages, and a batch's chunks have their own
+    topic, so they have their own flow control in the worker."""
+    return _routed(base, task, kind)
+
+
+def task_subscription(
+    task: str, kind: str = JOB_KIND, prefix: str = DEFAULT_SUBSCRIPTION_PREFIX
+) -> str:
+    """The subscription on ``task_topic(task, kind)``: every pool serving ``task`` pulls from it
+    (competing consumers)."""
+    return _routed(prefix, task, kind)
+
+
+def kind_of(message: JobMessage | ChunkMessage) -> str:
+    """The kind of a message, as its ``kind`` attribute says it."""
+    return CHUNK_KIND if isinstance(message, ChunkMessage) else JOB_KIND
+
+
+def encode(message: JobMessage | ChunkMessage) -> tuple[bytes, dict[str, str]]:
+    """Either kind of message's body and attributes."""
+    if isinstance(message, ChunkMessage):
+        return chunk_to_pubsub(message)
+    return message.to_pubsub()
+
+
+class UnknownTask(ValueError):
+    """A message for a task the catalogue does not have: it has no topic."""
+
+
+class Topics:
+    """The topic path of every task and kind of the catalogue, built once: a publish costs a
+    dict lookup. A task outside the catalogue has no topic (``UnknownTask``)."""
+
+    def __init__(self, project: str, base: str = DEFAULT_TOPIC, tasks: Iterable[str] = TASKS):
+        self._paths = {
+            (task, kind): f"projects/{project}/topics/{task_topic(task, kind, base)}"
+            for task in tasks
+            for kind in KINDS
+        }
+
+    def path(self, task: str, kind: str = JOB_KIND) -> str:
+        try:
+            return self._paths[task, kind]
+        except KeyError:
+            raise UnknownTask(f"no topic for task {task!r} ({kind})") from None
+
+    def of(self, message: JobMessage | ChunkMessage) -> str:
+        """Where ``message`` is published."""
+        return self.path(message.task, kind_of(message))
+
+    def paths(self) -> list[str]:
+        """Every topic path, jobs and chunks of each task."""
+        return list(self._paths.values())

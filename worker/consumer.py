@@ -3,11 +3,13 @@
 We do not rewrite streaming pull: ``SubscriberClient.subscribe`` keeps the stream, leases and
 their extension. This wraps it with an idempotent start/stop and a view of whether it still runs.
 
-One consumer per served task, each on that task's subscription. Production Pub/Sub applies the
-subscription's filter (``attributes.task = "<task>"``); the emulator stores filters but ignores them
-and hands every subscription every message. The consumer applies the same rule: a message for
-another task is acked unread, which is what the filter would have done (that task's subscription
-holds its own copy). Production never sees one; ``foreign`` counts them.
+Two consumers per served task, each on its own subscription of its own topic: the task's jobs
+(``<prefix>-<task>``) and its batches' chunks (``<prefix>-<task>-chunks``), each with its own flow
+control, so a batch's chunks never take the leases single jobs need, and a chunk (hundreds of items)
+is not leased by the dozen. Routing is by topic, with no subscription filter, so every message a
+subscription delivers is its task's, on the emulator as in production. Every message goes to the
+processor, which reads its kind itself: a job on the chunk subscription (or the reverse, from a
+publisher of an older release) is still handled, never dropped.
 
 A callback returns only once its message is settled (the processor's lanes batch them meanwhile),
 so the client's shutdown (``await_callbacks_on_shutdown``) still means "every message in hand is
@@ -45,7 +47,9 @@ class Consumer:
         max_lease_s: float,
     ):
         self.task = task
-        self.foreign = 0
+        self.name = subscription_path.rpartition("/")[2]
+        """The subscription's name: what /readyz and the logs call this consumer."""
+        self.max_messages = max_messages
         self._subscription_path = subscription_path
         self._processor = processor
         self._flow_control = pubsub_v1.types.FlowControl(
@@ -134,21 +138,18 @@ class Consumer:
                 client.close()
                 logger.info("stopped pulling from %s", self._subscription_path)
             else:
-                logger.warning("callbacks still running after the grace period; leaving them")
+                logger.warning(
+                    "%s: callbacks still running after the grace period; leaving them", self.name
+                )
 
     def _on_message(self, message: Any) -> None:
-        if message.attributes.get("task") != self.task:
-            # The emulator ignores the subscription's filter (see the module's docstring).
-            self.foreign += 1
-            message.ack()
-            return
         metrics.received(self.task, message)
         try:
             self._processor.handle([message])
         except Exception:
             # An escaping exception would be swallowed by the client and the message would sit
             # leased until its lease lapsed; nack it now instead.
-            logger.exception("callback failed; message nacked")
+            logger.exception("%s: callback failed; message nacked", self.name)
             message.nack()
 
 

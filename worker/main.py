@@ -2,7 +2,8 @@
 
 1. Health server up at once (``/healthz`` answers while models load; ``/readyz`` does not).
 2. Load the models of the served tasks (``WORKER_TASKS``), in parallel; record each load time.
-3. Pull, one stream per served task's subscription. Ready while every stream runs.
+3. Pull, two streams per served task: its jobs' subscription and its chunks' (each with its own
+   flow control). Ready while every stream runs.
 4. First SIGTERM/SIGINT: stop pulling and start no new job (the client nacks what it holds but
    has not dispatched); jobs in hand finish within ``WORKER_GRACE_S``; what still runs then stops
    at its next safe point, is released and nacked; exit 0. A second signal *within*
@@ -24,7 +25,7 @@ from typing import Any
 
 from schemas import tracing
 from schemas.errortracking import init_error_tracking
-from schemas.messages import task_subscription
+from schemas.messages import CHUNK_KIND, JOB_KIND, task_subscription
 from worker import metrics
 from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
@@ -73,8 +74,7 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------------
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         served = self.settings.served_tasks()
-        consumers = {c.task: c for c in self._consumers}
-        pulling = bool(consumers) and all(c.running for c in consumers.values())
+        pulling = bool(self._consumers) and all(c.running for c in self._consumers)
         tasks = {}
         for name in served:
             adapter = self._adapters.get(name)
@@ -91,8 +91,11 @@ class Worker:
                 entry["inference_s"] = round(entry["inference_s"], 3)
             if adapter is not None and hasattr(adapter, "forward_passes"):
                 entry["forward_passes"] = adapter.forward_passes
-            if name in consumers:
-                entry["foreign_acked"] = consumers[name].foreign
+            entry["subscriptions"] = {
+                c.name: {"pulling": c.running, "max_messages": c.max_messages}
+                for c in self._consumers
+                if c.task == name
+            }
             tasks[name] = entry
         ready = pulling and not self._stop.is_set() and all(t["loaded"] for t in tasks.values())
         if ready and self._ready_after_s is None:
@@ -173,17 +176,24 @@ class Worker:
             processor.start()
             self._processor = processor
             for task in settings.served_tasks():
-                name = task_subscription(task, settings.subscription_prefix)
-                consumer = Consumer(
-                    task,
-                    f"projects/{settings.project}/subscriptions/{name}",
-                    processor,
-                    max_messages=settings.leased_messages(task),
-                    lease_extension_s=settings.lease_extension_s,
-                    max_lease_s=settings.max_lease_s(),
-                )
-                consumer.start()
-                self._consumers.append(consumer)
+                # Jobs and chunks on subscriptions of their own: a batch's chunks never take
+                # the leases that single jobs' micro-batches need.
+                leases = {
+                    JOB_KIND: settings.leased_messages(task),
+                    CHUNK_KIND: settings.chunk_messages,
+                }
+                for kind, max_messages in leases.items():
+                    name = task_subscription(task, kind, settings.subscription_prefix)
+                    consumer = Consumer(
+                        task,
+                        f"projects/{settings.project}/subscriptions/{name}",
+                        processor,
+                        max_messages=max_messages,
+                        lease_extension_s=settings.lease_extension_s,
+                        max_lease_s=settings.max_lease_s(),
+                    )
+                    consumer.start()
+                    self._consumers.append(consumer)
             logger.info(
                 "worker ready %.1fs after its process started",
                 _process_age_s() or 0.0,
@@ -193,7 +203,7 @@ class Worker:
                 for consumer in self._consumers:
                     error = consumer.wait(_WAIT_SLICE_S / len(self._consumers))
                     if error is not None or not consumer.running:
-                        logger.error("streaming pull of %s ended: %r", consumer.task, error)
+                        logger.error("streaming pull of %s ended: %r", consumer.name, error)
                         return 1
             processor.drain()
             stop_all(self._consumers, settings.grace_s, processor.abandon, ABANDON_WAIT_S)

@@ -15,6 +15,10 @@ MIN_LEASED_MESSAGES = 8
 """FlowControl ``max_messages`` per task subscription is twice the task's largest batch (one batch
 runs while the next gathers), and at least this. Not more: every leased-but-idle message is a job
 stranded (until its lease lapses) if this worker dies. ``WORKER_MAX_MESSAGES`` overrides it."""
+CHUNK_MESSAGES = 2
+"""``WORKER_CHUNK_MESSAGES``: FlowControl ``max_messages`` per task's chunk subscription, a count:
+one chunk running and the next claimed. A chunk is hundreds of items, so a worker holding more only
+strands them (until their leases lapse) if it dies, and keeps them from idle workers."""
 BATCHING: dict[str, tuple[int, float]] = {
     # task: (jobs per batch at most, seconds to wait for more after the first)
     "embed": (32, 0.005),
@@ -88,6 +92,7 @@ class WorkerSettings:
     device: str = "auto"
     torch_threads: int = 0  # 0: every CPU this process may use
     max_leased_messages: int = 0  # 0: from the task's batch size (MIN_LEASED_MESSAGES)
+    chunk_messages: int = CHUNK_MESSAGES
     lease_extension_s: int = LEASE_EXTENSION_S
     batching: tuple[tuple[str, int, float], ...] = ()  # overrides of BATCHING
     load_threads: int = 3
@@ -120,7 +125,8 @@ class WorkerSettings:
         return BATCHING.get(task, (1, 0.0))
 
     def leased_messages(self, task: str) -> int:
-        """How many of ``task``'s messages this worker may hold at once."""
+        """How many of ``task``'s job messages this worker may hold at once (its chunk messages:
+        ``chunk_messages``)."""
         if self.max_leased_messages:
             return self.max_leased_messages
         return max(MIN_LEASED_MESSAGES, 2 * self.batch_policy(task)[0])
@@ -158,6 +164,7 @@ class WorkerSettings:
                 device=(env.get("WORKER_DEVICE") or "auto").lower(),
                 torch_threads=int(env.get("TORCH_THREADS") or 0) or _cpus(),
                 max_leased_messages=int(env.get("WORKER_MAX_MESSAGES") or 0),
+                chunk_messages=int(env.get("WORKER_CHUNK_MESSAGES") or CHUNK_MESSAGES),
                 grace_s=float(env.get("WORKER_GRACE_S") or GRACE_S),
                 job_lease_s=float(env.get("JOB_LEASE_S") or JOB_LEASE_S),
                 max_attempts=int(env.get("WORKER_MAX_ATTEMPTS") or MAX_ATTEMPTS),
@@ -185,6 +192,8 @@ class WorkerSettings:
             raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
         if not 0 <= settings.http_port < 65536 or settings.max_leased_messages < 0:
             raise ConfigError("WORKER_HTTP_PORT or WORKER_MAX_MESSAGES is out of range")
+        if settings.chunk_messages < 1:
+            raise ConfigError("WORKER_CHUNK_MESSAGES must be at least 1")
         if min(settings.grace_s, settings.job_lease_s, settings.max_attempts) <= 0:
             raise ConfigError(
                 "WORKER_GRACE_S, JOB_LEASE_S and WORKER_MAX_ATTEMPTS must be positive"

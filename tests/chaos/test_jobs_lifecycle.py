@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from schemas.messages import JobMessage
+from schemas.messages import JobMessage, Topics
 from tests.chaos.conftest import HEADERS, TENANT, ChaosStack, Proc, embed
 from tests.support import wait_for
 
@@ -140,7 +140,8 @@ def test_a_duplicate_delivery_of_a_finished_job_does_no_work(
     assert skips() == 0
     publisher = stack.publisher()
     data, attributes = JobMessage(job_id=job_id, task="embed", tenant=TENANT).to_pubsub()
-    publisher.publish(publisher.topic_path(stack.project, "jobs"), data, **attributes).result()
+    topic = Topics(stack.project).path("embed")
+    publisher.publish(topic, data, **attributes).result()
     wait_for(lambda: skips() == 1, 30, "the duplicate of this job to be skipped")
     after = stack.job(job_id)
     assert after["updated_at"] == before["updated_at"] and after["attempts"] == 1

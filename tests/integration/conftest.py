@@ -24,7 +24,7 @@ from emulators.process import free_port, stop_group, wait_until_answers
 from schemas.batches import COUNTERS, CountDeltas, counts_of
 from schemas.chunks import CHUNKS, ChunkMessage, chunk_id, pack_inputs
 from schemas.jobs import new_job_id
-from schemas.messages import parse
+from schemas.messages import KINDS, Topics, parse, task_subscription, task_topic
 from schemas.quota import COUNTED_FLAG, in_flight_of, shard_paths
 from tests.conftest import Emulators
 from tests.support import json_lines, python_env
@@ -151,11 +151,38 @@ def limited_ingress(
 
 
 def sink_topic_named(emulators: Emulators, name: str) -> str:
-    """A topic no subscription reads (created if missing): an ingress publishing to it leaves
-    its jobs queued, and no worker of the session spends time on them."""
+    """A topics' base name (``JOBS_TOPIC``) whose topics no subscription reads (created if
+    missing, one per task and kind): an ingress publishing to them leaves its jobs queued, and no
+    worker of the session spends time on them."""
     publisher = pubsub_v1.PublisherClient()
-    with suppress(gexc.AlreadyExists):
-        publisher.create_topic(name=publisher.topic_path(emulators.project, name), timeout=30)
+    for topic in Topics(emulators.project, name).paths():
+        with suppress(gexc.AlreadyExists):
+            publisher.create_topic(name=topic, timeout=30)
+    return name
+
+
+def own_routes(
+    emulators: Emulators, name: str, tasks: tuple[str, ...] = ("embed",), ack_deadline_s: int = 10
+) -> str:
+    """Topics and subscriptions of a test's own, for each of ``tasks`` and each kind: the topics
+    of base ``name`` (``JOBS_TOPIC``) and subscriptions of prefix ``name``
+    (``JOBS_SUBSCRIPTION_PREFIX``), without a dead-letter policy (the worker counts attempts
+    itself, by its claims). Returns ``name``."""
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    try:
+        for task in tasks:
+            for kind in KINDS:
+                topic = publisher.topic_path(emulators.project, task_topic(task, kind, name))
+                publisher.create_topic(name=topic, timeout=30)
+                subscription = task_subscription(task, kind, name)
+                request = {
+                    "name": subscriber.subscription_path(emulators.project, subscription),
+                    "topic": topic,
+                    "ack_deadline_seconds": ack_deadline_s,
+                }
+                subscriber.create_subscription(request=request, timeout=30)
+    finally:
+        subscriber.close()
     return name
 
 

@@ -2,8 +2,8 @@
 documents written ``queued`` with exact counts and one message each, a bad line that leaves
 nothing behind, open batches taking parts in order, and ``Idempotency-Key`` replays.
 
-The ingress here publishes to a topic of its own, read by one subscription of this module only,
-so every message a request published is seen, and no worker runs the items.
+The ingress here publishes to topics of its own, its ``embed`` chunks' read by one subscription of
+this module only, so every message a request published is seen, and no worker runs the items.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from emulators.process import stop_group
 from ingress.idempotency import IdempotencyStore
 from schemas.chunks import CHUNK_ITEMS, CHUNKS, ChunkMessage, chunk_id, unpack_inputs
+from schemas.messages import CHUNK_KIND, Topics
 from tests.conftest import Emulators
-from tests.integration.conftest import Service, start_ingress
+from tests.integration.conftest import Service, sink_topic_named, start_ingress
 from tests.integration.conftest import received_chunks as received
 from tests.support import descendants
 
@@ -43,15 +45,13 @@ PER_CHUNK = CHUNK_ITEMS["embed"]
 
 @pytest.fixture(scope="module")
 def subscription(emulators: Emulators) -> str:
-    publisher = pubsub_v1.PublisherClient()
+    """A subscription on the ingress's topic for ``embed`` chunks."""
+    sink_topic_named(emulators, TOPIC)
     subscriber = pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(emulators.project, TOPIC)
+    topic = Topics(emulators.project, TOPIC).path("embed", CHUNK_KIND)
     path = subscriber.subscription_path(emulators.project, SUBSCRIPTION)
-    try:
-        publisher.create_topic(name=topic, timeout=30)
+    with suppress(gexc.AlreadyExists):
         subscriber.create_subscription(name=path, topic=topic, timeout=30)
-    except gexc.AlreadyExists:
-        pass
     subscriber.close()
     return path
 

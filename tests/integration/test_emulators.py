@@ -37,11 +37,11 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         # backs off itself; see docs/reliability.md).
         resources = Resources(project=PROJECT)
         subscriber = pubsub_v1.SubscriberClient()
-        pubsub_v1.PublisherClient().create_topic(name=resources.topic_path, timeout=10)
+        pubsub_v1.PublisherClient().create_topic(name=resources.topic_path("embed"), timeout=10)
         subscriber.create_subscription(
             request={
                 "name": resources.subscription_path("embed"),
-                "topic": resources.topic_path,
+                "topic": resources.topic_path("embed"),
                 "retry_policy": {"minimum_backoff": {"seconds": 10}},
             },
             timeout=10,
@@ -51,14 +51,17 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         subscription = subscriber.get_subscription(
             subscription=resources.subscription_path("embed"), timeout=10
         )
-        assert subscription.topic == resources.topic_path
+        assert subscription.topic == resources.topic_path("embed")
         assert subscription.ack_deadline_seconds == ACK_DEADLINE_S
         assert "retry_policy" not in subscription
         assert subscription.dead_letter_policy.dead_letter_topic == resources.dead_letter_topic_path
         assert subscription.dead_letter_policy.max_delivery_attempts == MAX_DELIVERY_ATTEMPTS
         publisher = pubsub_v1.PublisherClient()
-        names = set(publisher.list_topic_subscriptions(topic=resources.topic_path, timeout=10))
-        assert names == {resources.subscription_path(task) for task in resources.tasks}
+        # One subscription on each task's topic of each kind, and only that one.
+        for task, kind in resources.routes():
+            topic = resources.topic_path(task, kind)
+            names = set(publisher.list_topic_subscriptions(topic=topic, timeout=10))
+            assert names == {resources.subscription_path(task, kind)}
 
         reset_pubsub(pubsub.address)
         with pytest.raises(gexc.NotFound):
@@ -69,7 +72,7 @@ def test_emulators_answer_then_stop_without_leaving_a_process(
         fresh = subscriber.get_subscription(
             subscription=resources.subscription_path("embed"), timeout=10
         )
-        assert fresh.filter == 'attributes.task = "embed"'  # fixed at creation
+        assert fresh.topic == resources.topic_path("embed") and not fresh.filter
         subscriber.close()
 
         doc = firestore.Client(project=PROJECT).collection("jobs").document("x")

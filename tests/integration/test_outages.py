@@ -21,6 +21,7 @@ from emulators.provision import Resources, provision
 from emulators.reset import reset_firestore
 from ingress import create_app
 from ingress.settings import HEALTH_CACHE_S, Settings
+from schemas.messages import task_subscription
 from tests.support import paused, wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def drain_messages(pair: Pair, wait_s: float) -> int:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PUBSUB_EMULATOR_HOST", pair.pubsub.address)
         subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(PROJECT, "jobs-worker-embed")
+    path = subscriber.subscription_path(PROJECT, task_subscription("embed"))
     count = 0
     try:
         while True:

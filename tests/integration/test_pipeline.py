@@ -11,7 +11,7 @@ import pytest
 import requests
 from google.cloud import firestore, pubsub_v1
 
-from schemas.messages import DEFAULT_TOPIC, JobMessage
+from schemas.messages import CHUNK_KIND, JOB_KIND, JobMessage, Topics
 from tests.conftest import Emulators
 from tests.integration.conftest import KEYS, Service
 from tests.support import wait_for
@@ -74,9 +74,12 @@ def test_embed_job_succeeds_with_unit_vectors_that_mean_something(
     assert timings["batch_size"] >= 1
 
 
+@pytest.mark.parametrize("kind", [JOB_KIND, CHUNK_KIND])
 def test_a_second_delivery_of_a_finished_job_is_acked_without_running_again(
-    ingress: Service, worker: Service, emulators: Emulators, clean_firestore: object
+    ingress: Service, worker: Service, emulators: Emulators, clean_firestore: object, kind: str
 ) -> None:
+    """``kind``: the topic the duplicate comes by. A job message on the chunk topic (a publisher
+    of another release, during a rollout) is read for what it is, not dropped."""
     job = run_job(ingress, ["redelivered once"])
     assert job["status"] == "succeeded"
     doc_before = (
@@ -86,9 +89,8 @@ def test_a_second_delivery_of_a_finished_job_is_acked_without_running_again(
     # Pub/Sub delivers at least once: publish the same job message again, as a redelivery would.
     publisher = pubsub_v1.PublisherClient()
     data, attributes = JobMessage(job_id=job["id"], task="embed", tenant="tenant-a").to_pubsub()
-    publisher.publish(
-        publisher.topic_path(emulators.project, DEFAULT_TOPIC), data, **attributes
-    ).result(timeout=TIMEOUT)
+    topic = Topics(emulators.project).path("embed", kind)
+    publisher.publish(topic, data, **attributes).result(timeout=TIMEOUT)
 
     def skips() -> list[dict[str, Any]]:
         return [
@@ -119,4 +121,8 @@ def test_the_worker_reports_ready_with_model_load_times(worker: Service) -> None
     body = requests.get(f"{worker.url}/readyz", timeout=TIMEOUT).json()
     assert body["ready"] is True and body["pulling"] is True
     assert body["tasks"]["embed"]["loaded"] is True and body["tasks"]["embed"]["load_s"] > 0
+    # Two streams per task, named by their subscriptions, each with its own flow control.
+    streams = body["tasks"]["embed"]["subscriptions"]
+    assert streams["worker-embed"]["max_messages"] == 64
+    assert streams["worker-embed-chunks"] == {"pulling": True, "max_messages": 2}
     assert requests.get(f"{worker.url}/healthz", timeout=TIMEOUT).json()["ok"] is True

@@ -19,6 +19,7 @@ from reconciler.settings import ReconcilerSettings
 from reconciler.sweep import Reconciler
 from schemas.batches import COUNTERS, Batch
 from schemas.chunks import CHUNKS, ChunkMessage
+from schemas.messages import CHUNK_KIND, Topics
 from tests.conftest import PROJECT, Emulators
 from tests.integration.conftest import in_flight, write_chunk
 from tests.integration.conftest import received_chunks as received
@@ -32,11 +33,12 @@ STALE = timedelta(minutes=20)
 
 @pytest.fixture
 def topic(clean_firestore: Emulators) -> Iterator[tuple[str, str]]:
-    """A topic and a pull subscription of this test's own: ``(topic, subscription path)``."""
+    """Topics of this test's own, and a pull subscription on their ``embed`` chunks' topic:
+    ``(the topics' base name, subscription path)``."""
     name = f"reconciler-{uuid.uuid4().hex[:8]}"
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(clean_firestore.project, name)
+    topic_path = Topics(clean_firestore.project, name).path("embed", CHUNK_KIND)
     subscription = subscriber.subscription_path(clean_firestore.project, name)
     publisher.create_topic(name=topic_path)
     subscriber.create_subscription(name=subscription, topic=topic_path)
@@ -49,7 +51,8 @@ def topic(clean_firestore: Emulators) -> Iterator[tuple[str, str]]:
 
 
 def reconciler(topic_name: str) -> Reconciler:
-    """A reconciler publishing to ``topic_name``, with the default staleness (10 minutes)."""
+    """A reconciler publishing to the topics of base ``topic_name``, with the default staleness
+    (10 minutes)."""
     settings = ReconcilerSettings(project=PROJECT, jobs_topic=topic_name, result_ttl_s=3600)
     return Reconciler(settings, firestore.Client(), pubsub_v1.PublisherClient())
 

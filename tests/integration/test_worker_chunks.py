@@ -1,7 +1,7 @@
 """A batch's chunks through the real worker process, its real embed model and the emulators.
 
 The chunks are written here as an accepted part leaves them (queued, counted) and their messages
-published as the ingress publishes them (``chunk_to_pubsub``), on a topic and subscription of this
+published as the ingress publishes them (``chunk_to_pubsub``), on topics and subscriptions of this
 module's own: the workers started here are the only ones that see them.
 
 - A 300-item chunk ends ``succeeded`` in one commit: exact counts, every result a unit vector
@@ -29,7 +29,7 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from emulators.process import free_port, stop_group
 from schemas.chunks import ChunkMessage, unpack_result
-from schemas.messages import chunk_to_pubsub, task_subscription
+from schemas.messages import Topics, chunk_to_pubsub
 from tests.conftest import Emulators
 from tests.integration.conftest import (
     Service,
@@ -39,6 +39,7 @@ from tests.integration.conftest import (
     exact_counts,
     in_flight,
     one_chunk_batch,
+    own_routes,
 )
 from tests.support import python_env, wait_for
 
@@ -51,7 +52,7 @@ attempt of a killed worker lapses quickly."""
 
 @dataclass(frozen=True)
 class Route:
-    """This module's topic and the subscription prefix its workers pull from."""
+    """This module's topics' base name and the subscription prefix its workers pull from."""
 
     emulators: Emulators
     log_dir: Path
@@ -74,32 +75,17 @@ class Route:
     def publish(self, message: ChunkMessage) -> None:
         data, attributes = chunk_to_pubsub(message)
         publisher = pubsub_v1.PublisherClient()
-        path = publisher.topic_path(self.emulators.project, self.topic)
+        path = Topics(self.emulators.project, self.topic).of(message)
         publisher.publish(path, data, **attributes).result(timeout=TIMEOUT)
 
 
 @pytest.fixture
 def route(emulators: Emulators, log_dir: Path) -> Route:
-    """A topic and an embed subscription of the test's own. A fresh one per test: the emulator
-    keeps feeding a stopped worker's stream for a while, and a message it hands a dead stream
-    comes back only once its ack deadline lapses. No dead-letter policy either, so deliveries to
-    dead streams cannot dead-letter a chunk (the worker counts attempts itself, by its claims)."""
-    name = f"chunks-{secrets.token_hex(3)}"
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic = publisher.create_topic(
-        name=publisher.topic_path(emulators.project, name), timeout=TIMEOUT
-    ).name
-    subscriber.create_subscription(
-        request={
-            "name": subscriber.subscription_path(
-                emulators.project, task_subscription("embed", name)
-            ),
-            "topic": topic,
-            "ack_deadline_seconds": 10,
-        },
-        timeout=TIMEOUT,
-    )
-    subscriber.close()
+    """Topics and embed subscriptions of the test's own. Fresh ones per test: the emulator keeps
+    feeding a stopped worker's stream for a while, and a message it hands a dead stream comes back
+    only once its ack deadline lapses. No dead-letter policy either, so deliveries to dead streams
+    cannot dead-letter a chunk (the worker counts attempts itself, by its claims)."""
+    name = own_routes(emulators, f"chunks-{secrets.token_hex(3)}")
     return Route(emulators, log_dir, name, name)
 
 

@@ -2,12 +2,10 @@
 
 - Jobs submitted together share forward passes: the worker's ``/readyz`` counts MiniLM's passes,
   and each job records the batch size it ran in.
-- A worker started with ``WORKER_TASKS=forecast`` never receives an ``embed`` job. Production
-  Pub/Sub filters each task's subscription on the ``task`` attribute; the emulator ignores filters
-  (an emulator limit, see ../shared/ENV.md), so there the worker applies the same rule: it acks
-  another task's message unread. The test shows both halves: the forecast worker was handed the
-  embed messages by the emulator (``foreign_acked``) and none of them reached its processor (no
-  claim, no log line, no job run by it).
+- A worker started with ``WORKER_TASKS=forecast`` never receives an ``embed`` job: it pulls only
+  forecast's subscriptions (jobs and chunks), on forecast's own topics, so the emulator (which
+  ignores subscription filters, ../shared/ENV.md) routes as production does. No embed job reaches
+  it (no claim, no log line, no job run by it); test_routing.py pulls the subscriptions directly.
 """
 
 from __future__ import annotations
@@ -114,12 +112,11 @@ def test_a_forecast_worker_never_receives_an_embed_job(
         for doc in client.get_all([client.collection("jobs").document(i) for i in embed_ids])
     }
     assert all(doc["worker"] != pool["worker"] for doc in docs.values())
-    # The emulator handed the forecast pool embed messages (its share: the session worker pulls
-    # the same subscription); it dropped them unread.
-    wait_for(
-        lambda: readiness(forecast_worker)["tasks"]["forecast"]["foreign_acked"] or None,
-        30,
-        "the forecast worker to ack the embed messages it was handed",
-    )
+    # Its streams: forecast's jobs and forecast's chunks, each named, nothing else.
+    streams = readiness(forecast_worker)["tasks"]["forecast"]["subscriptions"]
+    assert {name: stream["pulling"] for name, stream in streams.items()} == {
+        "worker-forecast": True,
+        "worker-forecast-chunks": True,
+    }
     logged = forecast_worker.log_path.read_text()
     assert not [job_id for job_id in embed_ids if job_id in logged]

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from emulators.localrun import ROOT
-from schemas.messages import task_subscription
+from schemas.messages import CHUNK_KIND, JOB_KIND, task_subscription
 from schemas.tasks import TASKS
 from webhooks import outbox
 from webhooks.settings import SenderSettings
@@ -272,12 +272,20 @@ def test_a_pools_autoscaler_reads_the_backlog_of_exactly_its_subscriptions(
         assert subscription not in read, "one metric per subscription"
         read[subscription] = int(target["averageValue"])
 
-    expected = {task_subscription(t, settings.subscription_prefix): t for t in settings.tasks}
-    assert read.keys() == expected.keys()
+    # Per subscription, what one busy pod holds leased of it.
+    leased = {
+        task_subscription(t, kind, settings.subscription_prefix): held
+        for t in settings.tasks
+        for kind, held in (
+            (JOB_KIND, settings.leased_messages(t)),
+            (CHUNK_KIND, settings.chunk_messages),
+        )
+    }
+    assert read.keys() == leased.keys()
     for subscription, backlog_per_pod in read.items():
         # The metric counts messages pods hold leased too: a target at or below what one busy pod
         # leases would add pods with no backlog at all.
-        assert backlog_per_pod > settings.leased_messages(expected[subscription]), subscription
+        assert backlog_per_pod > leased[subscription], subscription
 
 
 @pytest.mark.parametrize("pool", POOLS)

@@ -141,10 +141,10 @@ BROKEN: list[tuple[str, str, Callable[[Any], None], str]] = [
         "a subscription nobody provisions",
         "alerts/backlog-age-embed.json",
         lambda d: _threshold(d).update(
-            filter=_threshold(d)["filter"].replace("jobs-worker-embed", "jobs-embed")
+            filter=_threshold(d)["filter"].replace("worker-embed", "jobs-worker-embed")
         ),
         "backlog-age-embed.json: conditions[0].conditionThreshold.filter: subscription "
-        "'jobs-embed' is not provisioned",
+        "'jobs-worker-embed' is not provisioned",
     ),
     (
         "a threshold that is not the task's budget",

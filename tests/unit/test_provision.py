@@ -14,13 +14,39 @@ from emulators.provision import (
 )
 
 
-def test_each_task_has_its_own_subscription_filtered_on_the_task() -> None:
+def test_each_task_and_kind_has_its_own_topic_and_unfiltered_subscription() -> None:
     resources = Resources(project="p")
     assert set(resources.tasks) == {"embed", "similar", "entities", "forecast", "predict"}
-    settings = _subscription_settings(resources, "forecast")
-    assert settings["name"] == "projects/p/subscriptions/jobs-worker-forecast"
-    assert settings["filter"] == 'attributes.task = "forecast"'
-    assert settings["topic"] == "projects/p/topics/jobs"
+    jobs = _subscription_settings(resources, "forecast")
+    assert jobs["name"] == "projects/p/subscriptions/worker-forecast"
+    assert jobs["topic"] == "projects/p/topics/jobs-forecast"
+    chunks = _subscription_settings(resources, "forecast", "chunk")
+    assert chunks["name"] == "projects/p/subscriptions/worker-forecast-chunks"
+    assert chunks["topic"] == "projects/p/topics/jobs-forecast-chunks"
+    # The emulator ignores filters: routing is by topic, so a filter would only differ there.
+    assert "filter" not in jobs and "filter" not in chunks
+    # Both kinds dead-letter and lease alike.
+    assert {k: v for k, v in jobs.items() if k not in ("name", "topic")} == {
+        k: v for k, v in chunks.items() if k not in ("name", "topic")
+    }
+
+
+def test_provisioning_makes_every_topic_before_any_subscription() -> None:
+    calls = pubsub_requests(Resources(project="p", tasks=("embed", "forecast")))
+    topics = [request["name"] for method, request in calls if method == "create_topic"]
+    assert topics == [
+        "projects/p/topics/jobs-dead",
+        "projects/p/topics/jobs-embed",
+        "projects/p/topics/jobs-embed-chunks",
+        "projects/p/topics/jobs-forecast",
+        "projects/p/topics/jobs-forecast-chunks",
+    ]
+    subscriptions = [(r["name"], r["topic"]) for m, r in calls if m == "converge_subscription"]
+    assert [m for m, _ in calls] == ["create_topic"] * 5 + ["converge_subscription"] * 4
+    assert all(
+        name.replace("subscriptions/worker-", "topics/jobs-") == topic
+        for name, topic in subscriptions
+    )
 
 
 def test_the_worker_subscription_dead_letters_and_has_no_retry_policy() -> None:
@@ -65,8 +91,9 @@ def test_every_request_is_plain_data_the_clients_accept() -> None:
     resources = Resources(project="p", dead_letter_endpoint="https://dl.example/")
     calls = pubsub_requests(resources)
     assert json.loads(json.dumps(calls)) == [list(call) for call in calls]
-    assert [method for method, _ in calls[:2]] == ["create_topic", "create_topic"]
-    for method, request in calls[2:]:
+    topics = 1 + 2 * len(resources.tasks)  # the dead letters', and two per task
+    assert {method for method, _ in calls[:topics]} == {"create_topic"}
+    for method, request in calls[topics:]:
         assert method == "converge_subscription"
         Subscription(**request)  # raises on a field the API does not know
 

@@ -51,12 +51,14 @@ def test_ingress_settings_never_show_keys() -> None:
 
 def test_worker_defaults_and_variables() -> None:
     default = WorkerSettings.from_env({})
-    assert default.subscription_prefix == "jobs-worker" and default.http_port == 8090
+    assert default.subscription_prefix == "worker" and default.http_port == 8090
     assert default.device == "auto" and default.torch_threads >= 1
     assert default.served_tasks() == ("embed", "similar", "entities", "forecast", "predict")
     assert default.batch_policy("embed") == (32, 0.005) and default.batch_policy("forecast")[0] == 1
     # Flow control lets in one batch running and one gathering.
     assert default.leased_messages("embed") == 64 and default.leased_messages("forecast") == 8
+    # A chunk subscription: one chunk running and the next claimed.
+    assert default.chunk_messages == 2
     assert default.lease_extension_s <= 30
     assert (default.predict_max_loaded, default.predict_miss_cache_s) == (4, 5.0)
     custom = WorkerSettings.from_env(
@@ -69,6 +71,7 @@ def test_worker_defaults_and_variables() -> None:
             "WORKER_MAX_BATCH_EMBED": "64",
             "WORKER_MAX_WAIT_MS_ENTITIES": "20",
             "WORKER_MAX_MESSAGES": "10",
+            "WORKER_CHUNK_MESSAGES": "3",
             "PREDICT_MAX_LOADED": "2",
             "PREDICT_MISS_CACHE_S": "0",
         }
@@ -82,7 +85,7 @@ def test_worker_defaults_and_variables() -> None:
     assert custom.served_tasks() == ("forecast", "embed")
     assert custom.batch_policy("embed") == (64, 0.005)
     assert custom.batch_policy("entities") == (32, 0.02)
-    assert custom.leased_messages("embed") == 10
+    assert custom.leased_messages("embed") == 10 and custom.chunk_messages == 3
     assert (custom.predict_max_loaded, custom.predict_miss_cache_s) == (2, 0.0)
 
 
@@ -96,6 +99,8 @@ def test_worker_defaults_and_variables() -> None:
         {"WORKER_MAX_BATCH_EMBED": "0"},
         {"WORKER_MAX_BATCH_EMBED": "501"},
         {"WORKER_MAX_WAIT_MS_EMBED": "x"},
+        {"WORKER_CHUNK_MESSAGES": "0"},
+        {"WORKER_CHUNK_MESSAGES": "x"},
         {"PREDICT_MAX_LOADED": "0"},
         {"PREDICT_MAX_LOADED": "two"},
         {"PREDICT_MISS_CACHE_S": "-1"},
