@@ -24,6 +24,7 @@ from emulators.process import free_port
 from emulators.provision import Resources, provision
 from ingress import create_app
 from ingress.settings import Settings
+from schemas.messages import task_topic
 from tests.conftest import Emulators
 from tests.support import wait_for
 from worker.main import Worker
@@ -106,7 +107,8 @@ def test_the_workers_spans_continue_the_trace_the_ingress_started(
     assert request.kind is trace.SpanKind.SERVER
     assert request.parent is not None and f"{request.parent.span_id:016x}" == CALLER_SPAN
     assert "firestore create job" in names
-    publish = [s for s in found if s.name == f"{TOPIC} create"]  # the client's own span
+    # The client's own span, named after the job's topic.
+    publish = [s for s in found if s.name == f"{task_topic('entities', base=TOPIC)} create"]
     assert publish and parent_of(publish[0]) is request
 
     worker_job = next(s for s in found if s.name == "job entities")
