@@ -1,9 +1,10 @@
 """``similar`` on MiniLM (shared with ``embed``) and a FAISS inner-product index per job.
 
 Vectors are unit length, so inner product is cosine similarity. The queries of every job in a
-batch are encoded together with their documents (one pass per 32 texts); each job's documents get
-their own exact index (``IndexFlatIP``):
-documents are per job, at most 1,000, and exact search over them takes microseconds.
+batch are encoded together with their documents in one engine call (``worker.engines.sentence``:
+length-bucketed passes of 32 texts on the CPU, 256 on CUDA); each job's documents get their own
+exact index (``IndexFlatIP``): documents are per job, at most 1,000, and exact search over them
+takes microseconds.
 """
 
 from __future__ import annotations
