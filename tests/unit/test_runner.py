@@ -111,7 +111,7 @@ def test_a_run_batch_records_the_lane_s_stats_and_settles() -> None:
     worker.run_batch("embed", [in_flight(text_claim("c"))])
     settled(worker)
     stats = worker.stats["embed"]
-    assert (stats.batches, stats.jobs, stats.largest_batch) == (2, 3, 2)
+    assert (stats.batches, stats.jobs, stats.largest_batch, stats.mean_batch) == (2, 3, 2, 1.5)
     assert [status for status, _ in store.writes] == ["succeeded"] * 3
 
 

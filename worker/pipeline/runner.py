@@ -37,6 +37,8 @@ class LaneStats:
 
     batches: int = 0
     jobs: int = 0
+    mean_batch: float = 0.0
+    """``jobs / batches``: under a backlog it should sit near the lane's ``max_size``."""
     largest_batch: int = 0
     inference_s: float = 0.0
 
@@ -97,6 +99,7 @@ class Runner:
         stats = self.stats[task]  # only this lane's run thread writes it
         stats.batches += 1
         stats.jobs += size
+        stats.mean_batch = round(stats.jobs / stats.batches, 2)
         stats.largest_batch = max(stats.largest_batch, size)
         stats.inference_s += inference_ms / 1000
         metrics.batch_ran(task, size, inference_ms / 1000)
