@@ -25,6 +25,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from schemas.jsonlog import SPAN_FIELD, TRACE_FIELD
@@ -58,9 +59,15 @@ def configure_tracing(service: str, exporter: str = "none") -> TracerProvider:
         return current
     if exporter not in EXPORTERS:
         raise ValueError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     span_exporter = _exporter(exporter)
-    if span_exporter is not None:
+    resource = Resource.create({"service.name": service})
+    if span_exporter is None:
+        # Nothing would export a span: record none. Ids are still made and propagated (a job's
+        # trace_id, the log lines' trace field), at a fraction of a recorded span's cost, which
+        # the worker pays several times per job.
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+    else:
+        provider = TracerProvider(resource=resource)
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     return provider
@@ -81,6 +88,14 @@ def _exporter(name: str) -> SpanExporter | None:
         exporter: SpanExporter = CloudTraceSpanExporter()  # type: ignore[no-untyped-call]
         return exporter
     return None
+
+
+def recording() -> bool:
+    """Whether this process's spans are recorded (an exporter, or a test's provider): what
+    decides if per-message spans, like the Pub/Sub subscriber's, are worth making."""
+    probe = trace.get_tracer("omni.probe").start_span("probe")
+    probe.end()
+    return bool(probe.is_recording())
 
 
 def inject(

@@ -12,9 +12,13 @@ from schemas.tracing import EXPORTERS
 
 DEFAULT_PROJECT = "omni-local"
 MIN_LEASED_MESSAGES = 8
-"""FlowControl ``max_messages`` per task subscription is twice the task's largest batch (one batch
-runs while the next gathers), and at least this. Not more: every leased-but-idle message is a job
-stranded (until its lease lapses) if this worker dies. ``WORKER_MAX_MESSAGES`` overrides it."""
+LEASED_BATCHES = 4
+"""FlowControl ``max_messages`` per task's job subscription is this many of the task's largest
+batch, and at least ``MIN_LEASED_MESSAGES``: every message in hand counts, from its receipt to its
+ack, so the batch running, the one claimed and waiting, the one gathering and the one being settled
+all take their share; with twice, the gathering batch filled only from what settling freed (mean
+batch 17–20 of 32 under a backlog). Not more: every leased-but-idle message is a job stranded
+(until its lease lapses) if this worker dies. ``WORKER_MAX_MESSAGES`` overrides it."""
 CHUNK_MESSAGES = 2
 """``WORKER_CHUNK_MESSAGES``: FlowControl ``max_messages`` per task's chunk subscription, a count:
 one chunk running and the next claimed. A chunk is hundreds of items, so a worker holding more only
@@ -129,7 +133,7 @@ class WorkerSettings:
         ``chunk_messages``)."""
         if self.max_leased_messages:
             return self.max_leased_messages
-        return max(MIN_LEASED_MESSAGES, 2 * self.batch_policy(task)[0])
+        return max(MIN_LEASED_MESSAGES, LEASED_BATCHES * self.batch_policy(task)[0])
 
     def timeout_for(self, task: str) -> float:
         """The time limit of one attempt of ``task``, seconds."""

@@ -56,7 +56,7 @@ def test_worker_defaults_and_variables() -> None:
     assert default.served_tasks() == ("embed", "similar", "entities", "forecast", "predict")
     assert default.batch_policy("embed") == (32, 0.005) and default.batch_policy("forecast")[0] == 1
     # Flow control lets in one batch running and one gathering.
-    assert default.leased_messages("embed") == 64 and default.leased_messages("forecast") == 8
+    assert default.leased_messages("embed") == 128 and default.leased_messages("forecast") == 8
     # A chunk subscription: one chunk running and the next claimed.
     assert default.chunk_messages == 2
     assert default.lease_extension_s <= 30
