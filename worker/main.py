@@ -26,7 +26,7 @@ from typing import Any
 from schemas import tracing
 from schemas.errortracking import init_error_tracking
 from schemas.messages import CHUNK_KIND, JOB_KIND, task_subscription
-from worker import metrics
+from worker import faults, metrics
 from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
@@ -160,14 +160,14 @@ class Worker:
             }
             processor = Processor(
                 JobStore(client, settings.jobs_collection, **attempts),
-                self._adapters,
+                # Test-only faults wrap the adapters; the pipeline never knows of them.
+                faults.with_faults(self._adapters) if settings.fault_injection else self._adapters,
                 task_timeout_s=settings.timeout_for,
                 batch_policy=settings.batch_policy,
                 worker_id=self.worker_id,
                 project=settings.project,
                 max_attempts=settings.max_attempts,
                 retry_backoff_s=settings.retry_backoff_s,
-                fault_injection=settings.fault_injection,
                 watch_interval_s=settings.watch_interval_s,
                 chunks=ChunkStore(client, settings.batches_collection, **attempts),
             )

@@ -46,7 +46,7 @@ from typing import Any
 
 from schemas.chunks import ChunkMessage
 from schemas.messages import JobMessage, UnknownMessage, parse
-from worker import faults, metrics
+from worker import metrics
 from worker.attempts import Held, StopReason, Watcher
 from worker.chunkrun import ChunkInFlight, ChunkRunner, ChunkStoreLike
 from worker.chunkstore import ChunkClaim
@@ -79,16 +79,11 @@ class Processor:
         batch_policy: Callable[[str], tuple[int, float]] = lambda _task: (1, 0.0),
         max_attempts: int = 5,
         retry_backoff_s: tuple[float, float] = (10.0, 600.0),
-        fault_injection: bool = False,
         watch_interval_s: float = 1.0,
         worker_id: str = "",
         project: str = "",
         chunks: ChunkStoreLike | None = None,
     ):
-        """``fault_injection`` is ``adapters = faults.with_faults(adapters)``, kept until
-        worker/main.py wraps the adapters itself."""
-        if fault_injection:
-            adapters = faults.with_faults(adapters)
         self._store = store
         self._chunk_store = chunks
         self._task_timeout_s = task_timeout_s

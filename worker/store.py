@@ -101,6 +101,10 @@ class AttemptStore:
         self.lease_s = lease_s
         self._result_ttl_s = result_ttl_s
         # Attempt token -> update time of this worker's last write to the document (claim, renewal).
+        # No lock: the gather thread (claims), the settle threads (terminal writes, releases) and
+        # the watcher (renewals) each do single gets, sets and pops, atomic under the GIL, on
+        # distinct tokens but for a renewal racing its own terminal write. Whatever a race loses
+        # is a missing version, which only sends that write down the transactional path.
         self._versions: dict[str, Any] = {}
         self._logger = logging.getLogger(type(self).__module__)  # the subclass's module logs
 
@@ -364,10 +368,6 @@ class JobStore(AttemptStore):
             )
         return out, writes, deltas
 
-    def claim(self, job_id: str, tenant: str) -> Claim | Skip | Busy:
-        """``claim_many`` for one job."""
-        return self.claim_many([(job_id, tenant)])[0]
-
     def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]:
         """Write each job's terminal state with its fields (``result`` or ``error``), fenced by
         its attempt token; per job, False if that attempt lost the job.
@@ -431,15 +431,6 @@ class JobStore(AttemptStore):
                     extra={"job_id": claim.job_id, "outcome": status.value},
                 )
         return written
-
-    def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
-        """Write ``succeeded`` with the stored result; False if this attempt lost the job."""
-        return self.end_many([(claim, JobStatus.SUCCEEDED, {"result": result})])[0]
-
-    def fail(self, claim: Claim, code: str, message: str) -> bool:
-        """Write ``failed`` with a reason; False if this attempt lost the job."""
-        error = {"error": {"code": code, "message": message}}
-        return self.end_many([(claim, JobStatus.FAILED, error)])[0]
 
     def release(
         self, claim: Claim, last_error: dict[str, str] | None, started: bool = True

@@ -184,11 +184,6 @@ def test_injected_faults_only_with_the_adapters_wrapped(
     assert off.writes[0][0] == "succeeded"
 
 
-def test_the_fault_injection_flag_wraps_the_adapters_until_main_does() -> None:
-    store = FakeStore([claim(**{"omni-fault": "transient"})])
-    assert run(store, FakeModel(), fault_injection=True).settled == ["drop", "retry in 10s"]
-
-
 @pytest.mark.parametrize("data", [b"not json", b"[]", b"null", b'{"v": 1}'])
 def test_an_unreadable_message_is_acked_as_poison(data: bytes) -> None:
     store, model = FakeStore([claim()]), FakeModel()
