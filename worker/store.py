@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from schemas import jobstate
+from schemas import firestoreupdates, jobstate
 from schemas.batches import CountDeltas
 from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
@@ -196,6 +196,17 @@ class AttemptStore:
         written: bool = self._run(_write, what, ref.path)
         return written
 
+    def _update(self, batch: Any, ref: Any, changes: dict[str, Any], last_update_time: Any) -> None:
+        """``batch.update(ref, changes)`` conditioned on ``last_update_time``: built from protobuf
+        directly (``schemas.firestoreupdates``), the client's way for what that does not encode."""
+        try:
+            write = firestoreupdates.update_write(ref._document_path, changes, last_update_time)
+        except firestoreupdates.Unsupported:
+            option = self._client.write_option(last_update_time=last_update_time)
+            batch.update(ref, changes, option=option)
+            return
+        firestoreupdates.add(batch, write)
+
     def _run(self, function: Callable[[firestore.Transaction], T], what: str, subject: str) -> T:
         """Run a transaction; ``subject`` names what it writes in an error message."""
         try:
@@ -247,10 +258,7 @@ class JobStore(AttemptStore):
             return decisions
         batch = self._client.batch()
         for job_id, changes in writes:
-            when = snapshots[job_id].update_time
-            batch.update(
-                refs[job_id], changes, option=self._client.write_option(last_update_time=when)
-            )
+            self._update(batch, refs[job_id], changes, snapshots[job_id].update_time)
         deltas.write(batch, self._client, datetime.now(UTC))
         results = self._commit(batch, "claim")
         if results is None:
@@ -387,8 +395,7 @@ class JobStore(AttemptStore):
                     changes = jobstate.terminal(
                         status, now, claim.token, self._result_ttl_s, **fields
                     )
-                    option = self._client.write_option(last_update_time=version)
-                    batch.update(refs[claim.job_id], changes, option=option)
+                    self._update(batch, refs[claim.job_id], changes, version)
                     running = running_doc(claim.batch_path, claim.tenant, claim.counted)
                     deltas.move(running, status)
                 deltas.write(batch, self._client, now)

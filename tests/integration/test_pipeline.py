@@ -123,6 +123,6 @@ def test_the_worker_reports_ready_with_model_load_times(worker: Service) -> None
     assert body["tasks"]["embed"]["loaded"] is True and body["tasks"]["embed"]["load_s"] > 0
     # Two streams per task, named by their subscriptions, each with its own flow control.
     streams = body["tasks"]["embed"]["subscriptions"]
-    assert streams["worker-embed"]["max_messages"] == 64
+    assert streams["worker-embed"]["max_messages"] == 128  # 4 × its batch of 32
     assert streams["worker-embed-chunks"] == {"pulling": True, "max_messages": 2}
     assert requests.get(f"{worker.url}/healthz", timeout=TIMEOUT).json()["ok"] is True
