@@ -2,7 +2,7 @@
 settings that bound a healthy job's life, so a new task limit moves its alert with it.
 
 A message stays unacked for its whole life in the worker, retries included: a transient failure
-releases the job and sets the message's ack deadline to the backoff (worker/processor.py), so
+releases the job and sets the message's ack deadline to the backoff (worker/pipeline/settler.py), so
 Pub/Sub redelivers it then and ``oldest_unacked_message_age`` keeps counting. The slowest job that
 is still healthy therefore runs ``MAX_ATTEMPTS`` attempts, each up to the task's time limit, with
 the worker's backoff between them (10 s doubling: 10 + 20 + 40 + 80 s before the fifth), after
