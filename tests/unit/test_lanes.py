@@ -95,6 +95,18 @@ def test_a_busy_model_claims_one_claim_before_its_batch_is_expected_to_end() -> 
     )
 
 
+def test_a_running_batch_is_expected_to_take_its_size_times_the_time_per_item() -> None:
+    # 5 ms an item: a full batch after short ones ends later than they did, and the next batch
+    # gathers until then (claimed at the short ones' pace, it would be short too).
+    policy = GatherPolicy(32, 0.0, run_s=Ewma(0.005), claim_s=Ewma(0.010))
+    assert policy.claim_at(10.0, running_since=10.0, waiting=False, running_size=32) == (
+        pytest.approx(10.15)
+    )
+    assert policy.claim_at(10.0, running_since=10.0, waiting=False, running_size=4) == (
+        pytest.approx(10.01)
+    )
+
+
 def test_a_claim_slower_than_the_model_waits_for_half_the_running_batch() -> None:
     # Claiming ahead cannot hide such a claim; claiming at once would only shrink the batch.
     policy = GatherPolicy(32, 0.0, run_s=Ewma(0.010), claim_s=Ewma(0.030))

@@ -67,20 +67,24 @@ class GatherPolicy:
     max_size: int
     max_wait_s: float
     run_s: Ewma = field(default_factory=Ewma)
-    """How long a batch holds the run thread (waiting for the model included)."""
+    """How long a batch holds the run thread per item in it (waiting for the model included):
+    per item, so a full batch after a few short ones is not expected to end as soon as they did
+    (claimed too early, the next batch would be short too, and so on)."""
     claim_s: Ewma = field(default_factory=Ewma)
     """How long a claim takes (one Firestore transaction)."""
 
-    def claim_at(self, first_at: float, running_since: float | None, waiting: bool) -> float | None:
+    def claim_at(
+        self, first_at: float, running_since: float | None, waiting: bool, running_size: int = 1
+    ) -> float | None:
         """The time (``time.monotonic``'s) to claim a batch whose first delivery came at
         ``first_at`` if it does not fill first; ``None``: not while a claimed batch is
-        ``waiting`` to run. ``running_since``: when the running batch started; ``None`` when the
-        run thread is idle."""
+        ``waiting`` to run. ``running_since``: when the running batch (of ``running_size`` items)
+        started; ``None`` when the run thread is idle."""
         if waiting:
             return None
         if running_since is None:
             return first_at + self.max_wait_s
-        run_s, claim_s = self.run_s.value or 0.0, self.claim_s.value or 0.0
+        run_s, claim_s = (self.run_s.value or 0.0) * running_size, self.claim_s.value or 0.0
         # Ahead of the running batch's end by one claim, so the next is ready as the model frees
         # up; but never before half-way through it. Where a claim takes longer than the model
         # (a GPU, a slow Firestore), claiming ahead cannot hide it, and claiming at once only
@@ -112,6 +116,7 @@ class Lane(Generic[M, I]):
         self._incoming: deque[Delivery[M]] = deque()
         self._ready: list[I] | None = None  # the claimed batch waiting for the run thread
         self._running_since: float | None = None  # when the running batch started; None: idle
+        self._running_size = 1  # how many items the running batch has
         self._closed = False
         self._gathering = True  # until the gather thread ends: the run thread waits for it
         # Named per lane (``kind``: "" for jobs, "chunk-" for chunks), so a profile or
@@ -172,7 +177,7 @@ class Lane(Generic[M, I]):
                     return None
                 full = len(batch) >= self.policy.max_size
                 claim_at = self.policy.claim_at(
-                    first_at, self._running_since, self._ready is not None
+                    first_at, self._running_since, self._ready is not None, self._running_size
                 )
                 if claim_at is None:
                     self._changed.wait()  # for the run thread to take the waiting batch
@@ -207,13 +212,14 @@ class Lane(Generic[M, I]):
         while True:
             with self._changed:
                 if started is not None:
-                    self.policy.run_s.add(self._clock() - started)
+                    self.policy.run_s.add((self._clock() - started) / self._running_size)
                 self._running_since = None
                 self._changed.notify_all()
                 self._changed.wait_for(lambda: self._ready is not None or not self._gathering)
                 if self._ready is None:
                     return
                 batch, self._ready = self._ready, None
+                self._running_size = max(1, len(batch))
                 started = self._running_since = self._clock()
                 self._changed.notify_all()
             self._run(self.task, batch)
