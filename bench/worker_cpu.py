@@ -21,6 +21,7 @@ whole-machine ratio mixes the worker's cost with the emulator's. Here:
    OS), else by the OS's thread names.
 
     .venv/bin/python -m bench.worker_cpu [--jobs 2000] [--items 20000] [--modes jobs,batch]
+        [--worker-tasks embed|all]
 """
 
 from __future__ import annotations
@@ -294,6 +295,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000, help="single jobs to drain")
     parser.add_argument("--items", type=int, default=20000, help="batch items to drain")
     parser.add_argument("--modes", default="jobs,batch")
+    parser.add_argument(
+        "--worker-tasks",
+        default="embed",
+        help="what the worker serves (WORKER_TASKS); all: every task, as make run's worker",
+    )
     parser.add_argument("--worker-cpu", type=int, default=0)
     parser.add_argument("--stack-cpu", type=int, default=1)
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle worker sampled for")
@@ -318,9 +324,15 @@ def main() -> None:
     # after its drain (redeliveries to the stream the SIGSTOP stalled), and the next mode's worker
     # would pay for claiming and skipping them (0.12 ms per batch item, seen in one shared stack).
     for i, mode in enumerate(modes):
-        with stack("embed", "worker-cpu", TORCH_THREADS="1") as config:
+        tasks = "" if args.worker_tasks == "all" else args.worker_tasks
+        with stack(tasks, "worker-cpu", TORCH_THREADS="1") as config:
             pid, batch = pinned_worker(config, args.worker_cpu)
-            results.update(batch_size=batch, worker_cpu=args.worker_cpu, stack_cpu=args.stack_cpu)
+            results.update(
+                batch_size=batch,
+                worker_cpu=args.worker_cpu,
+                stack_cpu=args.stack_cpu,
+                worker_tasks=args.worker_tasks,
+            )
             if i == 0:
                 results["idle"] = idle(pid, args.idle_s)
             n = args.jobs if mode == "jobs" else args.items
@@ -328,7 +340,8 @@ def main() -> None:
     save("worker_cpu", results)
     print_table(
         f"Worker pinned alone to CPU {args.worker_cpu} (the stack on CPU {args.stack_cpu}), "
-        f"embed, one text per item, TORCH_THREADS=1, raw at batch {batch} on the same CPU",
+        f"serving {args.worker_tasks}; embed, one text per item, TORCH_THREADS=1, "
+        f"raw at batch {batch} on the same CPU",
         [
             "mode",
             "N",
