@@ -1,11 +1,13 @@
 """OpenTelemetry for every Omni process: one tracer provider, set up once from the environment, and
 the W3C trace context that crosses the Pub/Sub hop in message attributes.
 
-- ``OTEL_TRACES_EXPORTER``: ``none`` (default: spans are still made, so jobs store a trace id and
-  logs carry it), ``console`` (stderr), ``otlp`` (HTTP, ``OTEL_EXPORTER_OTLP_ENDPOINT``) or ``gcp``
-  (Cloud Trace, through ``opentelemetry-exporter-gcp-trace``).
+- ``OTEL_TRACES_EXPORTER``: ``none`` (default: spans are made but not recorded, so jobs
+  still store a trace id and logs carry it), ``console`` (stderr), ``otlp`` (HTTP,
+  ``OTEL_EXPORTER_OTLP_ENDPOINT``) or ``gcp`` (Cloud Trace, through
+  ``opentelemetry-exporter-gcp-trace``).
 - Sampling: OpenTelemetry's own ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` (default
-  ``parentbased_always_on``; e.g. ``parentbased_traceidratio`` and ``0.1``), read by the SDK.
+  ``parentbased_always_on``; e.g. ``parentbased_traceidratio`` and ``0.1``), read by the SDK,
+  and applied while a span processor exists (an exporter, or a test's).
 
 The context travels as ``googclient_traceparent``: the attribute the Pub/Sub client's built-in
 tracing writes on publish and reads on receipt, so the ingress's single jobs (published through
@@ -23,9 +25,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler, SamplingResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from schemas.jsonlog import SPAN_FIELD, TRACE_FIELD
@@ -51,6 +53,39 @@ class _PrefixedGetter(Getter[Mapping[str, str]]):
         return [k[len(ATTRIBUTE_PREFIX) :] for k in carrier if k.startswith(ATTRIBUTE_PREFIX)]
 
 
+class _WhileExported(Sampler):
+    """Drops every span until its provider has a span processor, then samples as the sampler it
+    wraps (``OTEL_TRACES_SAMPLER``). Ids are made and propagated either way (a job's trace_id, the
+    log lines' trace field); an unrecorded span costs a fraction of a recorded one, which the
+    worker would pay several times per job for nothing when nothing exports.
+
+    Decided per span, not once: a processor added later (a test's in-memory exporter, on a
+    provider that an app made earlier in the same process) turns recording on for tracers that
+    were handed out before it."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+        self.exported = False
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        chosen = self._sampler if self.exported else ALWAYS_OFF
+        return chosen.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"WhileExported{{{self._sampler.get_description()}}}"
+
+
+class _Provider(TracerProvider):
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource=resource)  # the sampler OTEL_TRACES_SAMPLER names
+        self._gate = _WhileExported(self.sampler)
+        self.sampler = self._gate
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._gate.exported = True
+
+
 def configure_tracing(service: str, exporter: str = "none") -> TracerProvider:
     """Install this process's tracer provider, once; a provider already installed (by a test, or
     an earlier call) is kept and returned."""
@@ -60,14 +95,8 @@ def configure_tracing(service: str, exporter: str = "none") -> TracerProvider:
     if exporter not in EXPORTERS:
         raise ValueError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}")
     span_exporter = _exporter(exporter)
-    resource = Resource.create({"service.name": service})
-    if span_exporter is None:
-        # Nothing would export a span: record none. Ids are still made and propagated (a job's
-        # trace_id, the log lines' trace field), at a fraction of a recorded span's cost, which
-        # the worker pays several times per job.
-        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
-    else:
-        provider = TracerProvider(resource=resource)
+    provider = _Provider(Resource.create({"service.name": service}))
+    if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     return provider

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from schemas import tracing
 from schemas.jsonlog import SPAN_FIELD, TRACE_FIELD
@@ -56,3 +59,18 @@ def test_an_unknown_exporter_is_refused() -> None:
         pytest.skip("a provider is installed in this process already")
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
         tracing.configure_tracing("test", "zipkin")
+
+
+def test_spans_record_once_a_processor_is_added_even_on_tracers_handed_out_before() -> None:
+    # The ingress and worker install the provider with no exporter; a test adding its in-memory
+    # exporter afterwards must see the spans of tracers those apps already hold.
+    provider = tracing._Provider(Resource.create({"service.name": "test"}))
+    tracer = provider.get_tracer("early")
+    with tracer.start_as_current_span("unexported") as span:
+        assert not span.is_recording()
+        assert span.get_span_context().trace_id != 0  # ids still made for jobs and logs
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with tracer.start_as_current_span("exported") as span:
+        assert span.is_recording()
+    assert [s.name for s in exporter.get_finished_spans()] == ["exported"]
