@@ -1,5 +1,8 @@
 """Acceptance 1: 1,000 jobs, two workers, one SIGKILLed three times (restarted each time).
 
+The jobs come in four waves, each once the victim pulls, so every kill lands on a worker in the
+middle of its work (see ``Waves``).
+
 Every job must end ``succeeded`` and be written exactly once: ``terminal_writes`` (incremented in
 the commit of every terminal write) is 1 and ``finished_by`` is the token of the job's last attempt.
 Jobs that ran more than once (a kill between claim and write, or a redelivery) are counted.
@@ -29,12 +32,15 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-JOBS = 1000
-KILLS_AT = (0.2, 0.45, 0.7)
-"""Kill when this share of the jobs has succeeded."""
+WAVE = 250
+KILLS = 3
+JOBS = WAVE * (KILLS + 1)
+KILL_SHARE = 0.4
+"""Kill once the victim has run jobs of its own and this share of the current wave succeeded."""
+MAX_EXTRA_WAVES = 4
 
 
-def submit_all(stack: ChaosStack, ids: list[str], errors: list[str]) -> None:
+def submit_all(stack: ChaosStack, numbers: range, ids: list[str], errors: list[str]) -> None:
     assert stack.ingress is not None
     url = f"{stack.ingress.url}/v1/jobs"
     local = threading.local()
@@ -49,36 +55,76 @@ def submit_all(stack: ChaosStack, ids: list[str], errors: list[str]) -> None:
             errors.append(f"{response.status_code} {response.text[:200]}")
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(JOBS)))
+        list(pool.map(one, numbers))
 
 
 def has_succeeded(worker: Proc) -> bool:
     return any(message == "job succeeded" for message in worker.messages())
 
 
+class Waves:
+    """Jobs submitted a wave at a time, each on a thread of its own.
+
+    A wave starts only once the victim pulls: the steady worker drains a backlog faster than a
+    restarted worker loads its model (~10 s), so jobs submitted all at once were done before the
+    second victim was ready, and a kill loop waiting for the victim to run a job waited forever."""
+
+    def __init__(self, stack: ChaosStack) -> None:
+        self.stack = stack
+        self.ids: list[str] = []
+        self.errors: list[str] = []
+        self.submitted = 0
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        numbers = range(self.submitted, self.submitted + WAVE)
+        self.submitted += WAVE
+        thread = threading.Thread(
+            target=submit_all, args=(self.stack, numbers, self.ids, self.errors)
+        )
+        thread.start()
+        self.threads.append(thread)
+
+    def drained(self) -> bool:
+        """The last wave is in, and every job submitted so far succeeded."""
+        submitting = self.threads and self.threads[-1].is_alive()
+        return not submitting and self.stack.count("succeeded") >= self.submitted
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
 def test_sigkill_three_times_loses_nothing_and_writes_each_result_once(clean: ChaosStack) -> None:
     stack = clean
     steady = stack.start_worker()
     victim = stack.start_worker()
-    ids: list[str] = []
-    errors: list[str] = []
+    waves = Waves(stack)
     started = time.monotonic()
-    submitter = threading.Thread(target=submit_all, args=(stack, ids, errors))
-    submitter.start()
 
-    kills = 0
-    for share in KILLS_AT:
-        # Kill only a worker that is working: ready, and with jobs of its own done.
+    kills = extra_waves = 0
+    while kills < KILLS:
         stack.wait_ready(victim)
-        while stack.count("succeeded") < share * JOBS or not has_succeeded(victim):
+        waves.start()
+        # Kill only a worker that is working: with jobs of its own done and the wave under way.
+        due = waves.submitted - WAVE * (1 - KILL_SHARE)
+        while stack.count("succeeded") < due or not has_succeeded(victim):
+            if waves.drained():
+                # The steady worker ran the whole wave alone: another wave for the victim.
+                extra_waves += 1
+                assert extra_waves <= MAX_EXTRA_WAVES, f"{victim.name} never ran a job"
+                waves.start()
+                due = waves.submitted - WAVE * (1 - KILL_SHARE)
             time.sleep(0.2)
         stack.kill(victim)
         kills += 1
         victim = stack.start_worker(wait=False)
-    submitter.join()
-    assert errors == [] and len(ids) == JOBS
     stack.wait_ready(victim)
-    drain_s = drained(stack, JOBS, started, timeout_s=600)
+    waves.start()  # the last wave, for the steady worker and the last victim
+    waves.join()
+    ids = waves.ids
+    assert waves.errors == [] and len(ids) == waves.submitted
+    drain_s = drained(stack, len(ids), started, timeout_s=600)
 
     jobs = stack.jobs()
     assert set(jobs) == set(ids), "a job was lost or invented"
@@ -92,7 +138,7 @@ def test_sigkill_three_times_loses_nothing_and_writes_each_result_once(clean: Ch
     requeued = [doc["dead_letters"] for doc in jobs.values() if doc.get("dead_letters")]
     logged = [m for worker in stack.workers for m in worker.messages()]
     FIGURES["worker kills"] = {
-        "jobs": JOBS,
+        "jobs": len(ids),
         "kills": kills,
         "jobs_run_again": len(rerun),
         "extra_attempts": sum(a - 1 for a in rerun),
