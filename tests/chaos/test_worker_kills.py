@@ -19,11 +19,13 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 import requests
 
 from tests.chaos.conftest import FIGURES, HEADERS, ChaosStack, Proc, drained, embed
+from tests.support import wait_for
 
 pytestmark = [
     pytest.mark.chaos,
@@ -34,7 +36,6 @@ pytestmark = [
 
 WAVE = 250
 KILLS = 3
-JOBS = WAVE * (KILLS + 1)
 KILL_SHARE = 0.4
 """Kill once the victim has run jobs of its own and this share of the current wave succeeded."""
 MAX_EXTRA_WAVES = 4
@@ -85,10 +86,17 @@ class Waves:
         thread.start()
         self.threads.append(thread)
 
-    def drained(self) -> bool:
-        """The last wave is in, and every job submitted so far succeeded."""
-        submitting = self.threads and self.threads[-1].is_alive()
-        return not submitting and self.stack.count("succeeded") >= self.submitted
+    def victim_at_work(self, victim: Proc) -> bool:
+        """Whether ``victim`` ran jobs of its own while ``KILL_SHARE`` of the current wave
+        succeeded. When the steady worker ran the whole wave alone, starts another (capped)."""
+        succeeded = self.stack.count("succeeded")
+        if has_succeeded(victim) and succeeded >= self.submitted - WAVE * (1 - KILL_SHARE):
+            return True
+        submitting = self.threads[-1].is_alive()
+        if not submitting and succeeded >= self.submitted:
+            assert len(self.threads) < KILLS + 1 + MAX_EXTRA_WAVES, f"{victim.name} ran no job"
+            self.start()
+        return False
 
     def join(self) -> None:
         for thread in self.threads:
@@ -102,20 +110,12 @@ def test_sigkill_three_times_loses_nothing_and_writes_each_result_once(clean: Ch
     waves = Waves(stack)
     started = time.monotonic()
 
-    kills = extra_waves = 0
+    kills = 0
     while kills < KILLS:
         stack.wait_ready(victim)
         waves.start()
         # Kill only a worker that is working: with jobs of its own done and the wave under way.
-        due = waves.submitted - WAVE * (1 - KILL_SHARE)
-        while stack.count("succeeded") < due or not has_succeeded(victim):
-            if waves.drained():
-                # The steady worker ran the whole wave alone: another wave for the victim.
-                extra_waves += 1
-                assert extra_waves <= MAX_EXTRA_WAVES, f"{victim.name} never ran a job"
-                waves.start()
-                due = waves.submitted - WAVE * (1 - KILL_SHARE)
-            time.sleep(0.2)
+        wait_for(partial(waves.victim_at_work, victim), 300, f"{victim.name} to run jobs", 0.2)
         stack.kill(victim)
         kills += 1
         victim = stack.start_worker(wait=False)
