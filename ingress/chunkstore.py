@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -73,6 +74,9 @@ FINISHED = frozenset(CODE_OF[s] for s in ("succeeded", "failed", "cancelled"))
 """Item letters that an ``item`` event reports (not queued, running or moved)."""
 LAST_POSITION = 99_999
 """Above every position ``event_id`` writes (five digits)."""
+CANCEL_ATTEMPTS = 5
+"""Conditional cancel writes tried before giving up with 503: each failure means the batch
+document changed meanwhile (another cancel, a part, a close), and is read again."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -304,29 +308,58 @@ class ChunkStore:
     def request_cancel(self, batch: StoredBatch) -> StoredBatch:
         """Record the cancel (no chunk of the batch starts from now on; an open batch takes no
         more parts) and start the sweep of its queued chunks; ``AlreadyFinished`` when the batch
-        has ended. A repeated cancel is answered from the batch and starts nothing, so cancels
-        cannot pile up sweep threads."""
-        cancelled = bool(batch.doc.get("cancel_requested"))
-        status = batch_status(
-            counts_of(batch.doc, batch.shards), cancelled, bool(batch.doc.get("open"))
-        )
-        if status not in (BatchStatus.RUNNING, BatchStatus.OPEN):
-            raise AlreadyFinished({"status": status.value})
-        if cancelled:
+        has ended. The write is conditioned on the batch document as read, so of any number of
+        cancels racing, in this process or others, exactly one records it and starts a sweep;
+        the rest, and any later one, are answered from the batch and start nothing."""
+        for _ in range(CANCEL_ATTEMPTS):
+            cancelled = bool(batch.doc.get("cancel_requested"))
+            status = batch_status(
+                counts_of(batch.doc, batch.shards), cancelled, bool(batch.doc.get("open"))
+            )
+            if status not in (BatchStatus.RUNNING, BatchStatus.OPEN):
+                raise AlreadyFinished({"status": status.value})
+            if cancelled:
+                return batch
+            now = datetime.now(UTC)
+            changes: dict[str, Any] = {
+                "cancel_requested": True,
+                "cancelled_at": now,
+                "updated_at": now,
+            }
+            if batch.doc.get("open"):
+                changes.update(open=False, closed_at=now)
+            ref = self._batches.document(batch.id)
+            try:
+                ref.update(
+                    changes,
+                    option=self._client.write_option(last_update_time=batch.update_time),
+                    retry=self._retry,
+                    timeout=self._timeout_s,
+                )
+            except gexc.FailedPrecondition:
+                batch = self._reread(batch)  # it changed since read: decide again on what it is
+                continue
+            except UNAVAILABLE as exc:
+                raise StoreUnavailable(
+                    f"Firestore batch cancel failed: {type(exc).__name__}"
+                ) from exc
+            batch.doc.update(changes)
+            self._sweeper.start(batch.id, str(batch.doc.get("tenant")))
             return batch
-        now = datetime.now(UTC)
-        changes: dict[str, Any] = {"cancel_requested": True, "cancelled_at": now, "updated_at": now}
-        if batch.doc.get("open"):
-            changes.update(open=False, closed_at=now)
+        raise StoreUnavailable("Firestore batch cancel failed: the batch kept changing")
+
+    def _reread(self, batch: StoredBatch) -> StoredBatch:
+        """The batch document read again, with the counts read before (a cancel decides on the
+        document's fields; the counts only say whether the batch had ended)."""
         try:
-            self._batches.document(batch.id).update(
-                changes, retry=self._retry, timeout=self._timeout_s
+            snapshot = self._batches.document(batch.id).get(
+                retry=self._retry, timeout=self._timeout_s
             )
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore batch cancel failed: {type(exc).__name__}") from exc
-        batch.doc.update(changes)
-        self._sweeper.start(batch.id, str(batch.doc.get("tenant")))
-        return batch
+            raise StoreUnavailable(f"Firestore batch read failed: {type(exc).__name__}") from exc
+        if not snapshot.exists:  # expired meanwhile
+            raise AlreadyFinished({"status": "expired"})
+        return StoredBatch(batch.id, snapshot.to_dict() or {}, batch.shards, snapshot.update_time)
 
     # -- retry ---------------------------------------------------------------------------------
 

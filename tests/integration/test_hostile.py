@@ -9,6 +9,7 @@ batches stay queued and no worker of the session spends minutes on 100,000 items
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +20,17 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
 from emulators.localrun import ROOT
 from emulators.process import stop_group
 from ingress.batchinput import ITEM_OVERHEAD_BYTES
+from ingress.batchstore import Batch as StoredBatch
+from ingress.chunkstore import ChunkStore
+from ingress.publisher import JobPublisher
 from ingress.settings import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_BATCH_BODY_BYTES
+from schemas.batches import COUNTERS
+from schemas.messages import Topics
 from tests.conftest import Emulators
 from tests.integration.conftest import KEYS, Service, sink_topic_named, start_ingress
 from tests.support import descendants, wait_for
@@ -339,6 +346,48 @@ def test_fifty_cancels_of_one_batch_start_one_sweep(hostile_ingress: Service) ->
         for line in hostile_ingress.log_lines()
         if line.get("message") == "batch cancel sweep started" and line.get("batch_id") == batch_id
     ]
+    assert len(started) == 1, started
+
+
+def test_a_cancel_decided_on_a_stale_read_starts_no_second_sweep(
+    hostile_ingress: Service, emulators: Emulators, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two cancels that read the batch before either wrote, the second arriving only once the
+    first's sweep has ended (what a slow request meets, or one on another instance): the second
+    is answered from the batch and starts nothing."""
+    created = post_line(
+        hostile_ingress.url, b"".join(b'{"texts": ["x %d"]}\n' % i for i in range(300))
+    )
+    assert created.status_code == 202, created.text
+    batch_id = created.json()["id"]
+    client = firestore.Client()
+    store = ChunkStore(
+        client,
+        "batches",
+        JobPublisher(pubsub_v1.PublisherClient(), Topics(emulators.project, HOSTILE_TOPIC), 30),
+        timeout_s=30,
+        result_ttl_s=3600,
+        chunk_items=lambda _task: 256,
+    )
+
+    def read() -> StoredBatch:
+        ref = client.collection("batches").document(batch_id)
+        shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
+        snapshot = ref.get()
+        return StoredBatch(batch_id, snapshot.to_dict() or {}, shards, snapshot.update_time)
+
+    first, second = read(), read()
+    caplog.set_level(logging.INFO, logger="ingress.chunkcancel")
+    store.request_cancel(first)
+
+    def swept() -> bool:
+        return any(r.getMessage() == "batch cancel swept" for r in caplog.records)
+
+    wait_for(swept, 60, "the first cancel's sweep ended")
+    answered = store.request_cancel(second)
+
+    assert answered.doc["cancel_requested"] is True
+    started = [r for r in caplog.records if r.getMessage() == "batch cancel sweep started"]
     assert len(started) == 1, started
 
 
