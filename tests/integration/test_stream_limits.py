@@ -232,8 +232,15 @@ class Connection:
         return [m for m in sse_messages(iter(lines)) if "comment" not in m]
 
 
-def read_whole(ingress: Service, job_id: str, tenant: str, last_id: int | None) -> Connection:
-    """One connection to the job's stream, read until the server ends it."""
+def read_whole(
+    ingress: Service,
+    job_id: str,
+    tenant: str,
+    last_id: int | None,
+    first_event: threading.Event | None = None,
+) -> Connection:
+    """One connection to the job's stream, read until the server ends it; ``first_event`` is
+    set once an event has arrived (the stream has read the job)."""
     headers = (
         tenant_key(tenant)
         if last_id is None
@@ -243,10 +250,14 @@ def read_whole(ingress: Service, job_id: str, tenant: str, last_id: int | None) 
     response = requests.get(
         f"{ingress.url}/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=(5, TIMEOUT)
     )
+    parts: list[str] = []
     with response:
         # A stream cut mid-way would raise here (ChunkedEncodingError): it must end cleanly.
-        raw = "".join(response.iter_content(chunk_size=None, decode_unicode=True))
-    return Connection(response.status_code, raw, time.monotonic() - started)
+        for part in response.iter_content(chunk_size=None, decode_unicode=True):
+            parts.append(part if isinstance(part, str) else part.decode())
+            if first_event is not None and "id:" in "".join(parts):
+                first_event.set()
+    return Connection(response.status_code, "".join(parts), time.monotonic() - started)
 
 
 def test_a_stream_past_its_lifetime_ends_between_events_and_resumes_without_loss_or_repeat(
@@ -264,10 +275,12 @@ def test_a_stream_past_its_lifetime_ends_between_events_and_resumes_without_loss
         job = DrivenJob(t["lifetime"])
         connections: list[Connection] = []
 
-        def follow(last_id: int | None) -> threading.Thread:
+        def follow(
+            last_id: int | None, first_event: threading.Event | None = None
+        ) -> threading.Thread:
             reader = threading.Thread(
                 target=lambda: connections.append(
-                    read_whole(ingress, job.id, t["lifetime"], last_id)
+                    read_whole(ingress, job.id, t["lifetime"], last_id, first_event)
                 )
             )
             reader.start()
@@ -277,8 +290,11 @@ def test_a_stream_past_its_lifetime_ends_between_events_and_resumes_without_loss
             return max(int(e["id"]) for c in connections for e in c.events)
 
         # First stream: event 1, and event 2 written while it is open; then its lifetime ends it.
-        reader = follow(None)
-        time.sleep(0.5)
+        # A stream opened without Last-Event-ID starts at the job's state when it reads it:
+        # event 2 is written only once the stream has sent event 1.
+        opened = threading.Event()
+        reader = follow(None, opened)
+        assert opened.wait(TIMEOUT), "the first stream sent no event"
         job.run()
         reader.join(TIMEOUT)
         # While no stream is open: events 3 and 4.
