@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,17 +46,28 @@ START_ATTEMPTS = 3
 """Starts of an emulator on a port we chose, each on a fresh port, before giving up."""
 
 
+_handed_out: set[int] = set()
+"""Ports ``free_port`` returned in this process: a caller picks several before binding any (an
+ingress, two emulators and a worker's), so a port not bound yet must not be picked again."""
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A loopback TCP port below the ephemeral range that nothing listens on right now."""
+    """A loopback TCP port below the ephemeral range that nothing listens on right now and
+    that this process has not been handed before."""
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(*PORT_RANGE)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+        with _handed_out_lock:
+            if port in _handed_out:
                 continue
-            return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+        return port
     raise RuntimeError(f"no free loopback port in {PORT_RANGE}")
 
 

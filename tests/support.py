@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from emulators.process import Emulator
+from emulators.process import PORT_RANGE, Emulator, free_port
 
 T = TypeVar("T")
 
@@ -127,3 +129,31 @@ def make_run_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in MAKE_RUN_UNSET}
     env.update(extra)
     return env
+
+
+def make_run_ports() -> dict[str, int]:
+    """Ports for one ``make run``: the ingress's, both emulators', the dead-letter function's,
+    and ``WORKER_HTTP_PORT``, a port p such that p and p + 1 (worker i serves on p + i) can both
+    be bound now; all distinct.
+
+    All below the kernel's ephemeral range (32768 and up here): a port from that range can be
+    taken as the local end of any outgoing connection between this check and the bind, which once
+    made ``make run`` exit with "WORKER_HTTP_PORT+1 is in use"."""
+    ports = {name: free_port() for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT")}
+    ports["DEADLETTER_PORT"] = free_port()
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        pair = (port, port + 1)
+        if all(p not in ports.values() and _bindable(p) for p in pair):
+            ports["WORKER_HTTP_PORT"] = port
+            return ports
+    raise AssertionError("no two adjacent free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

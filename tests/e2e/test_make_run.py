@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import signal
 import socket
@@ -16,8 +15,7 @@ import pytest
 import requests
 
 from emulators.localrun import ROOT
-from emulators.process import free_port
-from tests.support import alive, descendants, make_run_env, wait_for
+from tests.support import alive, descendants, make_run_env, make_run_ports, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -32,11 +30,7 @@ def readme_curl_session() -> str:
 
 
 def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> None:
-    ports = {
-        name: str(free_port())
-        for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT", "DEADLETTER_PORT")
-    }
-    ports["WORKER_HTTP_PORT"] = str(free_port_pair())  # worker i serves on WORKER_HTTP_PORT + i
+    ports = {name: str(port) for name, port in make_run_ports().items()}
     env = make_run_env()
     env.update(ports, WORKERS="2")
     with tempfile.TemporaryFile("w+") as log:
@@ -123,28 +117,6 @@ def test_make_run_serves_the_readme_session_and_stops_cleanly_on_sigterm() -> No
     assert len(graceful) == 2, "each worker saw the stop request once, not as a forcing second"
     for name, port in ports.items():
         assert not listening(int(port)), f"{name} {port} is still open"
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p + 1 can both be bound now.
-
-    Taken below the kernel's ephemeral range (32768 and up here): a port from that range can be
-    taken as the local end of any outgoing connection between this check and the worker's bind,
-    which once made ``make run`` exit with "WORKER_HTTP_PORT+1 is in use"."""
-    for _ in range(200):
-        port = random.randrange(20_000, 32_000)
-        if bindable(port) and bindable(port + 1):
-            return port
-    raise AssertionError("no two adjacent free ports")
-
-
-def bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def listening(port: int) -> bool:

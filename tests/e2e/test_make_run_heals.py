@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,9 +24,8 @@ import pytest
 import requests
 
 from emulators.localrun import DEV_API_KEYS, ROOT
-from emulators.process import free_port
 from omniclient.client import OmniClient
-from tests.support import alive, descendants, make_run_env, wait_for
+from tests.support import alive, descendants, make_run_env, make_run_ports, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -142,27 +139,6 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in listed if alive(int(child))]
 
 
-def fresh_ports() -> dict[str, int]:
-    ports = {name: free_port() for name in ("PORT", "PUBSUB_PORT", "FIRESTORE_PORT")}
-    ports["DEADLETTER_PORT"] = free_port()
-    # Worker i serves on WORKER_HTTP_PORT + i: two adjacent free ports below the ephemeral range.
-    for _ in range(200):
-        port = random.randrange(20_000, 32_000)
-        if all(_bindable(p) for p in (port, port + 1)) and port not in ports.values():
-            ports["WORKER_HTTP_PORT"] = port
-            return ports
-    raise AssertionError("no two adjacent free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def time_wait_ports() -> set[int]:
     """Local ports of loopback TCP sockets in TIME_WAIT (/proc/net/tcp)."""
     with open("/proc/net/tcp") as table:
@@ -175,7 +151,7 @@ def embed(client: OmniClient, texts: list[str]) -> dict[str, Any]:
 
 
 def test_make_run_starts_again_at_once_and_restarts_a_dead_gunicorn_master() -> None:
-    ports = fresh_ports()
+    ports = make_run_ports()
     with MakeRun(ports, workers=1) as first:
         first.wait_up()
         code = first.stop()
@@ -213,7 +189,7 @@ def test_make_run_starts_again_at_once_and_restarts_a_dead_gunicorn_master() -> 
 
 
 def test_a_killed_worker_is_restarted_and_a_killed_emulator_ends_the_stack() -> None:
-    ports = fresh_ports()
+    ports = make_run_ports()
     with MakeRun(ports, workers=2) as stack:
         stack.wait_up()
         worker_port = ports["WORKER_HTTP_PORT"] + 1
