@@ -142,7 +142,8 @@ def test_a_duplicate_delivery_of_a_finished_job_does_no_work(
     data, attributes = JobMessage(job_id=job_id, task="embed", tenant=TENANT).to_pubsub()
     topic = Topics(stack.project).path("embed")
     publisher.publish(topic, data, **attributes).result()
-    wait_for(lambda: skips() == 1, 30, "the duplicate of this job to be skipped")
+    # At least once: an extra redelivery of the duplicate is skipped too, and changes nothing.
+    wait_for(lambda: skips() >= 1, 30, "the duplicate of this job to be skipped")
     after = stack.job(job_id)
     assert after["updated_at"] == before["updated_at"] and after["attempts"] == 1
     assert after["terminal_writes"] == 1
