@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from schemas.chunks import ChunkMessage, pack_result, unpack_result
 from schemas.jobs import JobStatus
 from schemas.messages import chunk_to_pubsub
 from schemas.tasks.embed import EmbedInput
+from tests.support import wait_for
 from tests.unit.fakes import FakeMessage, handle_all
 from worker.attempts import StopToken
 from worker.chunkstore import ChunkClaim, ChunkOutcome, doc_bytes, fit
@@ -69,10 +69,12 @@ class FakeChunks:
     owns: bool = True
     commits: list[ChunkOutcome] = field(default_factory=list)
     releases: list[tuple[str | None, bool]] = field(default_factory=list)
+    claimed: threading.Event = field(default_factory=threading.Event)
 
     def claim(
         self, batch_id: str, chunk_id: str, tenant: str, worker: str = ""
     ) -> ChunkClaim | Skip | Busy:
+        self.claimed.set()
         return self.decision
 
     def check(self, claims: Sequence[ChunkClaim]) -> dict[str, str]:
@@ -331,7 +333,7 @@ def test_a_job_waiting_for_the_model_goes_before_a_chunks_next_sub_batch() -> No
         waiting = [threading.Thread(target=take, args=(kind,)) for kind in ("chunk", "job")]
         for thread in waiting:
             thread.start()
-            time.sleep(0.05)
+        wait_for(lambda: lock._jobs_waiting == 1, 5, "the job to wait for the model")
     for thread in waiting:
         thread.join(timeout=5)
     assert order == ["job", "chunk"]
@@ -351,7 +353,7 @@ def test_a_chunk_still_waiting_for_the_model_when_the_grace_ends_is_given_back()
         with worker._model_lock.job():  # the model is busy: the claimed chunk waits to run
             thread = threading.Thread(target=worker.handle, args=([message],))
             thread.start()
-            time.sleep(0.2)
+            assert chunks.claimed.wait(5)
             worker.drain()
             worker.abandon()
         thread.join(timeout=5)

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
+from tests.support import wait_for
 from tests.unit.fakes import FakeMessage, handle_all
 from tests.unit.pipeline_fakes import (
     JOB_ID,
@@ -275,16 +276,17 @@ def test_a_cancelled_job_does_not_stop_its_batch() -> None:
 
 
 def test_a_draining_worker_gives_back_a_claimed_batch_it_has_not_started() -> None:
-    store, model = BatchStore(), TextModel(sleep_s=0.3)
+    # job-0 runs for 1 s; job-1 is claimed as the next batch meanwhile, waiting for the model.
+    store, model = BatchStore(), TextModel(sleep_s=1.0)
     worker = processor(store, model, batch_policy=lambda _task: (1, 0.0))
     worker.start()
     first, second = messages("job-0", "job-1")
     try:
         threading.Thread(target=worker.handle, args=([first],)).start()
-        time.sleep(0.1)  # job-0 runs; job-1 is claimed as the next batch, waiting for the model
+        wait_for(lambda: store.claim_batches == [1], 5, "job-0 claimed")
         waiting = threading.Thread(target=worker.handle, args=([second],))
         waiting.start()
-        time.sleep(0.1)
+        wait_for(lambda: store.claim_batches == [1, 1], 5, "job-1 claimed")
         worker.drain()
         waiting.join(5)
     finally:
