@@ -35,6 +35,7 @@ from ingress.requests import (
     nesting_depth,
 )
 from ingress.settings import Settings
+from ingress.uploads import UploadPace
 from schemas import TASKS, ProblemItem, TaskSpec, UnknownTaskError, get_task
 from schemas.batches import BatchRequest
 
@@ -152,7 +153,10 @@ class NdjsonItems:
         max_items = settings.max_batch_items
         max_item = settings.max_body_bytes - ITEM_OVERHEAD_BYTES
         validate = spec.input_model.model_validate_json
-        lines = _body_lines(self._req, limit, self._digest, max_item)
+        pace = UploadPace(
+            self._req.environ, settings.upload_min_bytes_per_s, settings.upload_grace_s
+        )
+        lines = _body_lines(self._req, limit, self._digest, max_item, pace)
         for number, raw in enumerate(lines, start=1):
             if len(raw) > max_item:
                 msg = f"an item is at most {max_item} bytes"
@@ -274,7 +278,9 @@ def _line_problems(
     return [ProblemItem(loc=loc, msg=f"not valid JSON: {reason}")]
 
 
-def _body_lines(req: Request, limit: int, digest: Any, max_line: int) -> Iterator[bytes]:
+def _body_lines(
+    req: Request, limit: int, digest: Any, max_line: int, pace: UploadPace
+) -> Iterator[bytes]:
     """The body's lines, read a megabyte at a time (werkzeug's ``readline`` reads its input in
     small pieces: 2.5 s for 20,000 lines here); 413 as soon as more than ``limit`` bytes came.
 
@@ -284,7 +290,7 @@ def _body_lines(req: Request, limit: int, digest: Any, max_line: int) -> Iterato
     with no newline would otherwise be copied once per megabyte read."""
     read = 0
     rest = b""
-    while chunk := req.stream.read(READ_BYTES):
+    while chunk := pace.read(req.stream, pace.size(READ_BYTES)):
         read += len(chunk)
         if read > limit:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
@@ -316,7 +322,11 @@ def json_items(req: Request, settings: Settings) -> JsonBatch:
     limit = settings.max_json_batch_body_bytes
     req.max_content_length = limit
     try:
-        body = json_body(req, limit)
+        body = json_body(
+            req,
+            limit,
+            UploadPace(req.environ, settings.upload_min_bytes_per_s, settings.upload_grace_s),
+        )
     except PayloadTooLarge as exc:
         # Parsed whole, a JSON body costs ~24 bytes of memory per byte: large batches stream.
         raise PayloadTooLarge(

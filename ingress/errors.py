@@ -5,6 +5,7 @@
     ├── Unauthorized              401     no key, or an unknown one
     ├── NotFound                  404     no such resource for this tenant
     ├── MethodNotAllowed          405     (from werkzeug, mapped below)
+    ├── RequestTimeout            408     a batch body arriving too slowly, or stalled
     ├── Conflict                  409     state conflict, idempotency mismatch
     ├── PayloadTooLarge           413     body over the limit; a batch over the jobs-in-flight cap
     ├── UnsupportedMediaType      415     not JSON
@@ -72,6 +73,10 @@ class NotFound(ApiError):
 
 class MethodNotAllowed(ApiError):
     status, title, slug = 405, "Method Not Allowed", "method-not-allowed"
+
+
+class RequestTimeout(ApiError):
+    status, title, slug = 408, "Request Timeout", "request-timeout"
 
 
 class Conflict(ApiError):

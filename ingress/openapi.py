@@ -48,6 +48,7 @@ _ERROR_TITLES = {
     400: "Malformed request (bad JSON, header or query value)",
     401: "No API key, or an unknown one",
     404: "No such resource for this tenant",
+    408: "The body did not arrive at the minimum pace (`UPLOAD_MIN_BYTES_PER_S`); nothing was kept",
     409: "State conflict, or an Idempotency-Key reused with another body",
     413: "Body too large",
     415: "Unsupported content type",
@@ -223,7 +224,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         "Submit a batch: JSON `{task, items}`, or NDJSON (one input per line) with `?task=`; "
         "`?open=1` makes an open batch that takes parts (`/items`) until `/close`",
         {202: _json(_BATCH, "Every item is queued (an open batch: `open`)", Location=_LOCATION)},
-        errors=(400, 401, 409, 413, 415, 422, 503),
+        errors=(400, 401, 408, 409, 413, 415, 422, 503),
         parameters=(
             _IDEMPOTENCY_KEY,
             # Both bounded so that the request line, percent-encoded, stays within gunicorn's
@@ -262,7 +263,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         "Append a part (NDJSON) to an open batch: its items are indexed after the previous "
         "part's and start running once it is accepted",
         {202: _json(_BATCH, "The part's items are queued (or the same part was sent before)")},
-        errors=(400, 401, 404, 409, 413, 415, 422, 503),
+        errors=(400, 401, 404, 408, 409, 413, 415, 422, 503),
         parameters=(
             _header(
                 "Idempotency-Key",

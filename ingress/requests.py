@@ -9,6 +9,7 @@ from typing import Any
 from flask import Request
 
 from ingress.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ingress.uploads import UploadPace
 
 JSON_TYPES = ("application/json",)
 MAX_JSON_DEPTH = 32
@@ -23,8 +24,9 @@ def _is_json(mimetype: str) -> bool:
     )
 
 
-def json_body(request: Request, max_bytes: int) -> Any:
-    """The parsed JSON body. 415 if not JSON, 413 if over ``max_bytes``, 400 if malformed.
+def json_body(request: Request, max_bytes: int, pace: UploadPace | None = None) -> Any:
+    """The parsed JSON body. 415 if not JSON, 413 if over ``max_bytes``, 400 if malformed;
+    read at ``pace`` when given (a body that may hold an upload slot), else in one read.
 
     The size is checked before the body is read (from Content-Length) and while it is read
     (chunked bodies), so an oversized body is never held in memory whole.
@@ -35,7 +37,17 @@ def json_body(request: Request, max_bytes: int) -> Any:
         )
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {max_bytes}")
-    raw = request.stream.read(max_bytes + 1)
+    if pace is None:
+        raw = request.stream.read(max_bytes + 1)
+    else:
+        parts: list[bytes] = []
+        got = 0
+        while got <= max_bytes and (
+            chunk := pace.read(request.stream, pace.size(max_bytes + 1 - got))
+        ):
+            parts.append(chunk)
+            got += len(chunk)
+        raw = b"".join(parts)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
     body = parsed_json(raw)

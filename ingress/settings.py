@@ -36,6 +36,13 @@ LARGE_UPLOAD_BYTES = 1024 * 1024
 MAX_LARGE_UPLOADS = 1
 """Large uploads one ingress process accepts at once; more get 503 with ``Retry-After``. Each may
 hold up to ``MAX_BATCH_BODY_BYTES`` of items in memory (peak figures in docs/limits.md)."""
+UPLOAD_MIN_BYTES_PER_S = 256 * 1024
+"""The slowest a batch body may arrive, bytes a second of waiting for the client (2 Mbit/s: a
+32 MiB body within ~140 s); slower gets 408. Without it, one client trickling a large upload
+holds the process's upload slot, and a thread, for as long as it likes (``ingress/uploads.py``)."""
+UPLOAD_GRACE_S = 10.0
+"""Seconds a batch body may fall behind ``UPLOAD_MIN_BYTES_PER_S`` (so, at its start, the longest
+it may go without a byte)."""
 PUBLISH_TIMEOUT_S = 10.0
 """Seconds a publish may take before the client gets 503 and the job is marked failed."""
 FIRESTORE_TIMEOUT_S = 10.0
@@ -105,6 +112,8 @@ class Settings:
     max_batch_items: int = MAX_BATCH_ITEMS
     large_upload_bytes: int = LARGE_UPLOAD_BYTES
     max_large_uploads: int = MAX_LARGE_UPLOADS
+    upload_min_bytes_per_s: int = UPLOAD_MIN_BYTES_PER_S
+    upload_grace_s: float = UPLOAD_GRACE_S
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
     firestore_timeout_s: float = FIRESTORE_TIMEOUT_S
     retry_after_s: int = RETRY_AFTER_S
@@ -150,6 +159,10 @@ class Settings:
                 max_batch_items=int(env.get("MAX_BATCH_ITEMS") or MAX_BATCH_ITEMS),
                 large_upload_bytes=int(env.get("LARGE_UPLOAD_BYTES") or LARGE_UPLOAD_BYTES),
                 max_large_uploads=int(env.get("MAX_LARGE_UPLOADS") or MAX_LARGE_UPLOADS),
+                upload_min_bytes_per_s=int(
+                    env.get("UPLOAD_MIN_BYTES_PER_S") or UPLOAD_MIN_BYTES_PER_S
+                ),
+                upload_grace_s=float(env.get("UPLOAD_GRACE_S") or UPLOAD_GRACE_S),
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
                 result_ttl_s=result_ttl_from_env(env),
@@ -188,12 +201,14 @@ class Settings:
                 settings.max_json_batch_body_bytes,
                 settings.large_upload_bytes,
                 settings.max_large_uploads,
+                settings.upload_min_bytes_per_s,
+                settings.upload_grace_s,
             )
             <= 0
         ):
             raise ConfigError(
-                "MAX_JSON_BATCH_BODY_BYTES, LARGE_UPLOAD_BYTES and MAX_LARGE_UPLOADS must be "
-                "positive"
+                "MAX_JSON_BATCH_BODY_BYTES, LARGE_UPLOAD_BYTES, MAX_LARGE_UPLOADS, "
+                "UPLOAD_MIN_BYTES_PER_S and UPLOAD_GRACE_S must be positive"
             )
         if settings.stream_max_lifetime_s <= 0 or settings.health_cache_s < 0:
             raise ConfigError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -313,6 +315,122 @@ def test_an_upload_of_unknown_length_takes_a_slot_too(hostile_ingress: Service) 
     )
     assert response.status_code == 202, response.text
     assert response.json()["counts"]["total"] == 2
+
+
+# -- slow uploads ------------------------------------------------------------------------------
+
+GRACE_S = 1.0
+MIN_PACE = 200_000
+"""Bytes a second: the paced ingress's ``UPLOAD_MIN_BYTES_PER_S``."""
+
+
+@pytest.fixture(scope="module")
+def paced_ingress(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
+    topic = sink_topic_named(emulators, HOSTILE_TOPIC)
+    service = start_ingress(
+        emulators,
+        log_dir,
+        "paced-ingress",
+        JOBS_TOPIC=topic,
+        UPLOAD_GRACE_S=str(GRACE_S),
+        UPLOAD_MIN_BYTES_PER_S=str(MIN_PACE),
+    )
+    try:
+        yield service
+    finally:
+        stop_group(service.process, 30)
+
+
+def open_upload(url: str) -> socket.socket:
+    """A chunked NDJSON batch upload (a large upload: of unknown length) with its headers sent
+    and no byte of its body yet."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    head = (
+        "POST /v1/batches?task=embed HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        f"X-API-Key: {HEADERS['X-API-Key']}\r\n"
+        "Content-Type: application/x-ndjson\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    return sock
+
+
+def send_chunk(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and problem body of the response on ``sock``."""
+    raw = b""
+    while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+        got = sock.recv(65536)
+        if not got:
+            break
+        raw += got
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body[body.index(b"{") :])
+
+
+def assert_slot_free(url: str) -> None:
+    """A large upload (chunked, so of unknown length) is admitted and accepted."""
+    lines = (b'{"texts": ["after %d"]}\n' % i for i in range(10))
+    response = requests.post(
+        f"{url}/v1/batches",
+        params={"task": "embed"},
+        data=lines,
+        headers={**HEADERS, "Content-Type": "application/x-ndjson"},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 202, response.text
+
+
+def test_a_stalled_upload_gets_408_and_gives_its_slot_back(paced_ingress: Service) -> None:
+    """Without a read timeout the upload would hold the process's one upload slot, and its
+    thread, for as long as the client kept the connection open."""
+    with open_upload(paced_ingress.url) as sock:
+        send_chunk(sock, b"".join(b'{"texts": ["stalled %d"]}\n' % i for i in range(10)))
+        status, problem = answer(sock)  # and then nothing more is sent
+    assert status == 408, problem
+    assert "minimum pace of 200000 bytes/s after 1 s" in problem["detail"], problem
+    assert_slot_free(paced_ingress.url)
+
+
+def test_a_stalled_json_batch_gets_408_and_gives_its_slot_back(paced_ingress: Service) -> None:
+    """The JSON form over ``LARGE_UPLOAD_BYTES`` takes the slot too, and is read at the pace."""
+    host, port = paced_ingress.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        head = (
+            "POST /v1/batches HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\n"
+            f"X-API-Key: {HEADERS['X-API-Key']}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {MAX_JSON_BATCH_BODY_BYTES}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'{"task": "embed", "items": [')
+        status, problem = answer(sock)
+    assert status == 408, problem
+    assert "minimum pace" in problem["detail"], problem
+    assert_slot_free(paced_ingress.url)
+
+
+def test_a_trickled_upload_gets_408_and_gives_its_slot_back(paced_ingress: Service) -> None:
+    """A line every 0.1 s: never silent for long, but far under the pace; a read of a socket
+    timeout alone would never end."""
+    with open_upload(paced_ingress.url) as sock:
+        for i in range(600):
+            try:
+                send_chunk(sock, b'{"texts": ["trickle %d"]}\n' % i)
+            except OSError:  # the server answered and closed
+                break
+            if select.select([sock], [], [], 0.1)[0]:
+                break  # the answer is here
+        status, problem = answer(sock)
+    assert status == 408, problem
+    assert f"minimum pace of {MIN_PACE} bytes/s" in problem["detail"], problem
+    assert_slot_free(paced_ingress.url)
 
 
 # -- cancels -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class _Request:
         self.args = {"task": task}
         self.headers: dict[str, str] = {}
         self.max_content_length: int | None = None
+        self.environ: dict[str, Any] = {}  # no gunicorn socket: the pace is checked between reads
 
 
 def read(body: bytes, task: str = "embed", **settings: Any) -> tuple[list[bytes], NdjsonItems]:
