@@ -77,7 +77,8 @@ class UploadPace:
     it: a client sending a byte a second would keep one read going for days. Each read on
     gunicorn's socket is watched instead: when its share of the budget runs out, a timer
     shuts the socket's read side, the blocked read returns, and the request ends 408 (the
-    response still goes out; the connection is not reused). ``size`` is kept under half what
+    response still goes out; gunicorn's body is marked failed, so the connection is closed, not
+    reused). ``size`` is kept under half what
     the minimum pace brings in ``grace_s``, so a client on pace never meets the timer."""
 
     def __init__(
@@ -93,10 +94,15 @@ class UploadPace:
         self._waited_s = 0.0
         self._read = 0
         self._cut = threading.Event()
+        # Guards _reading: the timer shuts the socket only while a read is under way, never
+        # after it returned (the body may be complete, the connection reused).
+        self._lock = threading.Lock()
+        self._reading = False
         sock = environ.get("gunicorn.socket")
         # HTTP/1 only: an HTTP/2 connection's socket carries other requests' streams too.
         http1 = str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1")
         self._sock = sock if http1 and hasattr(sock, "shutdown") else None
+        self._body: Any = environ.get("wsgi.input")
 
     def size(self, wanted: int) -> int:
         """The most to ask of one read: ``wanted``, or less if the pace needs it."""
@@ -109,6 +115,8 @@ class UploadPace:
         timer = threading.Timer(max(budget_s, 0.0), self._shut, (sock,)) if sock else None
         if timer is not None:
             timer.daemon = True
+            with self._lock:
+                self._reading = True
             timer.start()
         try:
             chunk = stream.read(size)
@@ -120,6 +128,8 @@ class UploadPace:
             raise
         finally:
             if timer is not None:
+                with self._lock:
+                    self._reading = False
                 timer.cancel()
         self._waited_s += self._clock() - started
         self._read += len(chunk)
@@ -130,9 +140,17 @@ class UploadPace:
         return chunk
 
     def _shut(self, sock: Any) -> None:
-        self._cut.set()
-        with contextlib.suppress(OSError):  # the connection went meanwhile
-            sock.shutdown(socket.SHUT_RD)
+        with self._lock:
+            if not self._reading:
+                return  # the read returned meanwhile: its bytes are judged by the pace check
+            self._cut.set()
+            # gunicorn's reader of a Content-Length body takes the early EOF as a short read,
+            # not an error: without this mark its keep-alive check would find the body drained
+            # and parse what the client sends next, mid-body, as a new request.
+            if hasattr(self._body, "failed"):
+                self._body.failed = True
+            with contextlib.suppress(OSError):  # the connection went meanwhile
+                sock.shutdown(socket.SHUT_RD)
 
     def _late(self) -> RequestTimeout:
         rate = self._read / self._waited_s if self._waited_s else 0.0

@@ -115,12 +115,26 @@ class _Blocked:
         raise ClientDisconnected()
 
 
+class _Body:
+    failed = False
+
+
 def test_a_read_that_gets_nothing_is_cut_when_its_budget_runs_out() -> None:
-    sock = _Socket()
-    environ = {"gunicorn.socket": sock, "SERVER_PROTOCOL": "HTTP/1.1"}
+    sock, body = _Socket(), _Body()
+    environ = {"gunicorn.socket": sock, "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": body}
     pace = UploadPace(environ, min_bytes_per_s=1000, grace_s=0.05)
     with pytest.raises(RequestTimeout, match="0 bytes so far"):
         pace.read(_Blocked(sock), 10)
+    assert body.failed  # gunicorn closes the connection instead of reading on from mid-body
+
+
+def test_a_read_that_returned_is_never_cut_afterwards() -> None:
+    sock = _Socket()
+    environ = {"gunicorn.socket": sock, "SERVER_PROTOCOL": "HTTP/1.1"}
+    pace = UploadPace(environ, min_bytes_per_s=1000, grace_s=0.05)
+    assert pace.read(_SlowStream(_Clock(), wait_s=0.0, reads=1), 10) == b"x" * 10
+    pace._shut(sock)  # a timer that fired as the read returned
+    assert not sock.shut.is_set()
 
 
 def test_a_client_that_goes_away_is_not_a_timeout() -> None:
