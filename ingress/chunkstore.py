@@ -23,6 +23,7 @@ Cancel records ``cancel_requested`` and sweeps the queued chunks in the backgrou
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -311,11 +312,16 @@ class ChunkStore:
         has ended. The write is conditioned on the batch document as read, so of any number of
         cancels racing, in this process or others, exactly one records it and starts a sweep;
         the rest, and any later one, are answered from the batch and start nothing."""
+        # Names this request's write: one that landed but whose answer was lost fails its
+        # retry's precondition, and the batch read again shows whose cancel it recorded.
+        token = secrets.token_hex(8)
         for _ in range(CANCEL_ATTEMPTS):
             cancelled = bool(batch.doc.get("cancel_requested"))
             status = batch_status(
                 counts_of(batch.doc, batch.shards), cancelled, bool(batch.doc.get("open"))
             )
+            if cancelled and batch.doc.get("cancel_token") == token:
+                break  # ours landed
             if status not in (BatchStatus.RUNNING, BatchStatus.OPEN):
                 raise AlreadyFinished({"status": status.value})
             if cancelled:
@@ -323,6 +329,7 @@ class ChunkStore:
             now = datetime.now(UTC)
             changes: dict[str, Any] = {
                 "cancel_requested": True,
+                "cancel_token": token,
                 "cancelled_at": now,
                 "updated_at": now,
             }
@@ -344,9 +351,11 @@ class ChunkStore:
                     f"Firestore batch cancel failed: {type(exc).__name__}"
                 ) from exc
             batch.doc.update(changes)
-            self._sweeper.start(batch.id, str(batch.doc.get("tenant")))
-            return batch
-        raise StoreUnavailable("Firestore batch cancel failed: the batch kept changing")
+            break
+        else:
+            raise StoreUnavailable("Firestore batch cancel failed: the batch kept changing")
+        self._sweeper.start(batch.id, str(batch.doc.get("tenant")))
+        return batch
 
     def _reread(self, batch: StoredBatch) -> StoredBatch:
         """The batch document read again, with the counts read before (a cancel decides on the

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from google.api_core import exceptions as gexc
 from google.cloud.firestore import SERVER_TIMESTAMP, Increment
 
 from ingress import chunkcancel
@@ -207,6 +208,48 @@ def test_cancel_sweeps_are_capped_per_tenant_and_per_process(
         threading.Event().wait(0.01)
     else:
         raise AssertionError("the sweeps did not free their places")
+
+
+class LostAnswerBatches:
+    """The batches collection of a Firestore whose first conditional update lands but whose
+    answer is lost: the client's retry then fails its precondition (the update time moved)."""
+
+    def __init__(self, doc: dict[str, Any]):
+        self.doc = doc
+        self.updates = 0
+
+    def document(self, _batch_id: str) -> LostAnswerBatches:
+        return self
+
+    def update(self, changes: dict[str, Any], **_kwargs: Any) -> None:
+        self.updates += 1
+        self.doc.update(changes)
+        raise gexc.FailedPrecondition("the retry of a write that landed")
+
+    def get(self, **_kwargs: Any) -> Snapshot:
+        return Snapshot(dict(self.doc))
+
+
+class WriteOptions:
+    def write_option(self, **_kwargs: Any) -> None:
+        return None
+
+
+def test_a_cancel_whose_write_landed_but_whose_answer_was_lost_still_starts_the_sweep() -> None:
+    batches = LostAnswerBatches({"tenant": "t", "task": "embed"})
+    started: list[str] = []
+    store = ChunkStore.__new__(ChunkStore)
+    store._client = WriteOptions()  # type: ignore[assignment]
+    store._batches = batches
+    store._retry, store._timeout_s = None, 5.0
+    store._sweeper = type("Sweeper", (), {"start": lambda _s, b, _t: started.append(b)})()  # type: ignore[assignment]
+    running = {"total": 3, "queued": 3}
+    batch = StoredBatch("b1", dict(batches.doc), [running], datetime.now(UTC))
+
+    answered = store.request_cancel(batch)
+
+    assert batches.updates == 1 and started == ["b1"]
+    assert answered.doc["cancel_requested"] is True
 
 
 class Query:
