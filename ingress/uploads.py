@@ -78,8 +78,8 @@ class UploadPace:
     gunicorn's socket is watched instead: when its share of the budget runs out, a timer
     shuts the socket's read side, the blocked read returns, and the request ends 408 (the
     response still goes out; gunicorn's body is marked failed, so the connection is closed, not
-    reused). ``size`` is kept under half what
-    the minimum pace brings in ``grace_s``, so a client on pace never meets the timer."""
+    reused). ``size`` is kept under half what the minimum pace brings in ``grace_s``, so a client
+    on pace never meets the timer."""
 
     def __init__(
         self,
