@@ -2,7 +2,7 @@
 super-linear, at 64 KiB and at 1 MiB (a job body's limit), against the regex pre-scan it replaced
 (measured in the same run, each call cut off after ``--cap`` seconds).
 
-In process, no server: ``ingress.requests.parsed_json`` (what ``POST /v1/jobs`` and each NDJSON
+In process, no server: ``ingress.http.parsed_json`` (what ``POST /v1/jobs`` and each NDJSON
 line go through) on each body, best of ``--repeat``; the baseline is the old ``nesting_depth``
 scan (``_OLD_STRUCTURE`` below, kept here only as the baseline) followed by the same parse. The
 same bodies over HTTP, against gunicorn, are in ``tests/integration/test_hostile.py``.
@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import print_table, save
 from ingress.errors import BadRequest
-from ingress.requests import parsed_json
+from ingress.http import parsed_json
 
 _OLD_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 """The pre-scan this bench compares with: quadratic on an unterminated string of escaped quotes."""

@@ -49,12 +49,13 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from google.cloud import firestore
 
+from common.googleapi import UNAVAILABLE, bounded_retry
+from common.jsonlog import configure_logging, log_context
+from common.settings import project_from
 from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, END_FIELDS, PENDING, ChunkMessage, end_unfinished
-from schemas.googleapi import UNAVAILABLE, bounded_retry
 from schemas.jobs import JobStatus, result_ttl_from_env
-from schemas.jsonlog import configure_logging, log_context
 from schemas.messages import (
     DEFAULT_TOPIC,
     JobMessage,
@@ -224,7 +225,7 @@ def _services() -> tuple[DeadLetterStore, Requeue]:
 
     env = os.environ
     configure_logging(env.get("LOG_LEVEL", "INFO"))
-    project = env.get("GOOGLE_CLOUD_PROJECT") or "omni-local"
+    project = project_from(env)
     store = DeadLetterStore(
         firestore.Client(project=project),
         env.get("JOBS_COLLECTION") or "jobs",

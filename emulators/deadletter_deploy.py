@@ -2,8 +2,9 @@
 trigger on ``jobs-dead``), as part of ``python -m emulators.provision --deploy-deadletter``.
 
 A function's source is a folder with ``main.py`` and ``requirements.txt`` at its top. Ours lives
-in ``deadletter/main.py`` and imports the shared ``schemas`` package, so the source is *staged*:
-``deadletter/main.py`` as ``main.py``, ``schemas/`` beside it, and the requirements pinned from
+in ``deadletter/main.py`` and imports the shared ``schemas`` and ``common`` packages, so the
+source is *staged*: ``deadletter/main.py`` as ``main.py``, ``schemas/`` and ``common/`` beside it
+(``PACKAGES``), and the requirements pinned from
 ``pyproject.toml`` (the core dependencies and the ``deadletter`` extra), so the function runs the
 same versions as everything else. ``gcloud functions deploy`` creates or updates: idempotent.
 
@@ -30,6 +31,8 @@ FUNCTION = "omni-deadletter"
 ENTRY_POINT = "on_dead_letter"
 RUNTIME = "python311"
 SOURCE_LABEL = "omni-source"
+PACKAGES = ("schemas", "common")
+"""Our packages the function imports, copied beside its ``main.py``."""
 """The label holding the first 16 hex digits of the staged source's SHA-256."""
 
 
@@ -42,9 +45,10 @@ def requirements() -> list[str]:
 def stage(destination: Path) -> Path:
     """Lay the function's source out in ``destination``; returns it."""
     shutil.copy(ROOT / "deadletter" / "main.py", destination / "main.py")
-    shutil.copytree(
-        ROOT / "schemas", destination / "schemas", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in PACKAGES:
+        shutil.copytree(
+            ROOT / package, destination / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     (destination / "requirements.txt").write_text("\n".join(requirements()) + "\n")
     return destination
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from common.settings import DEFAULT_PROJECT, project_from
 from emulators.process import (
     START_TIMEOUT_S,
     firestore_command,
@@ -53,7 +54,7 @@ TIER_EMULATORS, TIER_WORKERS, TIER_INGRESS = 0, 1, 2
 
 @dataclass(frozen=True)
 class StackConfig:
-    project: str = "omni-local"
+    project: str = DEFAULT_PROJECT
     host: str = "127.0.0.1"
     port: int = 8080
     pubsub_port: int = 8085
@@ -68,7 +69,7 @@ class StackConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
         env = os.environ if environ is None else environ
         return cls(
-            project=env.get("GOOGLE_CLOUD_PROJECT") or "omni-local",
+            project=project_from(env),
             port=int(env.get("PORT") or 8080),
             pubsub_port=int(env.get("PUBSUB_PORT") or 8085),
             firestore_port=int(env.get("FIRESTORE_PORT") or 8086),

@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--project or GOOGLE_CLOUD_PROJECT is required")
     if args.deploy_deadletter and (args.emulator or not args.region):
         parser.error("--deploy-deadletter needs --region and a real project (no --emulator)")
-    from schemas.jsonlog import configure_logging
+    from common.jsonlog import configure_logging
 
     configure_logging("INFO")
     resources = Resources(

@@ -11,38 +11,34 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from werkzeug.datastructures import Headers
 
-from ingress import (
-    batches,
-    batchreads,
-    console,
-    events,
-    health,
-    jobs,
-    metrics,
-    openapi,
-    tasks,
-    webhookroutes,
-)
+from common import tracing
+from common.errortracking import init_error_tracking
+from common.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
+from common.settings import ConfigError
+from ingress import metrics
 from ingress.auth import KeyRing, presented_key
-from ingress.batchstore import BatchStore
-from ingress.chunkstore import ChunkStore
+from ingress.batches import reads as batch_reads
+from ingress.batches import routes as batch_routes
+from ingress.batches.chunkstore import ChunkStore
+from ingress.batches.store import BatchStore
 from ingress.errors import TooManyRequests, Unauthorized, register_error_handlers
-from ingress.holds import Holds
 from ingress.idempotency import IdempotencyStore
-from ingress.instances import InstanceRegistry
-from ingress.listen import MultiListen
+from ingress.jobs import events as job_events
+from ingress.jobs import routes as job_routes
+from ingress.jobs.listen import MultiListen
+from ingress.jobs.store import JobStore
+from ingress.jobs.watch import JobWatcher
+from ingress.limits.holds import Holds
+from ingress.limits.instances import InstanceRegistry
+from ingress.limits.quota import InFlightCap
+from ingress.limits.ratelimit import RateLimiter
+from ingress.limits.uploads import UploadSlots
+from ingress.meta import console, health, openapi, tasks
 from ingress.publisher import JobPublisher
-from ingress.quota import InFlightCap
-from ingress.ratelimit import RateLimiter
 from ingress.services import EXTENSION, Services, services
-from ingress.settings import ConfigError, Settings
-from ingress.store import JobStore
-from ingress.uploads import UploadSlots
-from ingress.watch import JobWatcher
-from ingress.webhookstore import WebhookLedger
-from schemas import tracing
-from schemas.errortracking import init_error_tracking
-from schemas.jsonlog import bind_log_context, clear_log_context, configure_logging, trace_fields
+from ingress.settings import Settings
+from ingress.webhooks import routes as webhook_routes
+from ingress.webhooks.store import WebhookLedger
 from schemas.messages import Topics
 from schemas.webhooks import SigningSecrets
 
@@ -69,7 +65,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # The client's own tracing: a span per publish, and the trace context in each message's
-    # attributes (googclient_traceparent), which the worker continues (schemas/tracing.py).
+    # attributes (googclient_traceparent), which the worker continues (common/tracing.py).
     publisher_client = pubsub_v1.PublisherClient(
         publisher_options=pubsub_v1.types.PublisherOptions(enable_open_telemetry_tracing=True)
     )
@@ -80,7 +76,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         settings.publish_timeout_s,
     )
     # The request-rate split needs the number of live ingress processes: counted only when
-    # some tenant has a rate (ingress/instances.py).
+    # some tenant has a rate (ingress/limits/instances.py).
     instances = None
     if settings.tenant_limits.limits_rate:
         instances = InstanceRegistry(
@@ -141,13 +137,13 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.teardown_request(_end_request)
     health.init_app(app)
     app.register_blueprint(tasks.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(events.bp)
-    app.register_blueprint(batchreads.bp)
-    app.register_blueprint(batches.bp)
+    app.register_blueprint(job_routes.bp)
+    app.register_blueprint(job_events.bp)
+    app.register_blueprint(batch_reads.bp)
+    app.register_blueprint(batch_routes.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(webhookroutes.bp)
+    app.register_blueprint(webhook_routes.bp)
     if instances is not None:
         instances.start()  # stopped at shutdown (gunicorn.conf.py)
     logger.info("ingress ready", extra={"project": settings.project, "topic": settings.jobs_topic})
@@ -186,7 +182,8 @@ def _start_request() -> None:
             raise Unauthorized("send a valid API key in X-API-Key or Authorization: Bearer")
         g.tenant = tenant
         bind_log_context(tenant=tenant)
-        # Every authenticated /v1 request takes a token of its tenant's rate (ingress/ratelimit.py).
+        # Every authenticated /v1 request takes a token of its tenant's rate
+        # (ingress/limits/ratelimit.py).
         decision = svc.limiter.check(tenant)
         if decision is not None:
             g.rate_limit_headers = decision.headers()

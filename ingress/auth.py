@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from werkzeug.datastructures import Headers
 
-from ingress.settings import ConfigError
+from common.settings import ConfigError
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")

@@ -13,7 +13,15 @@
     ├── TooManyRequests           429     over the tenant's rate or jobs-in-flight cap; Retry-After
     └── ServiceUnavailable        503     Pub/Sub or Firestore unreachable; carries Retry-After
 
-Vendor errors are translated where they happen (``store``, ``publisher``) with ``raise ... from``;
+Below the views, stores and the publisher raise outcomes of their own, which views turn into
+the answers above (``StoreUnavailable`` and ``PublishFailed`` into 503 through
+``services.unavailable``):
+
+    StoreUnavailable (RuntimeError)   Firestore did not answer in time, or cannot serve now
+    StoreRejected (ValueError)        Firestore refused the document itself: the input's fault
+    AlreadyFinished                   a job or item is already terminal; carries its document
+
+Google errors become these in one place, ``common/googleapi.py``, with ``raise ... from``;
 anything else that escapes a view is a bug: logged with its stack, answered 500 without details.
 """
 
@@ -30,6 +38,22 @@ from werkzeug.exceptions import HTTPException
 from schemas.errors import PROBLEM_CONTENT_TYPE, Problem, ProblemItem
 
 logger = logging.getLogger(__name__)
+
+
+class StoreUnavailable(RuntimeError):
+    """Firestore did not answer in time, or answered that it cannot serve now."""
+
+
+class StoreRejected(ValueError):
+    """Firestore refused the document itself (too deep, too large): the input's fault."""
+
+
+class AlreadyFinished(Exception):
+    """The job (or item) is in a terminal state; ``doc`` is what it holds."""
+
+    def __init__(self, doc: dict[str, Any]):
+        super().__init__(doc.get("status"))
+        self.doc = doc
 
 
 class ApiError(Exception):

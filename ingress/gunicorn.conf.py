@@ -39,7 +39,7 @@ accesslog = None
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "schemas.jsonlog.JsonFormatter"}},
+    "formatters": {"json": {"()": "common.jsonlog.JsonFormatter"}},
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
@@ -66,8 +66,9 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     # First: the imports below load prometheus-client, which picks its mode from the environment.
     server.omni_own_multiproc_dir = prepare_multiproc_dir(os.environ)
 
+    from common.settings import ConfigError
     from ingress.auth import KeyRing
-    from ingress.settings import ConfigError, Settings
+    from ingress.settings import Settings
 
     try:
         settings = Settings.from_env()
@@ -183,7 +184,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """A worker is leaving (after its graceful stop): take it out of the instance registry now,
-    so the other instances stop counting it at their next beat (``ingress/instances.py``)."""
+    so the other instances stop counting it at their next beat (``ingress/limits/instances.py``)."""
     from ingress.services import EXTENSION
 
     services = getattr(worker.wsgi, "extensions", {}).get(EXTENSION)

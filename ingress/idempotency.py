@@ -26,8 +26,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from ingress.store import StoreUnavailable
-from schemas.googleapi import UNAVAILABLE, bounded_retry
+from common.googleapi import UNAVAILABLE, bounded_retry
+from ingress.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from opentelemetry import context as otel_context
 
+from common import tracing
+from common.googleapi import bounded_retry
 from ingress import metrics
-from schemas import tracing
 from schemas.chunks import ChunkMessage
-from schemas.googleapi import bounded_retry
 from schemas.messages import CHUNK_KIND, JobMessage, Topics, chunk_to_pubsub
 
 MAX_PER_CALL = 1000

@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from flask import current_app
 
 from ingress.auth import KeyRing
-from ingress.batchstore import BatchStore
-from ingress.chunkstore import ChunkStore
-from ingress.errors import ApiError, ServiceUnavailable
-from ingress.holds import Holds
+from ingress.batches.chunkstore import ChunkStore
+from ingress.batches.store import BatchStore
+from ingress.errors import ApiError, ServiceUnavailable, StoreUnavailable
 from ingress.idempotency import IdempotencyStore, Reservation
-from ingress.instances import InstanceRegistry
+from ingress.jobs.store import JobStore
+from ingress.jobs.watch import JobWatcher
+from ingress.limits.holds import Holds
+from ingress.limits.instances import InstanceRegistry
+from ingress.limits.quota import InFlightCap
+from ingress.limits.ratelimit import RateLimiter
+from ingress.limits.uploads import UploadSlots
 from ingress.publisher import JobPublisher
-from ingress.quota import InFlightCap
-from ingress.ratelimit import RateLimiter
 from ingress.settings import Settings
-from ingress.store import JobStore, StoreUnavailable
-from ingress.uploads import UploadSlots
-from ingress.watch import JobWatcher
-from ingress.webhookstore import WebhookLedger
+from ingress.webhooks.store import WebhookLedger
 from schemas.webhooks import SigningSecrets
 
 EXTENSION = "omni"

@@ -10,16 +10,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ingress.instances import COLLECTION as INSTANCES_COLLECTION
-from ingress.instances import HEARTBEAT_S
-from ingress.ratelimit import LimitPolicy, limits_from
+from common.settings import DEFAULT_PROJECT, ConfigError, project_from
+from common.tracing import EXPORTERS
+from ingress.limits.instances import COLLECTION as INSTANCES_COLLECTION
+from ingress.limits.instances import HEARTBEAT_S
+from ingress.limits.ratelimit import LimitPolicy, limits_from
 from schemas.chunks import CHUNK_ITEMS, DEFAULT_CHUNK_ITEMS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
-from schemas.tracing import EXPORTERS
 from schemas.webhooks import WEBHOOK_DELIVERIES_COLLECTION
 
-DEFAULT_PROJECT = "omni-local"
 MAX_BODY_BYTES = 1024 * 1024
 """Largest ``POST /v1/jobs`` body, bytes: a job and its input live in one Firestore document."""
 MAX_BATCH_BODY_BYTES = 32 * 1024 * 1024
@@ -39,7 +39,8 @@ hold up to ``MAX_BATCH_BODY_BYTES`` of items in memory (peak figures in docs/lim
 UPLOAD_MIN_BYTES_PER_S = 256 * 1024
 """The slowest a batch body may arrive, bytes a second of waiting for the client (2 Mbit/s: a
 32 MiB body within ~140 s); slower gets 408. Without it, one client trickling a large upload
-holds the process's upload slot, and a thread, for as long as it likes (``ingress/uploads.py``)."""
+holds the process's upload slot, and a thread, for as long as it likes
+(``ingress/limits/uploads.py``)."""
 UPLOAD_GRACE_S = 10.0
 """Seconds a batch body may fall behind ``UPLOAD_MIN_BYTES_PER_S`` (so, at its start, the longest
 it may go without a byte)."""
@@ -60,10 +61,6 @@ OPEN_BATCH_TTL_S = 24 * 3600.0
 HEALTH_CACHE_S = 5.0
 """Seconds one process reuses its last backend check for ``/health``: a flood of unauthenticated
 probes costs at most one Pub/Sub and one Firestore call per interval."""
-
-
-class ConfigError(ValueError):
-    """The environment does not describe a runnable ingress."""
 
 
 def _chunk_items(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
@@ -100,7 +97,7 @@ class Settings:
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"
     tenant_limits: LimitPolicy = LimitPolicy()
-    """Per-tenant request rates and jobs-in-flight caps (``ingress/ratelimit.py``); none by
+    """Per-tenant request rates and jobs-in-flight caps (``ingress/limits/ratelimit.py``); none by
     default."""
     instance_heartbeat_s: float = HEARTBEAT_S
     instances_collection: str = INSTANCES_COLLECTION
@@ -142,7 +139,7 @@ class Settings:
         chunk_items = _chunk_items(env)
         try:
             settings = cls(
-                project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
+                project=project_from(env),
                 jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
                 batches_collection=env.get("BATCHES_COLLECTION") or "batches",

@@ -14,8 +14,9 @@ import sys
 import threading
 from types import FrameType
 
-from reconciler.settings import ConfigError, ReconcilerSettings
-from schemas.jsonlog import configure_logging
+from common.jsonlog import configure_logging
+from common.settings import ConfigError
+from reconciler.settings import ReconcilerSettings
 
 logger = logging.getLogger("reconciler")
 

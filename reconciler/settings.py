@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.settings import DEFAULT_PROJECT, ConfigError, project_from
 from schemas.jobs import DEFAULT_RESULT_TTL_S, parse_duration, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 
@@ -24,13 +25,9 @@ BATCH_LIMIT = 500
 """Jobs (chunks, open batches) looked at per query per sweep."""
 
 
-class ConfigError(ValueError):
-    """The environment does not describe a runnable reconciler."""
-
-
 @dataclass(frozen=True)
 class ReconcilerSettings:
-    project: str = "omni-local"
+    project: str = DEFAULT_PROJECT
     jobs_topic: str = DEFAULT_TOPIC  # the topics' base name (schemas.messages.task_topic)
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"
@@ -45,7 +42,7 @@ class ReconcilerSettings:
         env = os.environ if environ is None else environ
         try:
             return cls(
-                project=env.get("GOOGLE_CLOUD_PROJECT") or "omni-local",
+                project=project_from(env),
                 jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
                 batches_collection=env.get("BATCHES_COLLECTION") or "batches",

@@ -37,11 +37,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from common.googleapi import is_contention
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
 from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, END_FIELDS, ChunkMessage, end_unfinished
-from schemas.googleapi import is_contention
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage, Topics, UnknownTask, encode
 

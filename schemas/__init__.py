@@ -1,8 +1,10 @@
 """The contract as code, shared by the ingress and the worker.
 
-Everything here is light (pydantic and google-api-core only) so that both services, the tests and
-the CLI can import it without pulling the ML stack. Besides the contract it holds what both sides
-must do alike: the JSON log line (``jsonlog``) and the Google error classification (``googleapi``).
+The models of what crosses a boundary (requests, resources, Pub/Sub messages, stored documents)
+and the pure lifecycles behind them: ``jobstate`` for jobs and chunks, ``ledgerstate`` for webhook
+deliveries. Everything here is light (pydantic and the Firestore client's value types only) so that
+every service, the tests and the CLI can import it without pulling the ML stack. Runtime helpers
+(logs, traces, Google API calls, settings) live in ``common/``.
 
 ``../shared/CONTRACT.md`` is the prose version of the contract; where the two differ,
 that page wins and this package is the bug.

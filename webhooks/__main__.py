@@ -16,9 +16,10 @@ import sys
 import threading
 from types import FrameType
 
-from schemas.jsonlog import configure_logging
+from common.jsonlog import configure_logging
+from common.settings import ConfigError
 from schemas.webhooks import SigningSecrets
-from webhooks.settings import ConfigError, SenderSettings
+from webhooks.settings import SenderSettings
 
 
 def main() -> int:

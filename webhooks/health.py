@@ -7,7 +7,7 @@ comes round, and restarting would not bring Firestore back), and ``/metrics`` co
 outcome, times them, and shows the newest look's time and the attempts in flight, so an alert can
 fire on failures or on a sender that stopped looking.
 
-The server is the worker's too (``schemas/healthserver.py``).
+The server is the worker's too (``common/healthserver.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
 
-from schemas.healthserver import HealthServer as _Server
-from schemas.healthserver import json_answer
+from common.healthserver import HealthServer as _Server
+from common.healthserver import json_answer
 
 STALE_AFTER_S = 120.0
 """``/healthz`` fails when the loop has not come round for this long, seconds: far above a look

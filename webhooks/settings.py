@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.settings import DEFAULT_PROJECT, ConfigError, project_from
 from schemas.jobs import parse_duration
 from schemas.webhooks import DEFAULT_BACKOFF_S, WEBHOOK_DELIVERIES_COLLECTION, parse_backoff
 
@@ -30,13 +31,9 @@ outcome's write (10 s each at most) and room to spare. Past the lease another se
 attempt again, which cannot happen while the first still sends: its deadline came first."""
 
 
-class ConfigError(ValueError):
-    """The environment does not describe a runnable sender."""
-
-
 @dataclass(frozen=True)
 class SenderSettings:
-    project: str = "omni-local"
+    project: str = DEFAULT_PROJECT
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"
     deliveries_collection: str = WEBHOOK_DELIVERIES_COLLECTION
@@ -58,7 +55,7 @@ class SenderSettings:
         env = os.environ if environ is None else environ
         try:
             settings = cls(
-                project=env.get("GOOGLE_CLOUD_PROJECT") or "omni-local",
+                project=project_from(env),
                 jobs_collection=env.get("JOBS_COLLECTION") or "jobs",
                 batches_collection=env.get("BATCHES_COLLECTION") or "batches",
                 deliveries_collection=env.get("WEBHOOK_DELIVERIES_COLLECTION")

@@ -12,9 +12,10 @@ import sys
 # on 2 cores beside the emulators). OMP_WAIT_POLICY=ACTIVE restores spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from schemas.jsonlog import capture_stderr, configure_logging
+from common.jsonlog import capture_stderr, configure_logging
+from common.settings import ConfigError
 from worker.main import Worker
-from worker.settings import ConfigError, WorkerSettings
+from worker.settings import WorkerSettings
 
 EXIT_CONFIG = 2
 """Exit status for a bad environment (nothing will fix it but a new configuration)."""

@@ -29,7 +29,7 @@ from typing import Any
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
-from schemas import tracing
+from common import tracing
 from worker import metrics
 from worker.processor import Processor
 

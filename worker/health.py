@@ -1,7 +1,7 @@
 """``/healthz`` (alive), ``/readyz`` (models loaded and pulling) and ``/metrics`` (Prometheus,
 ``worker/metrics.py``) on ``WORKER_HTTP_PORT``.
 
-A stdlib server on a daemon thread (``schemas/healthserver.py``): the worker has no web
+A stdlib server on a daemon thread (``common/healthserver.py``): the worker has no web
 framework and needs none for three routes.
 """
 
@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from schemas.healthserver import HealthServer as _Server
-from schemas.healthserver import json_answer
+from common.healthserver import HealthServer as _Server
+from common.healthserver import json_answer
 from worker import metrics
 
 logger = logging.getLogger(__name__)

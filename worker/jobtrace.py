@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from schemas import tracing
+from common import tracing
 
 _tracer = trace.get_tracer("omni.worker")
 

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-from schemas import tracing
-from schemas.errortracking import init_error_tracking
+from common import tracing
+from common.errortracking import init_error_tracking
 from schemas.messages import CHUNK_KIND, JOB_KIND, task_subscription
 from worker import faults, metrics
 from worker.chunkstore import ChunkStore

@@ -6,11 +6,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from common.settings import DEFAULT_PROJECT, ConfigError, project_from
+from common.tracing import EXPORTERS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX
-from schemas.tracing import EXPORTERS
 
-DEFAULT_PROJECT = "omni-local"
 MIN_LEASED_MESSAGES = 8
 LEASED_BATCHES = 4
 """FlowControl ``max_messages`` per task's job subscription is this many of the task's largest
@@ -71,10 +71,6 @@ PREDICT_MISS_CACHE_S = 5.0
 version it did not find, so a flood of jobs naming unknown models does not list the repository
 each time. A model published later is found at most this long after (at once when the folder's
 modification time shows it). 0: every miss lists again."""
-
-
-class ConfigError(ValueError):
-    """The environment does not describe a runnable worker."""
 
 
 def _cpus() -> int:
@@ -155,7 +151,7 @@ class WorkerSettings:
         env = os.environ if environ is None else environ
         try:
             settings = cls(
-                project=env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
+                project=project_from(env),
                 subscription_prefix=env.get("JOBS_SUBSCRIPTION_PREFIX")
                 or DEFAULT_SUBSCRIPTION_PREFIX,
                 tasks=_task_list(env.get("WORKER_TASKS") or ""),

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from schemas import firestoreupdates, jobstate
+from common import firestoreupdates
+from common.googleapi import UNAVAILABLE, bounded_retry, is_contention
+from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.googleapi import UNAVAILABLE, bounded_retry, is_contention
 from schemas.jobs import JobStatus
 from schemas.quota import COUNTED_FLAG
 from worker.errors import StoreUnavailable
@@ -198,7 +199,7 @@ class AttemptStore:
 
     def _update(self, batch: Any, ref: Any, changes: dict[str, Any], last_update_time: Any) -> None:
         """``batch.update(ref, changes)`` conditioned on ``last_update_time``: built from protobuf
-        directly (``schemas.firestoreupdates``), the client's way for what that does not encode."""
+        directly (``common.firestoreupdates``), the client's way for what that does not encode."""
         try:
             write = firestoreupdates.update_write(ref._document_path, changes, last_update_time)
         except firestoreupdates.Unsupported:

@@ -32,7 +32,9 @@ NEEDS: dict[str, tuple[Need, ...]] = {
             "get_topic(",
             "/health reads the topic; publisher grants only pubsub.topics.publish",
         ),
-        Need("roles/datastore.user", "project", "ingress/store.py", "firestore", "job documents"),
+        Need(
+            "roles/datastore.user", "project", "ingress/jobs/store.py", "firestore", "job documents"
+        ),
         Need(
             "roles/cloudtrace.agent",
             "project",

@@ -18,10 +18,11 @@ SERVICE_PACKAGES = {
     "omni-reconciler": ("reconciler",),
 }
 ENV_SOURCES = {
-    "ingress": ("ingress",),
-    "worker": ("worker",),
-    "webhooks": ("webhooks",),
-    "reconciler": ("reconciler",),
+    # common/ is shipped in every image and reads what all services share (GOOGLE_CLOUD_PROJECT).
+    "ingress": ("ingress", "common"),
+    "worker": ("worker", "common"),
+    "webhooks": ("webhooks", "common"),
+    "reconciler": ("reconciler", "common"),
 }
 
 Manifest = dict[str, Any]
@@ -159,7 +160,7 @@ def test_docs_and_comments_state_what_is_true() -> None:
             "k8s/README.md",
             "k8s/base/hpa.yaml",
             "worker/settings.py",
-            "ingress/chunkwriter.py",
+            "ingress/batches/chunkwriter.py",
         )
     }
     assert checks.check_text_claims(texts, provision.ACK_DEADLINE_S) == []

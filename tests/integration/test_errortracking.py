@@ -21,8 +21,8 @@ REPORTING = r"""
 import logging, sys
 from flask import Flask
 import sentry_sdk
-from schemas.errortracking import init_error_tracking
-from schemas.jsonlog import configure_logging
+from common.errortracking import init_error_tracking
+from common.jsonlog import configure_logging
 
 configure_logging("INFO")
 assert init_error_tracking(sys.argv[1], "omni-test")

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from ingress.events import prefer_wait
+from ingress.http import prefer_wait
 from tests.integration.conftest import KEYS, Service
 
 pytestmark = pytest.mark.integration

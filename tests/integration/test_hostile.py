@@ -26,9 +26,9 @@ from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
 from emulators.localrun import ROOT
 from emulators.process import stop_group
-from ingress.batchinput import ITEM_OVERHEAD_BYTES
-from ingress.batchstore import Batch as StoredBatch
-from ingress.chunkstore import ChunkStore
+from ingress.batches.chunkstore import ChunkStore
+from ingress.batches.input import ITEM_OVERHEAD_BYTES
+from ingress.batches.store import Batch as StoredBatch
 from ingress.publisher import JobPublisher
 from ingress.settings import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_BATCH_BODY_BYTES
 from schemas.batches import COUNTERS
@@ -44,7 +44,7 @@ HOSTILE_TOPIC = "hostile-sink"
 """A topic with no subscription: what this ingress publishes is dropped, its jobs stay queued."""
 SMALL = 64 * 1024
 LINE_LIMIT = MAX_BODY_BYTES - ITEM_OVERHEAD_BYTES
-"""The longest NDJSON line (``ingress/batchinput.py``)."""
+"""The longest NDJSON line (``ingress/batches/input.py``)."""
 RATIO = 40
 """How much longer the largest body may take than the 64 KiB one: linear is ~16×, the old
 regex pre-scan was ~250× (and past the worker's timeout at 1 MiB)."""
@@ -495,7 +495,7 @@ def test_a_cancel_decided_on_a_stale_read_starts_no_second_sweep(
         return StoredBatch(batch_id, snapshot.to_dict() or {}, shards, snapshot.update_time)
 
     first, second = read(), read()
-    caplog.set_level(logging.INFO, logger="ingress.chunkcancel")
+    caplog.set_level(logging.INFO, logger="ingress.batches.chunkcancel")
     store.request_cancel(first)
 
     def swept() -> bool:

@@ -146,7 +146,7 @@ def test_the_ingress_set_is_consistent(ingress_venv: Path) -> None:
 def test_what_the_image_runs_imports_with_only_this_set(ingress_venv: Path, tmp_path: Path) -> None:
     # From an empty folder, so that the installed packages are imported, not the checkout's.
     modules = (
-        "ingress, ingress.app, reconciler.sweep, emulators.provision, schemas.jsonlog, "
+        "ingress, ingress.app, reconciler.sweep, emulators.provision, common.jsonlog, "
         "webhooks.__main__, webhooks.sender, webhooks.outbox, webhooks.delivery"
     )
     result = subprocess.run(

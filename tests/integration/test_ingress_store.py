@@ -1,4 +1,5 @@
-"""ingress/store.py against the real Firestore emulator: the edge cases of create-then-publish."""
+"""ingress/jobs/store.py against the real Firestore emulator: the edge cases of
+create-then-publish."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from google.cloud import firestore
 
-from ingress.store import JobStore
+from ingress.jobs.store import JobStore
 from schemas.jobs import new_job_document, new_job_id
 
 pytestmark = pytest.mark.integration

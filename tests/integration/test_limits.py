@@ -18,7 +18,7 @@ import requests
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from ingress.store import JobStore
+from ingress.jobs.store import JobStore
 from schemas.chunks import RETRY_PREFIX
 from schemas.jobs import new_job_document, new_job_id
 from schemas.quota import in_flight_of, shard_paths

@@ -1,4 +1,5 @@
-"""The multiplexed Listen stream (``ingress/listen.py``) against the real Firestore emulator."""
+"""The multiplexed Listen stream (``ingress/jobs/listen.py``) against the real Firestore
+emulator."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from ingress.listen import MultiListen
+from ingress.jobs.listen import MultiListen
 from tests.conftest import Emulators
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
+from common.settings import ConfigError
 from ingress.auth import KeyRing, presented_key
-from ingress.settings import ConfigError
 
 
 def sha(key: str) -> str:

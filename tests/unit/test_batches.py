@@ -128,7 +128,7 @@ def test_finished_at_is_the_last_counted_change_once_done() -> None:
 
 
 def test_huge_integers_are_found_anywhere_in_a_stored_input() -> None:
-    from ingress.requests import has_huge_int
+    from ingress.http import has_huge_int
 
     assert has_huge_int({"a": [1, {"b": 2**63}]}) and has_huge_int(-(2**63) - 1)
     assert not has_huge_int({"a": [2**63 - 1, -(2**63), True, 1.5e300, "9" * 40]})

@@ -1,4 +1,4 @@
-"""ingress/batchinput.py's line reader: lines across read boundaries, an over-long line cut as it
+"""ingress/batches/input.py's line reader: lines across read boundaries, an over-long line cut as it
 arrives instead of held (and copied) whole, and the pace a body must keep (``UploadPace``)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 import pytest
 from werkzeug.exceptions import ClientDisconnected
 
-from ingress import batchinput
+from ingress.batches import input as batchinput
 from ingress.errors import PayloadTooLarge, RequestTimeout
-from ingress.uploads import UploadPace
+from ingress.limits.uploads import UploadPace
 
 
 class _Request:

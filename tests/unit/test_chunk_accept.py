@@ -1,7 +1,7 @@
 """The pieces of a batch's acceptance that need no store: reading and validating NDJSON lines
-(``ingress/batchinput.py``), cutting them into chunks with bounded memory and encoding chunk
-documents (``ingress/chunkwriter.py``), the accept commit's chunk updates
-(``ingress/batchstore.py``), and the chunk settings."""
+(``ingress/batches/input.py``), cutting them into chunks with bounded memory and encoding chunk
+documents (``ingress/batches/chunkwriter.py``), the accept commit's chunk updates
+(``ingress/batches/store.py``), and the chunk settings."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers
 
-from ingress import batchinput, batchstore, chunkwriter
-from ingress.batchinput import NdjsonItems, _schema_gaps
-from ingress.chunkwriter import ChunkWriter, Written
+from common.settings import ConfigError
+from ingress.batches import chunkwriter
+from ingress.batches import input as batchinput
+from ingress.batches import store as batchstore
+from ingress.batches.chunkwriter import ChunkWriter, Written
+from ingress.batches.input import NdjsonItems, _schema_gaps
 from ingress.errors import BadRequest, PayloadTooLarge
-from ingress.settings import ConfigError, Settings
+from ingress.settings import Settings
 from schemas import get_task
 from schemas.chunks import DEFAULT_CHUNK_ITEMS, result_bound, unpack_inputs
 

@@ -15,13 +15,13 @@ from flask import Flask
 from google.api_core import exceptions as gexc
 from google.cloud.firestore import SERVER_TIMESTAMP, Increment
 
-from ingress import chunkcancel
-from ingress.batchevents import batch_stream
-from ingress.batchreads import _last_event_id
-from ingress.batchstore import Batch as StoredBatch
-from ingress.chunkcancel import CancelSweeper
-from ingress.chunkretry import _source
-from ingress.chunkstore import LAST_POSITION, ChunkStore, EventKey
+from ingress.batches import chunkcancel
+from ingress.batches.chunkcancel import CancelSweeper
+from ingress.batches.chunkretry import _source
+from ingress.batches.chunkstore import LAST_POSITION, ChunkStore, EventKey
+from ingress.batches.events import batch_stream
+from ingress.batches.reads import _last_event_id
+from ingress.batches.store import Batch as StoredBatch
 from ingress.errors import BadRequest
 from schemas import get_task
 from schemas.batches import CountDeltas

@@ -13,7 +13,7 @@ import yaml
 
 from emulators.localrun import ROOT
 from ingress import create_app
-from ingress.events import MAX_WAIT_S
+from ingress.http import MAX_WAIT_S
 from ingress.settings import Settings
 
 REQUIRED = {

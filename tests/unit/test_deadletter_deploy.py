@@ -20,10 +20,11 @@ def test_the_staged_source_imports_without_the_rest_of_the_project(tmp_path: Pat
     assert pins == requirements()
     assert any(p.startswith("functions-framework==") for p in pins)
     assert all("==" in p for p in pins), "every requirement pinned"
-    # Importing it uses the staged schemas/ and no other package of ours.
+    # Importing it uses the staged schemas/ and common/ and no other package of ours.
     probe = (
-        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import main, schemas;"
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import main, schemas, common;"
         "assert schemas.__file__.startswith(sys.path[0]), schemas.__file__;"
+        "assert common.__file__.startswith(sys.path[0]), common.__file__;"
         "assert callable(main.on_dead_letter);"
         "ours = ('ingress', 'worker', 'emulators', 'reconciler', 'omniclient', 'deadletter');"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ours))"

@@ -236,7 +236,7 @@ INGRESS = ImageSpec(
     env={"HOST": "0.0.0.0", "PORT": "8080"},
     port=8080,
     # The reconciler CronJob, the webhook sender and compose's provisioning job run this image too.
-    packages=frozenset({"schemas", "ingress", "reconciler", "webhooks", "emulators"}),
+    packages=frozenset({"schemas", "common", "ingress", "reconciler", "webhooks", "emulators"}),
     runtime_files=("ingress/gunicorn.conf.py",),
     cloud_run=True,
 )
@@ -245,7 +245,7 @@ WORKER = ImageSpec(
     cmd=("python", "-m", "worker"),
     env={"WORKER_HTTP_HOST": "0.0.0.0", "WORKER_HTTP_PORT": str(WorkerSettings().http_port)},
     port=WorkerSettings().http_port,
-    packages=frozenset({"schemas", "worker"}),
+    packages=frozenset({"schemas", "common", "worker"}),
     torch="cpu",
 )
 WORKER_CUDA = replace(WORKER, env={**WORKER.env, "WORKER_DEVICE": "cuda"}, torch="pypi")

@@ -1,4 +1,4 @@
-"""``schemas.firestoreupdates`` builds exactly the writes ``WriteBatch.update`` builds."""
+"""``common.firestoreupdates`` builds exactly the writes ``WriteBatch.update`` builds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.transforms import DELETE_FIELD, ArrayUnion, Increment
 
+from common.firestoreupdates import Unsupported, update_write
 from schemas import jobstate
-from schemas.firestoreupdates import Unsupported, update_write
 from schemas.jobs import JobStatus
 
 PATH = "projects/p/databases/(default)/documents/jobs/abc"

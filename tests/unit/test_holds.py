@@ -1,4 +1,4 @@
-"""ingress/holds.py: the per-tenant count of open streams and held requests, its cap, and the
+"""ingress/limits/holds.py: the per-tenant count of open streams and held requests, its cap, and the
 release of each slot exactly once however a stream ends."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from ingress.errors import TooManyRequests
-from ingress.holds import Hold, Holds
-from ingress.ratelimit import DEFAULT_STREAMS, LimitPolicy
+from ingress.limits.holds import Hold, Holds
+from ingress.limits.ratelimit import DEFAULT_STREAMS, LimitPolicy
 
 RETRY_AFTER_S = 5
 

@@ -1,11 +1,12 @@
-"""ingress/health.py's cache: at most one check per interval, one at a time, whatever the load."""
+"""ingress/meta/health.py's cache: at most one check per interval, one at a time, whatever the
+load."""
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ingress.health import CachedHealth
+from ingress.meta.health import CachedHealth
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""schemas/jsonlog.py: one JSON object per line, with the fields Cloud Logging reads."""
+"""common/jsonlog.py: one JSON object per line, with the fields Cloud Logging reads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from schemas.jsonlog import (
+from common.jsonlog import (
     SPAN_FIELD,
     TRACE_FIELD,
     configure_logging,

@@ -1,4 +1,5 @@
-"""ingress/openapi.py: the generated OpenAPI 3.1 document covers every /v1 route and is valid."""
+"""ingress/meta/openapi.py: the generated OpenAPI 3.1 document covers every /v1 route and is
+valid."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
-from ingress import create_app, openapi
+from ingress import create_app
+from ingress.meta import openapi
 from ingress.settings import Settings
 from schemas import TASKS
 from schemas.chunks import event_id

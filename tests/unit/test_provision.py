@@ -181,7 +181,7 @@ def test_the_reconcilers_chunk_and_open_batch_queries_have_their_indexes() -> No
 
 
 def test_the_batch_queries_have_their_composite_indexes() -> None:
-    # ingress/batchstore.py: results in input order (optionally by status), and the listener on
+    # ingress/batches/store.py: results in input order (optionally by status), and the listener on
     # items finishing behind GET /v1/batches/ID/events.
     calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
     indexes = {

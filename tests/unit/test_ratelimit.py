@@ -1,5 +1,6 @@
-"""ingress/ratelimit.py: the policy, the token bucket's arithmetic and the split by instance count;
-ingress/instances.py's count when a heartbeat fails."""
+"""ingress/limits/ratelimit.py: the policy, the token bucket's arithmetic and the split by instance
+count;
+ingress/limits/instances.py's count when a heartbeat fails."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ from typing import Any
 
 import pytest
 
-from ingress.instances import InstanceRegistry
-from ingress.ratelimit import DEFAULT_STREAMS, LimitPolicy, RateLimiter, TenantLimits, limits_from
-from ingress.settings import ConfigError, Settings
+from common.settings import ConfigError
+from ingress.limits.instances import InstanceRegistry
+from ingress.limits.ratelimit import (
+    DEFAULT_STREAMS,
+    LimitPolicy,
+    RateLimiter,
+    TenantLimits,
+    limits_from,
+)
+from ingress.settings import Settings
 
 KEYS = {"API_KEYS": "acme:k1"}
 

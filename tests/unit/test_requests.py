@@ -1,4 +1,4 @@
-"""ingress/requests.py: parsing a JSON body in one linear pass, with a 400 for each kind of bad
+"""ingress/http.py: parsing a JSON body in one linear pass, with a 400 for each kind of bad
 body (not UTF-8, malformed, too deep) and no recursion or backtracking over the input."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ingress.errors import BadRequest
-from ingress.requests import (
+from ingress.http import (
     MAX_JSON_DEPTH,
     has_lone_surrogate,
     may_hold_surrogate,

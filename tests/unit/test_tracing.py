@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from schemas import tracing
-from schemas.jsonlog import SPAN_FIELD, TRACE_FIELD
+from common import tracing
+from common.jsonlog import SPAN_FIELD, TRACE_FIELD
 
 
 @pytest.fixture

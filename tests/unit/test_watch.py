@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ingress.events import prefer_wait
-from ingress.watch import CLOSED, JobWatcher, WatcherClosed
+from ingress.http import prefer_wait
+from ingress.jobs.watch import CLOSED, JobWatcher, WatcherClosed
 
 
 class FakeStream:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from common.settings import ConfigError
 from schemas.webhooks import (
     DEFAULT_BACKOFF_S,
     DeliveryState,
@@ -31,7 +32,7 @@ from webhooks.fairness import Due, TenantRotation, round_robin
 from webhooks.health import outcome_label
 from webhooks.outbox import Claimed
 from webhooks.sender import Sender
-from webhooks.settings import ConfigError, SenderSettings
+from webhooks.settings import SenderSettings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.jsonlog import log_context
+from common.jsonlog import log_context
 from schemas.messages import JobMessage
 from worker import metrics
 from worker.attempts import StopToken, Watcher

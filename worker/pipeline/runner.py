@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.jsonlog import log_context
+from common.jsonlog import log_context
 from schemas.tasks import get_task
 from worker import metrics
 from worker.attempts import BatchStop, Watcher, calling

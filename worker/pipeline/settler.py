@@ -31,7 +31,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from schemas import tracing
+from common import tracing
 from schemas.jobs import JobStatus
 from worker import metrics
 from worker.attempts import StopReason, Watcher

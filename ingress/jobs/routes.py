@@ -1,0 +1,196 @@
+"""``/v1/jobs``: submit a job (optionally idempotent, optionally waiting for it), read it back
+(optionally as a long poll), cancel it. The event stream is in ``ingress/jobs/events.py``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from common import tracing
+from common.jsonlog import bind_log_context
+from ingress import metrics
+from ingress.access import checked_id, owned_job
+from ingress.errors import (
+    AlreadyFinished,
+    BadRequest,
+    Conflict,
+    NotFound,
+    StoreRejected,
+    StoreUnavailable,
+    ValidationFailed,
+)
+from ingress.http import HUGE_INT, has_huge_int, json_body, prefer_wait, wait_param
+from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
+from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
+from ingress.jobs.waits import long_poll, wait_until_terminal
+from ingress.publisher import PublishFailed
+from ingress.services import Services, admit, release, services, unavailable
+from ingress.webhooks.check import checked_webhook
+from schemas import (
+    TASKS,
+    Job,
+    JobMessage,
+    JobRequest,
+    ProblemItem,
+    UnknownTaskError,
+    get_task,
+    jobstate,
+)
+from schemas.jobs import new_job_document, new_job_id
+
+logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer("omni.ingress")
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not KEY_PATTERN.match(key):
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1..255 printable ASCII characters")
+    return key
+
+
+@bp.post("")
+def create_job() -> tuple[Response, int, dict[str, str]]:
+    svc = services()
+    tenant: str = g.tenant
+    key = _idempotency_key()
+    body = json_body(request, svc.settings.max_body_bytes)
+    try:
+        job_request = JobRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed.from_pydantic(exc, prefix=["body"]) from exc
+    try:
+        spec = get_task(job_request.task)
+    except UnknownTaskError:
+        known = ", ".join(sorted(TASKS))
+        msg = f"unknown task {job_request.task!r}; known tasks: {known}"
+        raise ValidationFailed([ProblemItem(loc=["body", "task"], msg=msg)]) from None
+    try:
+        task_input = spec.input_model.model_validate(job_request.input)
+    except ValidationError as exc:
+        raise ValidationFailed.from_pydantic(exc, prefix=["body", "input"]) from exc
+
+    webhook = checked_webhook(job_request.webhook, ["body", "webhook"])
+    stored_input = spec.input_to_store(task_input.model_dump(mode="json"))
+    if has_huge_int(stored_input):
+        raise ValidationFailed([ProblemItem(loc=["body", "input"], msg=HUGE_INT)])
+    # A request that will wait holds one of its tenant's stream slots until it is answered; at the
+    # cap it is refused here, before a key is reserved or a job written, so a retry is safe.
+    wait_s = prefer_wait(request.headers.get("Prefer"))
+    with svc.holds.acquire(tenant) if wait_s else nullcontext():
+        job_id = new_job_id()
+        reservation: Reservation | None = None
+        if key is not None:
+            try:
+                reservation = svc.idempotency.reserve(
+                    tenant, key, fingerprint(request.path, body), job_id
+                )
+            except KeyMismatch as exc:
+                raise Conflict(str(exc)) from exc
+            except StoreUnavailable as exc:
+                raise unavailable("job store") from exc
+            job_id = reservation.resource_id
+            if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
+                return replayed
+        # After the replay, which creates nothing: a replay is answered at the cap.
+        admit(tenant, 1, reservation)
+        bind_log_context(job_id=job_id, task=spec.name)
+        doc = new_job_document(
+            tenant=tenant,
+            task=spec.name,
+            input=stored_input,
+            metadata=job_request.metadata,
+            now=datetime.now(UTC),
+            result_ttl_s=svc.settings.result_ttl_s,
+            webhook=webhook,
+        )
+        doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
+        try:
+            with _tracer.start_as_current_span("firestore create job"):
+                written_at = svc.store.create(job_id, doc)
+        except StoreRejected as exc:
+            item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
+            release(reservation)
+            raise ValidationFailed([item]) from exc
+        except StoreUnavailable as exc:
+            release(reservation)
+            raise unavailable("job store") from exc
+        try:
+            svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
+        except PublishFailed as exc:
+            # The client will retry with a new job; this one must not sit in queued forever.
+            svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
+            release(reservation)
+            raise unavailable("job queue") from exc
+        logger.info("job queued")
+        metrics.job_submitted(spec.name)
+        return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
+
+
+def _accepted(
+    svc: Services, job_id: str, doc: dict[str, Any], headers: dict[str, str]
+) -> tuple[Response, int, dict[str, str]]:
+    """202 with the job; with ``Prefer: wait=N``, held until the job ends (then 200) or N runs
+    out (still 202). A replayed idempotent request waits the same way as the first one did.
+    The caller holds the tenant's stream slot for the wait (``create_job``)."""
+    wait_s = prefer_wait(request.headers.get("Prefer"))
+    status = 202
+    if wait_s is not None:
+        doc = wait_until_terminal(svc.watcher, job_id, doc, wait_s)
+        headers["Preference-Applied"] = f"wait={wait_s:g}"
+        status = 200 if jobstate.is_terminal(doc) else 202
+    return jsonify(Job.from_document(job_id, doc).to_json_dict()), status, headers
+
+
+def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dict[str, str]] | None:
+    """The job an earlier request with the same key made, as it is now; None if that request
+    reserved the key but its job is not written (yet): this request then writes it."""
+    bind_log_context(job_id=job_id)
+    try:
+        doc = svc.store.get(job_id)
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    if doc is None or doc.get("tenant") != tenant:
+        return None
+    logger.info("idempotent replay")
+    return _accepted(
+        svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"}
+    )
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    """The job; with ``?wait=N``, a long poll that answers as soon as the job is terminal, or
+    with its state as it is after N seconds."""
+    wait_s = wait_param(request.args.get("wait"))
+    doc = owned_job(job_id)
+    if wait_s:
+        doc = long_poll(job_id, doc, wait_s)
+    return jsonify(Job.from_document(job_id, doc).to_json_dict())
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """A queued job is ``cancelled`` at once and never runs; a running one is ``cancelled`` at once
+    too and its worker stops at its next safe point, writing nothing. 409 when already terminal."""
+    svc = services()
+    checked_id(job_id)
+    try:
+        doc = svc.store.cancel(job_id, g.tenant)
+    except AlreadyFinished as exc:
+        status = exc.doc.get("status")
+        raise Conflict(f"the job is already {status}; a finished job cannot be cancelled") from exc
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    if doc is None:
+        raise NotFound("no such job")
+    logger.info("job cancelled")
+    return jsonify(Job.from_document(job_id, doc).to_json_dict())
