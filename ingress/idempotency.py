@@ -23,10 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from common.googleapi import UNAVAILABLE, bounded_retry
+from common.googleapi import (
+    AlreadyExists,
+    BackendError,
+    Missing,
+    PreconditionFailed,
+    bounded_retry,
+    translated,
+)
 from ingress.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -89,12 +95,13 @@ class IdempotencyStore:
             "created_at": now,
             "expire_at": now + timedelta(seconds=TTL_S),
         }
-        try:
+        with translated(StoreUnavailable, "idempotency check"):
             for _ in range(_RESERVE_TRIES):
                 try:
-                    result = ref.create(record, retry=self._retry, timeout=self._timeout_s)
+                    with translated(StoreUnavailable, "idempotency check"):
+                        result = ref.create(record, retry=self._retry, timeout=self._timeout_s)
                     return Reservation(new_id, False, doc_id, result.update_time)
-                except gexc.AlreadyExists:
+                except AlreadyExists:
                     pass
                 snapshot = ref.get(retry=self._retry, timeout=self._timeout_s)
                 existing = snapshot.to_dict() if snapshot.exists else None
@@ -104,15 +111,16 @@ class IdempotencyStore:
                     break
                 # Expired but not yet removed by the TTL policy: remove it, unless someone
                 # else changed it meanwhile, and try again.
-                with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+                with (
+                    contextlib.suppress(PreconditionFailed, Missing),
+                    translated(StoreUnavailable, "idempotency check"),
+                ):
                     ref.delete(
                         option=self._client.write_option(last_update_time=snapshot.update_time),
                         timeout=self._timeout_s,
                     )
             else:
                 raise StoreUnavailable("the idempotency key is contended; try again")
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore idempotency check failed: {exc!r}") from exc
         if existing["fingerprint"] != request_fingerprint:
             raise KeyMismatch(
                 f"{HEADER} was already used with another request; use a new key for a new request"
@@ -129,11 +137,12 @@ class IdempotencyStore:
         if reservation.replayed or reservation.update_time is None:
             return
         try:
-            self._records.document(reservation.doc_id).delete(
-                option=self._client.write_option(last_update_time=reservation.update_time),
-                timeout=self._timeout_s,
-            )
-        except gexc.GoogleAPICallError as exc:
+            with translated(StoreUnavailable, "idempotency release"):
+                self._records.document(reservation.doc_id).delete(
+                    option=self._client.write_option(last_update_time=reservation.update_time),
+                    timeout=self._timeout_s,
+                )
+        except (BackendError, StoreUnavailable) as exc:
             # Left in place, a retry with the key finds the job document missing or failed and
             # says so; nothing is lost either way.
             logger.warning("could not release an idempotency key: %s", type(exc).__name__)

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-from concurrent import futures
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from opentelemetry import context as otel_context
 
 from common import tracing
-from common.googleapi import bounded_retry
+from common.googleapi import bounded_retry, failing_as
 from ingress import metrics
 from schemas.chunks import ChunkMessage
 from schemas.messages import CHUNK_KIND, JobMessage, Topics, chunk_to_pubsub
@@ -36,13 +34,12 @@ class JobPublisher:
         """Publish and wait for Pub/Sub's confirmation; returns the message id."""
         data, attributes = message.to_pubsub()
         topic = self._topics.path(message.task)
-        try:
+        # A future's timeout is the builtin TimeoutError (concurrent.futures' is an alias).
+        with failing_as(PublishFailed, "publish"):
             future = self._client.publish(
                 topic, data, retry=self._retry, timeout=self._timeout_s, **attributes
             )
             return str(future.result(timeout=self._timeout_s))
-        except (gexc.GoogleAPIError, futures.TimeoutError, TimeoutError) as exc:
-            raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
     @metrics.timed_publish
     def publish_chunks(
@@ -71,7 +68,7 @@ class JobPublisher:
         from google.pubsub_v1 import PublisherClient as GeneratedPublisher
 
         for start in range(0, len(pbs), MAX_PER_CALL):
-            try:
+            with failing_as(PublishFailed, "publish"):
                 GeneratedPublisher.publish(
                     self._client,
                     topic=topic,
@@ -79,8 +76,6 @@ class JobPublisher:
                     retry=self._retry,
                     timeout=self._timeout_s,
                 )
-            except gexc.GoogleAPIError as exc:
-                raise PublishFailed(f"publish failed: {type(exc).__name__}") from exc
 
     def ping(self) -> bool:
         """Whether Pub/Sub answers now (for one topic: that every topic exists is provisioning's

@@ -26,7 +26,8 @@ from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, CODE_OF, PENDING, end_unfinished, unpack_inputs
 from schemas.jobs import JobStatus
 from schemas.quota import COUNTED_FLAG
-from worker.store import AttemptStore, Busy, Skip, running_doc
+from worker.attemptstore import AttemptStore
+from worker.store import Busy, Skip, running_doc
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,6 @@ class ChunkStore(AttemptStore):
     ) -> ChunkClaim | Skip | Busy:
         chunk_ref, batch_ref = self._refs(batch_id, chunk_id)
 
-        @firestore.transactional
         def _claim(transaction: firestore.Transaction) -> ChunkClaim | Skip | Busy:
             snapshots = {
                 s.reference.path: s

@@ -19,11 +19,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from common.googleapi import UNAVAILABLE, bounded_retry, is_contention
+from common.googleapi import PreconditionFailed, bounded_retry, run_transaction, translated
 from ingress.errors import StoreUnavailable
 from schemas import jobstate
 from schemas.batches import CountDeltas
@@ -102,10 +101,8 @@ class CancelSweeper:
         return swept
 
     def _read(self, query: Any) -> list[Any]:
-        try:
+        with translated(StoreUnavailable, "chunks read"):
             return list(query.stream(retry=self._retry, timeout=self._timeout_s))
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore chunks read failed: {type(exc).__name__}") from exc
 
     def _cancel_page(self, snapshots: list[Any]) -> int:
         """Cancel a page of queued chunks in one commit, each fenced by its update time; if any
@@ -122,12 +119,11 @@ class CancelSweeper:
             )
         deltas.write(writes, self._client, now)
         try:
-            writes.commit(retry=self._retry, timeout=self._timeout_s)
-            return len(snapshots)
-        except gexc.FailedPrecondition:
+            with translated(StoreUnavailable, "cancel"):
+                writes.commit(retry=self._retry, timeout=self._timeout_s)
+                return len(snapshots)
+        except PreconditionFailed:
             return sum(self._cancel_one(s.reference) for s in snapshots)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore cancel failed: {type(exc).__name__}") from exc
 
     def _cancelled(self, doc: dict[str, Any], now: datetime, deltas: CountDeltas) -> dict[str, Any]:
         """The changes that end a queued chunk ``cancelled``, its counts moved into ``deltas``:
@@ -138,7 +134,6 @@ class CancelSweeper:
         )
 
     def _cancel_one(self, ref: Any) -> bool:
-        @firestore.transactional
         def _cancel(transaction: firestore.Transaction) -> bool:
             snapshot = ref.get(field_paths=END_FIELDS, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
@@ -151,9 +146,12 @@ class CancelSweeper:
             return True
 
         try:
-            done: bool = _cancel(self._client.transaction())
-        except ValueError as exc:
-            if not is_contention(exc):
-                raise
+            done: bool = run_transaction(
+                self._client, _cancel, unavailable=StoreUnavailable, what="chunk cancel"
+            )
+        except StoreUnavailable:
+            # Contended past its tries (a worker is claiming it right now) or Firestore is
+            # down: skip it. A worker that claims a chunk of a cancelled batch ends it, and an
+            # outage stops the sweep at its next read.
             return False
         return done

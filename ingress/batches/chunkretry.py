@@ -30,8 +30,9 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 from pydantic import ValidationError
 
-from common.googleapi import bounded_retry
+from common.googleapi import PreconditionFailed, bounded_retry, translated
 from ingress.batches.store import Batch as StoredBatch
+from ingress.errors import StoreUnavailable
 from ingress.publisher import JobPublisher, PublishFailed
 from schemas import TaskSpec, get_task
 from schemas.batches import CountDeltas
@@ -174,22 +175,23 @@ class RetryPlanner:
         self, batch: StoredBatch, chunks: Any, spec: TaskSpec, group: list[_Source]
     ) -> list[tuple[ChunkMessage, int]]:
         try:
-            return [self._write(batch, chunks, group)]
-        except gexc.FailedPrecondition:
+            with translated(StoreUnavailable, "retry commit"):
+                return [self._write(batch, chunks, group)]
+        except PreconditionFailed:
             pass  # a source changed since it was read (a concurrent retry): each on its own
         made = []
         for stale in group:
-            fresh = _source(
-                stale.ref.get(
+            with translated(StoreUnavailable, "retry read"):
+                snapshot = stale.ref.get(
                     field_paths=SOURCE_FIELDS, retry=self._retry, timeout=self._timeout_s
-                ),
-                spec,
-            )
+                )
+            fresh = _source(snapshot, spec)
             if fresh is None:
                 continue  # its failed items moved already
             try:
-                made.append(self._write(batch, chunks, [fresh]))
-            except gexc.FailedPrecondition:
+                with translated(StoreUnavailable, "retry commit"):
+                    made.append(self._write(batch, chunks, [fresh]))
+            except PreconditionFailed:
                 continue  # moved again meanwhile: that retry has them
         return made
 

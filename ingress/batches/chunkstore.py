@@ -28,12 +28,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from common.googleapi import UNAVAILABLE, bounded_retry
+from common.googleapi import PreconditionFailed, bounded_retry, translated
 from ingress.batches.chunkcancel import CancelSweeper
 from ingress.batches.chunkretry import BatchCancelled, RetryPlanner
 from ingress.batches.store import Batch as StoredBatch
@@ -111,10 +110,8 @@ class ChunkStore:
         return self._batches.document(batch_id)
 
     def _read(self, query: Any, what: str) -> list[Any]:
-        try:
+        with translated(StoreUnavailable, f"{what} read"):
             return list(query.stream(retry=self._retry, timeout=self._timeout_s))
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore {what} read failed: {type(exc).__name__}") from exc
 
     # -- results -------------------------------------------------------------------------------
 
@@ -227,7 +224,7 @@ class ChunkStore:
         if not ids:
             return {}
         chunks = self._chunks(batch_id)
-        try:
+        with translated(StoreUnavailable, "chunk read"):
             snapshots = self._client.get_all(
                 [chunks.document(i) for i in ids],
                 field_paths=fields,
@@ -235,8 +232,6 @@ class ChunkStore:
                 timeout=self._timeout_s,
             )
             return {s.id: s.to_dict() or {} for s in snapshots if s.exists}
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore chunk read failed: {type(exc).__name__}") from exc
 
     # -- item events ---------------------------------------------------------------------------
 
@@ -337,19 +332,16 @@ class ChunkStore:
                 changes.update(open=False, closed_at=now)
             ref = self._batches.document(batch.id)
             try:
-                ref.update(
-                    changes,
-                    option=self._client.write_option(last_update_time=batch.update_time),
-                    retry=self._retry,
-                    timeout=self._timeout_s,
-                )
-            except gexc.FailedPrecondition:
+                with translated(StoreUnavailable, "batch cancel"):
+                    ref.update(
+                        changes,
+                        option=self._client.write_option(last_update_time=batch.update_time),
+                        retry=self._retry,
+                        timeout=self._timeout_s,
+                    )
+            except PreconditionFailed:
                 batch = self._reread(batch)  # it changed since read: decide again on what it is
                 continue
-            except UNAVAILABLE as exc:
-                raise StoreUnavailable(
-                    f"Firestore batch cancel failed: {type(exc).__name__}"
-                ) from exc
             batch.doc.update(changes)
             break
         else:
@@ -360,12 +352,10 @@ class ChunkStore:
     def _reread(self, batch: StoredBatch) -> StoredBatch:
         """The batch document read again, with the counts read before (a cancel decides on the
         document's fields; the counts only say whether the batch had ended)."""
-        try:
+        with translated(StoreUnavailable, "batch read"):
             snapshot = self._batches.document(batch.id).get(
                 retry=self._retry, timeout=self._timeout_s
             )
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore batch read failed: {type(exc).__name__}") from exc
         if not snapshot.exists:  # expired meanwhile
             raise AlreadyFinished({"status": "expired"})
         return StoredBatch(batch.id, snapshot.to_dict() or {}, batch.shards, snapshot.update_time)
@@ -377,10 +367,8 @@ class ChunkStore:
         ``BatchCancelled`` for a cancelled batch. A batch with nothing failed is left as it is."""
         if batch.doc.get("cancel_requested"):
             raise BatchCancelled(batch.id)
-        try:
+        with translated(StoreUnavailable, "batch retry"):
             made = self._retrier.retry(batch, self._chunks(batch.id))
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore batch retry failed: {type(exc).__name__}") from exc
         moved = sum(n for _, n in made)
         if not moved:
             return 0
@@ -393,12 +381,10 @@ class ChunkStore:
         if batch.doc.get("webhook"):
             # The batch will end again: its webhook is sent again then, as a new event.
             changes["webhook_pending"] = True
-        try:
+        with translated(StoreUnavailable, "batch retry"):
             self._batches.document(batch.id).update(
                 changes, retry=self._retry, timeout=self._timeout_s
             )
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore batch retry failed: {type(exc).__name__}") from exc
         return moved
 
 

@@ -25,11 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from opentelemetry import context as otel_context
 
-from common.googleapi import UNAVAILABLE, is_contention
+from common.googleapi import (
+    AlreadyExists,
+    BackendError,
+    Missing,
+    PreconditionFailed,
+    run_transaction,
+    translated,
+)
 from ingress.errors import StoreUnavailable
 from schemas.chunks import CHUNKS, PENDING, ChunkCutter, chunk_id, pack_inputs
 
@@ -177,27 +183,20 @@ class ChunkWriter:
         inputs = pack_inputs(lines)
         now = datetime.now(UTC)
         try:
-            try:
+            with translated(StoreUnavailable, "chunk write"):
                 writes = self._client.batch()
                 writes._add_write_pbs([self._encoder.create(name, start, len(lines), inputs, now)])
                 results = writes.commit(retry=self._retry, timeout=self._timeout_s)
-                return Written(name, start, len(lines), results[0].update_time)
-            except gexc.AlreadyExists:
-                doc = {**self._encoder.fields(start, len(lines), inputs, now)}
-                ref = self._chunks.document(name)
-                return Written(name, start, len(lines), self._take_over(ref, doc))
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore chunk write failed: {type(exc).__name__}") from exc
-        except ValueError as exc:
-            if not is_contention(exc):
-                raise
-            raise StoreUnavailable("a chunk's id is contended; try again") from exc
+            return Written(name, start, len(lines), results[0].update_time)
+        except AlreadyExists:
+            doc = {**self._encoder.fields(start, len(lines), inputs, now)}
+            ref = self._chunks.document(name)
+            return Written(name, start, len(lines), self._take_over(ref, doc))
 
     def _take_over(self, ref: Any, doc: dict[str, Any]) -> datetime:
         """The update time of our chunk at ``ref``, which exists already: our own create that
         landed on an earlier try, or a pending chunk a dead request left (overwritten here)."""
 
-        @firestore.transactional
         def _overwrite(transaction: firestore.Transaction) -> None:
             snapshot = ref.get(transaction=transaction)
             current = snapshot.to_dict() if snapshot.exists else {}
@@ -207,8 +206,9 @@ class ChunkWriter:
                 raise ChunkTaken(ref.id)
             transaction.set(ref, doc)
 
-        _overwrite(self._client.transaction())
-        snapshot = ref.get(retry=self._retry, timeout=self._timeout_s)
+        run_transaction(self._client, _overwrite, unavailable=StoreUnavailable, what="chunk write")
+        with translated(StoreUnavailable, "chunk read"):
+            snapshot = ref.get(retry=self._retry, timeout=self._timeout_s)
         if not snapshot.exists or (snapshot.to_dict() or {}).get(ACCEPT_TOKEN) != self._token:
             raise ChunkTaken(ref.id)  # a stale request of the same part overwrote it since
         update_time: datetime = snapshot.update_time
@@ -278,18 +278,43 @@ def delete_chunks(
                 option=client.write_option(last_update_time=chunk.update_time),
             )
         try:
-            writes.commit(retry=retry, timeout=timeout_s)
-            continue
-        except (gexc.FailedPrecondition, gexc.NotFound):
+            with translated(StoreUnavailable, "chunk delete"):
+                writes.commit(retry=retry, timeout=timeout_s)
+                continue
+        except (PreconditionFailed, Missing):
             pass  # one of them is not ours any more: delete the others one by one
-        except gexc.GoogleAPICallError as exc:
+        except (BackendError, StoreUnavailable) as exc:
             logger.warning("pending chunks left to their TTL: %s", type(exc).__name__)
             return
         for chunk in page:
             try:
-                chunks.document(chunk.chunk_id).delete(
-                    option=client.write_option(last_update_time=chunk.update_time),
-                    timeout=timeout_s,
-                )
-            except gexc.GoogleAPICallError:
+                with translated(StoreUnavailable, "chunk delete"):
+                    chunks.document(chunk.chunk_id).delete(
+                        option=client.write_option(last_update_time=chunk.update_time),
+                        timeout=timeout_s,
+                    )
+            except (BackendError, StoreUnavailable):
                 continue
+
+
+def chunk_updates(chunks: Any, written: list[Written], changes: dict[str, Any]) -> list[Any]:
+    """The same ``changes`` to each written chunk, each under its write's update time, as
+    ready-made protobuf writes (the client's wrappers take ~0.5 ms an update: 0.2 s for the
+    391 chunks of 100,000 embed items)."""
+    if not written:
+        return []
+    from google.cloud.firestore_v1 import _helpers
+    from google.cloud.firestore_v1.types import write
+
+    first = chunks.document(written[0].chunk_id)._document_path
+    template = _helpers.pbs_for_update(first, changes, None)[0]._pb
+    prefix = first[: -len(written[0].chunk_id)]
+    write_pb = write.Write.pb()
+    pbs = []
+    for chunk in written:
+        pb = write_pb()
+        pb.CopyFrom(template)
+        pb.update.name = prefix + chunk.chunk_id
+        pb.current_document.update_time.CopyFrom(chunk.update_time.timestamp_pb())  # type: ignore[attr-defined]
+        pbs.append(pb)
+    return pbs

@@ -10,10 +10,17 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from common.googleapi import UNAVAILABLE, bounded_retry, is_contention
+from common.googleapi import (
+    AlreadyExists,
+    BackendError,
+    Invalid,
+    PreconditionFailed,
+    bounded_retry,
+    run_transaction,
+    translated,
+)
 from ingress.errors import AlreadyFinished, StoreRejected, StoreUnavailable
 from schemas import jobstate
 from schemas.batches import CountDeltas
@@ -43,23 +50,23 @@ class JobStore:
         deltas.created(doc["tenant"])
         deltas.write(writes, self._client, datetime.now(UTC))
         try:
-            result = writes.commit(retry=self._retry, timeout=self._timeout_s)[0]
-        except gexc.AlreadyExists:
+            with translated(StoreUnavailable, "create"):
+                result = writes.commit(retry=self._retry, timeout=self._timeout_s)[0]
+        except AlreadyExists:
             # Ids are uuid4: the document exists because an earlier try of this very create
             # landed and only its answer was lost to the client's retry. It is ours.
-            snapshot = self._jobs.document(job_id).get(retry=self._retry, timeout=self._timeout_s)
+            with translated(StoreUnavailable, "read"):
+                snapshot = self._jobs.document(job_id).get(
+                    retry=self._retry, timeout=self._timeout_s
+                )
             return snapshot.update_time  # type: ignore[no-any-return]
-        except gexc.InvalidArgument as exc:
-            raise StoreRejected(exc.message) from exc
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore create failed: {type(exc).__name__}") from exc
+        except Invalid as exc:
+            raise StoreRejected(str(exc)) from exc
         return result.update_time  # type: ignore[no-any-return]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        try:
+        with translated(StoreUnavailable, "read"):
             snapshot = self._jobs.document(job_id).get(retry=self._retry, timeout=self._timeout_s)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore read failed: {type(exc).__name__}") from exc
         return snapshot.to_dict() if snapshot.exists else None
 
     def fail_unpublished(
@@ -93,11 +100,12 @@ class JobStore:
         deltas.move(written, JobStatus.FAILED)
         deltas.write(writes, self._client, now)
         try:
-            writes.commit(retry=self._retry, timeout=self._timeout_s)
-        except gexc.FailedPrecondition:
+            with translated(StoreUnavailable, "commit"):
+                writes.commit(retry=self._retry, timeout=self._timeout_s)
+        except PreconditionFailed:
             logger.info("job changed after a failed publish; leaving it", extra={"job_id": job_id})
             return False
-        except gexc.GoogleAPICallError:
+        except (BackendError, StoreUnavailable):
             # The client still gets its 503; the job stays queued until the reconciler (the
             # reliability issue) re-publishes or fails it.
             logger.exception("could not mark unpublished job failed", extra={"job_id": job_id})
@@ -113,7 +121,6 @@ class JobStore:
         next safe point when its watcher sees the cancel."""
         ref = self._jobs.document(job_id)
 
-        @firestore.transactional
         def _cancel(transaction: firestore.Transaction) -> dict[str, Any] | None:
             snapshot = ref.get(transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
@@ -129,14 +136,9 @@ class JobStore:
             deltas.write(transaction, self._client, now)
             return jobstate.applied(doc, changes)
 
-        try:
-            outcome: dict[str, Any] | None = _cancel(self._client.transaction())
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore cancel failed: {type(exc).__name__}") from exc
-        except ValueError as exc:
-            if not is_contention(exc):
-                raise
-            raise StoreUnavailable(f"Firestore cancel contention: {exc}") from exc
+        outcome: dict[str, Any] | None = run_transaction(
+            self._client, _cancel, unavailable=StoreUnavailable, what="cancel"
+        )
         return outcome
 
     def ping(self) -> bool:

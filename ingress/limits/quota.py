@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.googleapi import UNAVAILABLE, bounded_retry
+from common.googleapi import bounded_retry, translated
 from ingress.errors import PayloadTooLarge, StoreUnavailable, TooManyRequests
 from ingress.limits.ratelimit import LimitPolicy
 from schemas.quota import in_flight_of, shard_paths
@@ -31,11 +31,9 @@ class InFlightCap:
     def in_flight(self, tenant: str) -> int:
         """The tenant's jobs queued or running now, from its counter shards."""
         refs = [self._client.document(*parts) for parts in shard_paths(tenant)]
-        try:
+        with translated(StoreUnavailable, "quota read"):
             snapshots = self._client.get_all(refs, retry=self._retry, timeout=self._timeout_s)
             shards = [s.to_dict() or {} for s in snapshots if s.exists]
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore quota read failed: {type(exc).__name__}") from exc
         return in_flight_of(shards)
 
     def check(self, tenant: str, new_jobs: int) -> None:

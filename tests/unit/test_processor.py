@@ -340,9 +340,9 @@ def test_an_unexpected_error_while_writing_nacks_the_batch_instead_of_hanging() 
 
 
 def test_a_result_firestore_refuses_fails_its_job_as_too_large() -> None:
-    from google.api_core import exceptions as gexc
+    from common.googleapi import Invalid
 
-    store = BrokenEndStore(gexc.InvalidArgument("document too large"), refuse_results=True)
+    store = BrokenEndStore(Invalid("document too large"), refuse_results=True)
     worker = batched(store, TextModel())
     received = handled(worker, "job-0", "job-1")
     assert all(m.settled == ["ack"] for m in received)

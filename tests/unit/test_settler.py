@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from google.api_core import exceptions as gexc
 
+from common.googleapi import Invalid
 from schemas.jobs import JobStatus
 from tests.unit.pipeline_fakes import FakeStore, in_flight, text_claim
 from worker.attempts import StopReason, Watcher
@@ -105,7 +105,7 @@ def test_a_result_firestore_refuses_fails_its_job_alone_as_too_large() -> None:
     class Refusing(FakeStore):
         def end_many(self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]]) -> list[bool]:
             if any(status is JobStatus.SUCCEEDED for _, status, _ in ends):
-                raise gexc.InvalidArgument("document too large")
+                raise Invalid("document too large")  # the store's translation of InvalidArgument
             return super().end_many(ends)
 
     store = Refusing([])

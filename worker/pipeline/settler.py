@@ -29,9 +29,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from google.api_core import exceptions as gexc
-
 from common import tracing
+from common.googleapi import Invalid
 from schemas.jobs import JobStatus
 from worker import metrics
 from worker.attempts import StopReason, Watcher
@@ -156,7 +155,7 @@ class Settler:
             write_started = time.time_ns()
             written = self._hold(lambda: self._store.end_many(request))
             write_ns = (write_started, time.time_ns())
-        except gexc.InvalidArgument as exc:
+        except Invalid as exc:
             # Firestore refused the write: a result over a document's 1 MiB, or a batch over a
             # commit's limit. One at a time, and a result too large fails its job.
             if len(ends) > 1:
@@ -166,7 +165,7 @@ class Settler:
             item, status, _fields, _text = ends[0]
             if status is not JobStatus.SUCCEEDED:
                 raise
-            text = f"the result cannot be stored: {exc.message}"
+            text = f"the result cannot be stored: {exc}"
             error = {"error": {"code": "result_too_large", "message": text}}
             self._write_ends(
                 [(item, JobStatus.FAILED, error, "job failed: result_too_large")],
