@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from common.settings import DEFAULT_PROJECT, ConfigError, project_from
 from common.tracing import EXPORTERS
-from ingress.limits.instances import COLLECTION as INSTANCES_COLLECTION
-from ingress.limits.instances import HEARTBEAT_S
 from ingress.limits.ratelimit import LimitPolicy, limits_from
 from schemas.chunks import CHUNK_ITEMS, DEFAULT_CHUNK_ITEMS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
@@ -58,6 +56,10 @@ with ``Last-Event-ID``): under Cloud Run's 3,600 s request timeout, so the serve
 platform, ends it."""
 OPEN_BATCH_TTL_S = 24 * 3600.0
 """Seconds an open batch takes parts; one not closed by then is cancelled (by the reconciler)."""
+INSTANCES_COLLECTION = "ingress_instances"
+"""Where each serving process keeps its heartbeat document (``ingress/limits/instances.py``)."""
+HEARTBEAT_S = 10.0
+"""Seconds between a process's heartbeats (``INSTANCE_HEARTBEAT_S``)."""
 HEALTH_CACHE_S = 5.0
 """Seconds one process reuses its last backend check for ``/health``: a flood of unauthenticated
 probes costs at most one Pub/Sub and one Firestore call per interval."""

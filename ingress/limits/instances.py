@@ -1,8 +1,8 @@
 """How many ingress processes are serving: a heartbeat registry in Firestore.
 
 Each process (each gunicorn worker of each Cloud Run instance) writes
-``ingress_instances/{random id}`` every ``HEARTBEAT_S`` (``seen_at``, and ``expire_at`` for
-Firestore's TTL policy, which deletes what a crashed process left), then counts the documents
+``ingress_instances/{random id}`` every ``INSTANCE_HEARTBEAT_S`` (``seen_at``, and ``expire_at``
+for Firestore's TTL policy, which deletes what a crashed process left), then counts the documents
 seen within ``LIVE_BEATS`` beats. The rate limiter divides each tenant's rate by that count
 (``ingress/limits/ratelimit.py``). A beat that fails keeps the last count: requests never wait on
 the registry, and a Firestore outage leaves the split as it was. A process that stops deletes its
@@ -22,11 +22,10 @@ from typing import Any
 
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from ingress.settings import HEARTBEAT_S, INSTANCES_COLLECTION
+
 logger = logging.getLogger(__name__)
 
-COLLECTION = "ingress_instances"
-HEARTBEAT_S = 10.0
-"""Seconds between a process's heartbeats (``INSTANCE_HEARTBEAT_S``)."""
 LIVE_BEATS = 3
 """A process not seen for this many heartbeats is gone."""
 EXPIRE_BEATS = 30
@@ -39,7 +38,7 @@ class InstanceRegistry:
     def __init__(
         self,
         client: Any,
-        collection: str = COLLECTION,
+        collection: str = INSTANCES_COLLECTION,
         heartbeat_s: float = HEARTBEAT_S,
         timeout_s: float = 5.0,
     ):
