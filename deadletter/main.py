@@ -32,7 +32,10 @@ Firestore, and the reconciler of a release that knows the kind publishes it agai
     functions-framework --source deadletter/main.py --target on_dead_letter \\
         --signature-type cloudevent --host 127.0.0.1 --port 8095
 
-An exception answers 500, so Pub/Sub redelivers the event: only a Firestore outage raises.
+An exception answers 500, so Pub/Sub redelivers the event: only an outage raises, as
+``StoreUnavailable`` (Firestore did not answer, or the settling transaction stayed contended past
+its tries: ``common/googleapi.py``) or ``RequeueFailed`` (the publish did not land), and
+``LiveAttempt``. The redelivered event decides again from the document, so nothing is done twice.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from google.cloud import firestore
 
-from common.googleapi import UNAVAILABLE, bounded_retry
+from common.googleapi import failing_as, run_transaction
 from common.jsonlog import configure_logging, log_context
 from common.settings import project_from
 from schemas import jobstate
@@ -87,6 +90,15 @@ class LiveAttempt(RuntimeError):
     """The job or chunk is held by a live attempt: decide again when the event is redelivered."""
 
 
+class StoreUnavailable(RuntimeError):
+    """Firestore did not answer in time, cannot serve now, or the transaction stayed contended:
+    the event fails and is redelivered."""
+
+
+class RequeueFailed(RuntimeError):
+    """A requeue's publish did not land: the event fails and is redelivered."""
+
+
 class DeadLetterStore:
     def __init__(
         self,
@@ -101,7 +113,6 @@ class DeadLetterStore:
         self._batches = client.collection(batches_collection)
         self._result_ttl_s = result_ttl_s
         self._max_attempts = max_attempts
-        self._retry = bounded_retry(FIRESTORE_TIMEOUT_S)
 
     def settle(self, message: JobMessage | ChunkMessage, deliveries: str | None) -> str:
         """Fail the job or chunk, or count a dead letter and answer ``REQUEUE``; returns what was
@@ -117,7 +128,6 @@ class DeadLetterStore:
             ref = self._jobs.document(message.job_id)
             kind, fields = "job", None
 
-        @firestore.transactional
         def _fail(transaction: firestore.Transaction) -> str:
             snapshot = ref.get(field_paths=fields, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
@@ -157,7 +167,9 @@ class DeadLetterStore:
             deltas.write(transaction, self._client, now)
             return "failed"
 
-        outcome: str = _fail(self._client.transaction())
+        outcome: str = run_transaction(
+            self._client, _fail, unavailable=StoreUnavailable, what=f"{kind} settle"
+        )
         return outcome
 
 
@@ -170,9 +182,9 @@ class Requeue:
 
     def __call__(self, message: JobMessage | ChunkMessage) -> None:
         data, attributes = encode(message)
-        self._publisher.publish(self._topics.of(message), data, **attributes).result(
-            timeout=FIRESTORE_TIMEOUT_S
-        )
+        topic = self._topics.of(message)
+        with failing_as(RequeueFailed, "requeue publish"):
+            self._publisher.publish(topic, data, **attributes).result(timeout=FIRESTORE_TIMEOUT_S)
 
 
 def handle(data: dict[str, Any], store: DeadLetterStore, requeue: Requeue) -> str:
@@ -241,6 +253,6 @@ def _services() -> tuple[DeadLetterStore, Requeue]:
 def on_dead_letter(event: CloudEvent) -> None:
     try:
         handle(event.data or {}, *_services())
-    except UNAVAILABLE:
-        logger.warning("Firestore unavailable; the event will be redelivered")
+    except (StoreUnavailable, RequeueFailed) as exc:
+        logger.warning("%s; the event will be redelivered", exc)
         raise

@@ -24,6 +24,13 @@ An **open batch** (``open: True``, taking parts) not closed by its ``open_expire
 
 A duplicate message is harmless: claims are fenced, and a delivery of a finished or held job does
 no work. The queries need composite indexes in production (``firestore.indexes.json``).
+
+Google API errors are translated (``common/googleapi.py``): Firestore's transient ones (and a
+transaction still contended after its tries) are ``StoreUnavailable``, a publish that did not land
+``PublishFailed``. Either, or a final ``BackendError``, skips the one job, chunk or open batch it
+happened to (logged) and the sweep goes on; the next sweep decides it again from what it reads.
+A query that fails fails the sweep (``python -m reconciler`` logs it and sweeps at the next
+interval).
 """
 
 from __future__ import annotations
@@ -33,11 +40,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from common.googleapi import is_contention
+from common.googleapi import (
+    BackendError,
+    PreconditionFailed,
+    failing_as,
+    run_transaction,
+    translated,
+)
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
 from schemas import jobstate
 from schemas.batches import CountDeltas
@@ -60,6 +72,18 @@ NOT_DISPATCHED_ITEM = {
     "code": "not_dispatched",
     "message": "the item could not be handed to a worker; retry the batch to run it again",
 }
+
+
+class StoreUnavailable(RuntimeError):
+    """Firestore did not answer in time, cannot serve now, or a transaction stayed contended."""
+
+
+class PublishFailed(RuntimeError):
+    """A message's publish did not land (Pub/Sub refused it, or did not answer in time)."""
+
+
+SKIPPED = (StoreUnavailable, PublishFailed, BackendError, UnknownTask)
+"""What skips one job, chunk or open batch for this sweep (module docstring)."""
 
 
 @dataclass
@@ -119,7 +143,7 @@ class Reconciler:
                     self._reconcile_chunk(snapshot, doc, now, report, cancelled)
                 else:
                     self._reconcile(snapshot, doc, now, report, None)
-            except (gexc.GoogleAPICallError, UnknownTask) as exc:
+            except SKIPPED as exc:
                 logger.warning(
                     "could not reconcile %s: %s", name, exc, extra=_label(snapshot, is_chunk)
                 )
@@ -142,7 +166,8 @@ class Reconciler:
         )
         if fields is not None:
             query = query.select(fields)
-        return list(query.stream(timeout=TIMEOUT_S))
+        with translated(StoreUnavailable, "sweep query"):
+            return list(query.stream(timeout=TIMEOUT_S))
 
     # -- jobs and chunks without a message -----------------------------------------------------
 
@@ -156,7 +181,8 @@ class Reconciler:
     ) -> None:
         batch_ref = snapshot.reference.parent.parent
         if batch_ref.path not in cancelled:
-            batch = batch_ref.get(timeout=TIMEOUT_S)
+            with translated(StoreUnavailable, "batch read"):
+                batch = batch_ref.get(timeout=TIMEOUT_S)
             cancelled[batch_ref.path] = (
                 bool((batch.to_dict() or {}).get("cancel_requested")) if batch.exists else None
             )
@@ -209,12 +235,14 @@ class Reconciler:
         message = chunk or JobMessage(job_id=snapshot.id, task=doc["task"], tenant=doc["tenant"])
         data, attributes = encode(message)
         topic = self._topics.of(message)  # its task's topic of its kind
-        self._publisher.publish(topic, data, **attributes).result(timeout=TIMEOUT_S)
+        with failing_as(PublishFailed, "re-publish"):
+            self._publisher.publish(topic, data, **attributes).result(timeout=TIMEOUT_S)
         # No precondition: a worker may claim it meanwhile, and these two fields are the
         # reconciler's own; losing a count to a race only re-publishes once more.
-        snapshot.reference.update(
-            {"dispatched_at": now, "dispatch_count": firestore.Increment(1)}, timeout=TIMEOUT_S
-        )
+        with translated(StoreUnavailable, "dispatch count"):
+            snapshot.reference.update(
+                {"dispatched_at": now, "dispatch_count": firestore.Increment(1)}, timeout=TIMEOUT_S
+            )
         logger.warning(
             "re-published a %s %s no message was carrying",
             doc.get("status"),
@@ -242,8 +270,9 @@ class Reconciler:
         deltas.move(doc, JobStatus.FAILED)  # an item of a batch: counted in the same commit
         deltas.write(writes, self._client, now)
         try:
-            writes.commit(timeout=TIMEOUT_S)
-        except gexc.FailedPrecondition:
+            with translated(StoreUnavailable, "give-up commit"):
+                writes.commit(timeout=TIMEOUT_S)
+        except PreconditionFailed:
             return False  # it moved meanwhile (claimed, cancelled): leave it
         return True
 
@@ -251,10 +280,11 @@ class Reconciler:
         self, ref: Any, to: JobStatus, error: dict[str, str] | None, now: datetime
     ) -> bool:
         """End a chunk that is still queued ``to`` (``failed`` with ``error``, or ``cancelled``),
-        its queued items with it, in a transaction; False if it is not queued any more."""
+        its queued items with it, in a transaction; False if it is not queued any more, or if the
+        transaction could not commit (contended past its tries, Firestore down): the chunk stays
+        queued, and the next sweep decides."""
         ttl = self._settings.result_ttl_s
 
-        @firestore.transactional
         def _end(transaction: firestore.Transaction) -> bool:
             snapshot = ref.get(field_paths=END_FIELDS, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
@@ -268,11 +298,16 @@ class Reconciler:
             return True
 
         try:
-            ended: bool = _end(self._client.transaction())
-        except ValueError as exc:
-            if not is_contention(exc):
-                raise
-            return False  # a worker is claiming it right now: the next sweep decides
+            ended: bool = run_transaction(
+                self._client, _end, unavailable=StoreUnavailable, what="chunk end"
+            )
+        except StoreUnavailable as exc:
+            logger.warning(
+                "could not end a queued chunk: %s",
+                exc,
+                extra={"batch_id": ref.parent.parent.id, "chunk_id": ref.id},
+            )
+            return False  # a worker is claiming it right now, or Firestore is down
         return ended
 
     # -- open batches never closed -------------------------------------------------------------
@@ -283,14 +318,16 @@ class Reconciler:
             .where(filter=FieldFilter("open_expires_at", "<", now))
             .limit(BATCH_LIMIT)
         )
-        for snapshot in query.stream(timeout=TIMEOUT_S):
+        with translated(StoreUnavailable, "open batches query"):
+            snapshots = list(query.stream(timeout=TIMEOUT_S))
+        for snapshot in snapshots:
             try:
                 if not self._expire(snapshot, now):
                     continue
                 report.expired.append(snapshot.id)
                 swept = self._cancel_queued_chunks(snapshot.reference, now)
                 report.cancelled.extend(swept)
-            except (gexc.GoogleAPICallError, UnknownTask) as exc:
+            except SKIPPED as exc:
                 logger.warning(
                     "could not expire an open batch: %s", exc, extra={"batch_id": snapshot.id}
                 )
@@ -298,13 +335,15 @@ class Reconciler:
     def _expire(self, snapshot: Any, now: datetime) -> bool:
         """Cancel the open batch and close it to parts, unless it changed since it was read (a
         part or a close came in at that moment: the next sweep looks again)."""
+        changes = {"open": False, "cancel_requested": True, "cancelled_at": now, "updated_at": now}
         try:
-            snapshot.reference.update(
-                {"open": False, "cancel_requested": True, "cancelled_at": now, "updated_at": now},
-                option=self._client.write_option(last_update_time=snapshot.update_time),
-                timeout=TIMEOUT_S,
-            )
-        except gexc.FailedPrecondition:
+            with translated(StoreUnavailable, "open batch cancel"):
+                snapshot.reference.update(
+                    changes,
+                    option=self._client.write_option(last_update_time=snapshot.update_time),
+                    timeout=TIMEOUT_S,
+                )
+        except PreconditionFailed:
             return False
         logger.warning(
             "cancelled an open batch not closed in time",
@@ -324,12 +363,16 @@ class Reconciler:
             .limit(SWEEP_PAGE)
         )
         swept: list[str] = []
-        while snapshots := list(query.stream(timeout=TIMEOUT_S)):
+        while snapshots := self._page(query):
             done = self._cancel_page(snapshots, now)
             if not done:
                 break  # each of them moved meanwhile and the page would repeat
             swept.extend(done)
         return swept
+
+    def _page(self, query: Any) -> list[Any]:
+        with translated(StoreUnavailable, "queued chunks query"):
+            return list(query.stream(timeout=TIMEOUT_S))
 
     def _cancel_page(self, snapshots: list[Any], now: datetime) -> list[str]:
         """One commit, each chunk fenced by its update time; if any moved meanwhile (a worker
@@ -346,9 +389,10 @@ class Reconciler:
             )
         deltas.write(writes, self._client, now)
         try:
-            writes.commit(timeout=TIMEOUT_S)
+            with translated(StoreUnavailable, "cancel commit"):
+                writes.commit(timeout=TIMEOUT_S)
             return [_name(s, True) for s in snapshots]
-        except gexc.FailedPrecondition:
+        except PreconditionFailed:
             return [
                 _name(s, True)
                 for s in snapshots

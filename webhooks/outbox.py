@@ -12,17 +12,18 @@ document's update time), so two senders cannot both take one in, and nothing is 
 job's end and the first attempt: whatever the sender's crashes, the job stays pending until that
 commit.
 
-**The ledger** (``webhook_deliveries/<kind>-<id>``) is a small state machine, every move in a
-transaction::
-
-    pending ──claim──▶ delivering ──2xx──────────────▶ succeeded
-       ▲                   │  └──refused / exhausted──▶ failed
-       └──backoff──────────┘                              │
-       ▲───────────────── POST .../webhook-deliveries ─────┘ (a new round)
-
+**The ledger** (``webhook_deliveries/<kind>-<id>``) is a small state machine,
+``schemas/ledgerstate.py`` (its diagram and rules there), every move in a transaction here (a
+claim, an attempt's outcome) or in the ingress (a redelivery): read, ask ``ledgerstate``, write.
 ``next_at`` is when it is due (pending) or when a claim's lease runs out (delivering: a sender
 that died mid-attempt is replaced after ``lease_s``). Only the claim holding ``lease`` may record
 the attempt's outcome.
+
+**Firestore errors** are translated (``common/googleapi.py``): a transient one, or a transaction
+still contended after its tries, is ``StoreUnavailable``, which fails the look or the attempt's
+record (``webhooks/sender.py`` logs it and goes on): nothing is lost, since a job stays
+``webhook_pending`` until its take-in commits and an unrecorded attempt's lease runs out and it is
+claimed again (at least once).
 
 **Finding what is due**, two bounded queries, each reading only the ``tenant`` and ``next_at``
 fields of what it returns: ``due`` (``next_at <= now`` by ``next_at``, a limit: the head of the
@@ -35,19 +36,19 @@ number of tenants a look (``webhooks/fairness.py``).
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from common.googleapi import AlreadyExists, PreconditionFailed, run_transaction, translated
+from schemas import ledgerstate
 from schemas.batches import COUNTERS, Batch, BatchStatus
 from schemas.jobs import TERMINAL_STATUSES, Job
-from schemas.webhooks import DeliveryState, delivery_key, event_type, message_id
+from schemas.webhooks import delivery_key
 from webhooks.delivery import Outcome
 from webhooks.fairness import Due
 from webhooks.settings import SenderSettings
@@ -58,12 +59,14 @@ DISCOVER_LIMIT = 200
 """Ended jobs (and pending batches) taken in per look."""
 FORGET_AFTER_S = 600.0
 """A running batch's next-look time is forgotten this long after it was due, seconds."""
-LEDGER_ATTEMPTS = 50
-"""Attempts a ledger keeps (the newest); ``attempt_count`` counts them all."""
 TIMEOUT_S = 10.0
 """Seconds one Firestore call may take."""
 KEEP_S = 7 * 24 * 3600.0
 """How long a ledger is kept when its resource has no ``expire_at`` to follow, seconds."""
+
+
+class StoreUnavailable(RuntimeError):
+    """Firestore did not answer in time, cannot serve now, or a transaction stayed contended."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,10 @@ class Outbox:
             .where(filter=FieldFilter("status", "in", [s.value for s in TERMINAL_STATUSES]))
             .limit(DISCOVER_LIMIT)
         )
+        with translated(StoreUnavailable, "ended jobs query"):
+            snapshots = list(query.stream(timeout=TIMEOUT_S))
         taken = 0
-        for snapshot in query.stream(timeout=TIMEOUT_S):
+        for snapshot in snapshots:
             doc = snapshot.to_dict() or {}
             taken += self._take_in("job", snapshot, doc, str(doc["status"]), now)
         return taken
@@ -118,7 +123,8 @@ class Outbox:
         )
         if self._batch_cursor is not None:
             query = query.start_after(self._batch_cursor)
-        snapshots = list(query.stream(timeout=TIMEOUT_S))
+        with translated(StoreUnavailable, "pending batches query"):
+            snapshots = list(query.stream(timeout=TIMEOUT_S))
         # A short page is the end: the next look starts from the first pending batch again.
         self._batch_cursor = snapshots[-1] if len(snapshots) == DISCOVER_LIMIT else None
         forget_before = time.monotonic() - FORGET_AFTER_S
@@ -130,7 +136,10 @@ class Outbox:
             if self._batch_checked.get(snapshot.id, 0.0) > time.monotonic():
                 continue
             doc = snapshot.to_dict() or {}
-            shards = [s.to_dict() or {} for s in snapshot.reference.collection(COUNTERS).stream()]
+            with translated(StoreUnavailable, "batch counters read"):
+                shards = [
+                    s.to_dict() or {} for s in snapshot.reference.collection(COUNTERS).stream()
+                ]
             status = Batch.from_documents(snapshot.id, doc, shards).status
             if status in (BatchStatus.RUNNING, BatchStatus.OPEN):  # not ended: look again later
                 self._batch_checked[snapshot.id] = time.monotonic() + self._settings.batch_check_s
@@ -143,23 +152,9 @@ class Outbox:
         self, kind: str, snapshot: Any, doc: dict[str, Any], status: str, now: datetime
     ) -> int:
         expire_at = doc.get("expire_at") or now + timedelta(seconds=KEEP_S)
-        ledger = {
-            "kind": kind,
-            "resource_id": snapshot.id,
-            "tenant": doc.get("tenant"),
-            "url": doc.get("webhook"),
-            "event": event_type(kind, status),
-            "state": DeliveryState.PENDING.value,
-            "next_at": now,
-            "attempt_count": 0,
-            "round_start": 0,
-            "sequence": 1,
-            "attempts": [],
-            "lease": None,
-            "created_at": now,
-            "updated_at": now,
-            "expire_at": max(expire_at, now + timedelta(days=1)),
-        }
+        ledger = ledgerstate.opened(
+            kind, snapshot.id, doc.get("tenant"), doc.get("webhook"), status, now, expire_at
+        )
         writes = self._client.batch()
         writes.update(
             snapshot.reference,
@@ -167,27 +162,24 @@ class Outbox:
             option=self._client.write_option(last_update_time=snapshot.update_time),
         )
         ref = self._deliveries.document(delivery_key(kind, snapshot.id))
-        previous = ref.get(timeout=TIMEOUT_S) if kind == "batch" else None
+        previous = None
+        if kind == "batch":
+            with translated(StoreUnavailable, "ledger read"):
+                previous = ref.get(timeout=TIMEOUT_S)
         if previous is not None and previous.exists:
             # A retried batch ended again: a new event (its own webhook-id) in the same ledger,
             # replacing whatever was left of the previous one's attempts.
-            old = previous.to_dict() or {}
             writes.update(
                 ref,
-                {
-                    **{k: ledger[k] for k in ("url", "event", "state", "next_at", "updated_at")},
-                    "sequence": int(old.get("sequence") or 1) + 1,
-                    "round_start": int(old.get("attempt_count") or 0),
-                    "lease": None,
-                    "expire_at": ledger["expire_at"],
-                },
+                ledgerstate.reopened(previous.to_dict() or {}, ledger),
                 option=self._client.write_option(last_update_time=previous.update_time),
             )
         else:
             writes.create(ref, ledger)
         try:
-            writes.commit(timeout=TIMEOUT_S)
-        except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict):
+            with translated(StoreUnavailable, "take-in commit"):
+                writes.commit(timeout=TIMEOUT_S)
+        except (PreconditionFailed, AlreadyExists):
             return 0  # another sender took it in, or it changed since the query: next look
         logger.info(
             "webhook due",
@@ -215,8 +207,10 @@ class Outbox:
     def _due(self, query: Any, limit: int) -> list[Due]:
         # Only the two fields the choice needs: the claim reads the whole ledger anyway.
         query = query.order_by("next_at").limit(limit).select(["tenant", "next_at"])
+        with translated(StoreUnavailable, "due query"):
+            snapshots = list(query.stream(timeout=TIMEOUT_S))
         found = []
-        for snapshot in query.stream(timeout=TIMEOUT_S):
+        for snapshot in snapshots:
             doc = snapshot.to_dict() or {}
             tenant = doc.get("tenant")  # None, or no field at all: a group of its own
             group = tenant if isinstance(tenant, str) else None
@@ -224,84 +218,46 @@ class Outbox:
         return found
 
     def claim(self, key: str, now: datetime) -> Claimed | None:
-        """Hold the attempt for ``lease_s``; None if it is not due (any more)."""
+        """Hold the attempt for ``lease_s``; None if it is not due (any more). A claim still
+        contended after its tries (or Firestore down) raises ``StoreUnavailable``: the look fails
+        and the next one tries again."""
         ref = self._deliveries.document(key)
         lease_s = self._settings.lease_s
 
-        @firestore.transactional
         def _claim(transaction: firestore.Transaction) -> Claimed | None:
             snapshot = ref.get(transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
-            if doc is None or doc.get("state") not in (
-                DeliveryState.PENDING.value,
-                DeliveryState.DELIVERING.value,
-            ):
+            move = ledgerstate.claim(doc, now, lease_s)
+            if isinstance(move, ledgerstate.Refused):
                 return None
-            if doc.get("next_at") is None or doc["next_at"] > now:
-                return None
-            token = secrets.token_hex(8)
-            transaction.update(
-                ref,
-                {
-                    "state": DeliveryState.DELIVERING.value,
-                    "next_at": now + timedelta(seconds=lease_s),
-                    "lease": token,
-                    "updated_at": now,
-                },
-            )
-            return Claimed(key, doc, token)
+            assert doc is not None
+            transaction.update(ref, move.changes)
+            return Claimed(key, doc, move.token)
 
-        try:
-            claimed: Claimed | None = _claim(self._client.transaction())
-        except ValueError:
-            return None  # contention: another sender is claiming it
+        claimed: Claimed | None = run_transaction(
+            self._client, _claim, unavailable=StoreUnavailable, what="ledger claim"
+        )
         return claimed
 
     def record(self, claimed: Claimed, outcome: Outcome, now: datetime) -> str | None:
-        """Write the attempt and the next state; None if this claim lost its lease meanwhile."""
+        """Write the attempt and the next state; None if this claim lost its lease meanwhile.
+        ``StoreUnavailable`` when it could not be written: the lease runs out and the attempt is
+        sent again (at least once)."""
         ref = self._deliveries.document(claimed.key)
         backoff = self._settings.backoff_s
 
-        @firestore.transactional
         def _record(transaction: firestore.Transaction) -> str | None:
             snapshot = ref.get(transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
-            if doc is None or doc.get("lease") != claimed.token:
+            move = ledgerstate.recorded(doc, claimed.token, outcome, now, backoff)
+            if isinstance(move, ledgerstate.Refused):
                 return None
-            number = int(doc.get("attempt_count") or 0) + 1
-            entry = {
-                "attempt": number,
-                "at": now,
-                "webhook_id": message_id(
-                    str(doc.get("kind")), str(doc.get("resource_id")), int(doc.get("sequence") or 1)
-                ),
-                "status_code": outcome.status_code,
-                "latency_ms": outcome.latency_ms,
-                "error": outcome.error,
-            }
-            in_round = number - int(doc.get("round_start") or 0)
-            next_at: datetime | None = None
-            if outcome.delivered:
-                state = DeliveryState.SUCCEEDED
-            elif outcome.final or in_round > len(backoff):
-                state = DeliveryState.FAILED
-            else:
-                state = DeliveryState.PENDING
-                next_at = now + timedelta(seconds=backoff[in_round - 1])
-            transaction.update(
-                ref,
-                {
-                    "attempts": [*(doc.get("attempts") or []), entry][-LEDGER_ATTEMPTS:],
-                    "attempt_count": number,
-                    "state": state.value,
-                    "next_at": next_at,
-                    "lease": None,
-                    "updated_at": now,
-                },
-            )
-            return state.value
+            transaction.update(ref, move.changes)
+            return move.state.value
 
-        outcome_state: str | None = _record(self._client.transaction())
+        outcome_state: str | None = run_transaction(
+            self._client, _record, unavailable=StoreUnavailable, what="attempt record"
+        )
         return outcome_state
 
     def payload(self, claimed: Claimed, now: datetime) -> dict[str, Any] | None:
@@ -309,17 +265,20 @@ class Outbox:
         by its TTL) or no longer the tenant's."""
         kind, resource_id = claimed.doc["kind"], claimed.doc["resource_id"]
         if kind == "job":
-            snapshot = self._jobs.document(resource_id).get(timeout=TIMEOUT_S)
+            with translated(StoreUnavailable, "job read"):
+                snapshot = self._jobs.document(resource_id).get(timeout=TIMEOUT_S)
             doc = snapshot.to_dict() if snapshot.exists else None
             if doc is None or doc.get("tenant") != claimed.doc.get("tenant"):
                 return None
             data = Job.from_document(resource_id, doc).to_json_dict()
         else:
             ref = self._batches.document(resource_id)
-            snapshot = ref.get(timeout=TIMEOUT_S)
+            with translated(StoreUnavailable, "batch read"):
+                snapshot = ref.get(timeout=TIMEOUT_S)
             doc = snapshot.to_dict() if snapshot.exists else None
             if doc is None or doc.get("tenant") != claimed.doc.get("tenant"):
                 return None
-            shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
+            with translated(StoreUnavailable, "batch counters read"):
+                shards = [s.to_dict() or {} for s in ref.collection(COUNTERS).stream()]
             data = Batch.from_documents(resource_id, doc, shards).to_json_dict()
         return {"type": claimed.doc["event"], "timestamp": now.isoformat(), "data": data}

@@ -1,8 +1,9 @@
 """The webhook delivery ledger, as the ingress reads it and asks for a redelivery.
 
 The sender (``webhooks/``) writes the ledger; the ingress only reads it and, on request, makes a
-finished delivery due again. Google errors become ``StoreUnavailable``, as in
-``ingress/jobs/store.py``.
+finished delivery due again (the rule is ``schemas/ledgerstate.py``'s ``redelivered``). Firestore
+errors are translated as everywhere (``common/googleapi.py``): a transient one, or a redelivery
+still contended after its tries, is ``StoreUnavailable`` (503).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from google.cloud import firestore
 
-from common.googleapi import UNAVAILABLE, bounded_retry
+from common.googleapi import bounded_retry, run_transaction, translated
 from ingress.errors import StoreUnavailable
-from schemas.webhooks import DeliveryState, delivery_key
+from schemas import ledgerstate
+from schemas.webhooks import delivery_key
 
 
 class DeliveryInProgress(Exception):
@@ -31,10 +33,8 @@ class WebhookLedger:
     def get(self, kind: str, resource_id: str) -> dict[str, Any] | None:
         """The ledger document, or None while the sender has not taken the webhook in."""
         ref = self._deliveries.document(delivery_key(kind, resource_id))
-        try:
+        with translated(StoreUnavailable, "ledger read"):
             snapshot = ref.get(retry=self._retry, timeout=self._timeout_s)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore ledger read failed: {type(exc).__name__}") from exc
         return snapshot.to_dict() if snapshot.exists else None
 
     def redeliver(self, kind: str, resource_id: str) -> dict[str, Any] | None:
@@ -44,32 +44,18 @@ class WebhookLedger:
         Raises ``DeliveryInProgress`` while a sender holds it."""
         ref = self._deliveries.document(delivery_key(kind, resource_id))
 
-        @firestore.transactional
         def _redeliver(transaction: firestore.Transaction) -> dict[str, Any] | None:
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
                 return None
             doc = snapshot.to_dict() or {}
-            now = datetime.now(UTC)
-            state = doc.get("state")
-            held_until = doc.get("next_at")
-            if state == DeliveryState.DELIVERING.value and held_until and held_until > now:
+            move = ledgerstate.redelivered(doc, datetime.now(UTC))
+            if isinstance(move, ledgerstate.Refused):
                 raise DeliveryInProgress()
-            changes: dict[str, Any] = {
-                "state": DeliveryState.PENDING.value,
-                "next_at": now,
-                "updated_at": now,
-                # A lapsed claim's sender may still try to record: it must not end this round.
-                "lease": None,
-            }
-            if state in (DeliveryState.SUCCEEDED.value, DeliveryState.FAILED.value):
-                # A new round: the backoff schedule starts again from its first step.
-                changes["round_start"] = int(doc.get("attempt_count") or 0)
-            transaction.update(ref, changes)
-            return {**doc, **changes}
+            transaction.update(ref, move.changes)
+            return {**doc, **move.changes}
 
-        try:
-            outcome: dict[str, Any] | None = _redeliver(self._client.transaction())
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Firestore redelivery failed: {type(exc).__name__}") from exc
+        outcome: dict[str, Any] | None = run_transaction(
+            self._client, _redeliver, unavailable=StoreUnavailable, what="redelivery"
+        )
         return outcome
