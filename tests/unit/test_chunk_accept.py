@@ -19,7 +19,6 @@ from google.cloud.firestore_v1 import _helpers
 from common.settings import ConfigError
 from ingress.batches import chunkwriter
 from ingress.batches import input as batchinput
-from ingress.batches import store as batchstore
 from ingress.batches.chunkwriter import ChunkWriter, Written
 from ingress.batches.input import NdjsonItems, _schema_gaps
 from ingress.errors import BadRequest, PayloadTooLarge
@@ -269,7 +268,7 @@ def test_the_accept_commit_changes_each_chunk_only_as_this_request_wrote_it(
             _helpers.DatetimeWithNanoseconds.from_timestamp_pb(_timestamp(second)),
         ),
     ]
-    pbs = batchstore._updates(chunks, written, {"status": "queued"})
+    pbs = chunkwriter.chunk_updates(chunks, written, {"status": "queued"})
     assert [pb.update.name.rsplit("/", 1)[1] for pb in pbs] == ["0000000000", "0000000256"]
     assert [pb.current_document.update_time.ToDatetime(UTC) for pb in pbs] == [first, second]
     assert all(pb.update.fields["status"].string_value == "queued" for pb in pbs)
