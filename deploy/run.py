@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from deploy.plan import Action
+from deploy.action import Action
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@
     alerts/<name>.json      one alert policy each (AlertPolicy, Monitoring API v3)
     plan.py                 plan(project) -> the API calls; apply(project, dry_run, out)
     validate.py             python -m monitoring: the offline check (shape and names)
+    rules.py, names.py,     its checks: each document's shape and rules, the names they use,
+    coverage.py             the policies every task must have
 
 ``python -m deploy`` calls ``apply``; docs/observability.md, "Dashboards and alerts", says what
 each tile and policy watches and why each budget is what it is.

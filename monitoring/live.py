@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import (  # type: ignore[attr-defined,unused-ignore]
     monitoring_dashboard_v1,
     monitoring_v3,
 )
 
+from common.googleapi import Missing, translated
 from monitoring.plan import POLICY_LABEL, ApiCall, MonitoringError, contains
 
 
@@ -43,8 +43,9 @@ class Converger:
     def _dashboard(self, call: ApiCall) -> str:
         desired = monitoring_dashboard_v1.Dashboard.from_json(json.dumps(call.body))
         try:
-            existing = self._dashboards.get_dashboard(name=call.lookup)
-        except gexc.NotFound:
+            with translated(MonitoringError, "dashboard read"):
+                existing = self._dashboards.get_dashboard(name=call.lookup)
+        except Missing:
             created = self._dashboards.create_dashboard(
                 parent=call.parent_or_name, dashboard=desired
             )

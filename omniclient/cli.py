@@ -12,16 +12,19 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import click
 
-from omniclient.client import DEFAULT_URL, TERMINAL, BatchEvent, OmniClient, line_index
+from omniclient.cli_files import resume_point as resume_point
+from omniclient.cli_files import spooled_stdin
+from omniclient.cli_params import json_object, key_value_pairs
+from omniclient.client import OmniClient
 from omniclient.errors import MissingApiKey, OmniClientError, OmniError
+from omniclient.events import TERMINAL, BatchEvent
 from omniclient.progress import BatchProgress, Tally
-from omniclient.upload import PART_MAX_BYTES, PART_MAX_ITEMS, UPLOAD_CHUNK_BYTES
+from omniclient.session import DEFAULT_URL
+from omniclient.upload import PART_MAX_BYTES, PART_MAX_ITEMS
 
 EXIT_FAILED = 1
 """A job or batch that ended failed or cancelled, an API error, or no connection."""
@@ -96,34 +99,6 @@ def _note(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _json_object(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
-    """``--input``: a JSON object inline, or ``@file.json`` (``@-``: stdin)."""
-    text = value
-    if value.startswith("@"):
-        try:
-            with click.open_file(value[1:], encoding="utf-8") as file:
-                text = file.read()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object")
-    return data
-
-
-def _pairs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for pair in value:
-        key, sep, val = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}")
-        pairs[key] = val
-    return pairs
-
-
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--url", envvar="OMNI_URL", default=DEFAULT_URL, show_default=True, show_envvar=True,
@@ -142,10 +117,10 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
 @main.command()
 @click.argument("task")
 @click.option(
-    "--input", "-i", "input_", required=True, callback=_json_object, metavar="JSON|@FILE",
+    "--input", "-i", "input_", required=True, callback=json_object, metavar="JSON|@FILE",
     help="The task's input: a JSON object, or @file.json (@- reads stdin).",
 )  # fmt: skip
-@click.option("--metadata", "-m", multiple=True, callback=_pairs, metavar="KEY=VALUE")
+@click.option("--metadata", "-m", multiple=True, callback=key_value_pairs, metavar="KEY=VALUE")
 @click.option("--webhook", metavar="URL", help="POSTed to when the job ends.")
 @click.option(
     "--wait", is_flag=True, help="Follow the job until it ends; exit 1 unless it succeeded."
@@ -257,7 +232,7 @@ def batch_submit(
         with contextlib.ExitStack() as stack:
             source: str | IO[bytes] = file
             if file == "-":
-                source = stack.enter_context(_spooled_stdin())
+                source = stack.enter_context(spooled_stdin())
             created = client.submit_batch(
                 task,
                 source,
@@ -377,39 +352,3 @@ def _follow_batch(client: OmniClient, batch_id: str, progress: BatchProgress) ->
     _echo_json(final)
     if final.get("status") != "succeeded":
         click.get_current_context().exit(EXIT_FAILED)
-
-
-def resume_point(path: str) -> int | None:
-    """The index of the last whole line of a results file, which loses any partial line after
-    it (a download cut mid-line); None when the file is missing or has no whole line."""
-    try:
-        file = open(path, "r+b")  # noqa: SIM115 - closed below; truncated in place
-    except FileNotFoundError:
-        return None
-    with file:
-        end = position = file.seek(0, os.SEEK_END)
-        tail = b""
-        # Back from the end until the tail holds the last whole line: two newlines, or the start.
-        while position > 0 and tail.count(b"\n") < 2:
-            step = min(UPLOAD_CHUNK_BYTES, position)
-            position -= step
-            file.seek(position)
-            tail = file.read(step) + tail
-        whole, newline, partial = tail.rpartition(b"\n")
-        if partial:
-            file.truncate(end - len(partial))
-        if not newline:
-            return None
-        last = whole.rpartition(b"\n")[2]
-        return line_index(last.decode("utf-8", errors="replace"))
-
-
-@contextlib.contextmanager
-def _spooled_stdin() -> Iterator[IO[bytes]]:
-    """stdin copied to a temporary file, so the upload has a length and a retry can re-read it."""
-    with tempfile.TemporaryFile() as spool:
-        stdin = sys.stdin.buffer
-        while chunk := stdin.read(UPLOAD_CHUNK_BYTES):
-            spool.write(chunk)
-        spool.seek(0)
-        yield spool

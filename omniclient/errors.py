@@ -5,7 +5,7 @@
     ├── OmniError                 the API answered non-2xx (parsed from problem+json)
     └── OmniConnectionError       no answer: refused, reset, timed out, a stream that kept breaking
 
-``OmniClient._send`` (omniclient/client.py) translates httpx's transport errors into these.
+``OmniClient._send`` (omniclient/session.py) translates httpx's transport errors into these.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from omniclient.client import TERMINAL, BatchEvent, UploadProgress
+from omniclient.events import TERMINAL, BatchEvent, UploadProgress
 
 PLAIN_INTERVAL_S = 1.0
 """Least time between two plain progress lines, seconds (the last line is always printed)."""
