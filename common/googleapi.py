@@ -87,9 +87,9 @@ def bounded_retry(timeout_s: float) -> Retry:
 
 
 @contextlib.contextmanager
-def translated(unavailable: ErrorFactory, what: str) -> Iterator[None]:
+def translated(unavailable: ErrorFactory, what: str, backend: str = "Firestore") -> Iterator[None]:
     """Run the block's Google API calls, their errors translated (module docstring): transient
-    ones into ``unavailable("Firestore <what> failed: <error>")``, final ones into
+    ones into ``unavailable("<backend> <what> failed: <error>")``, final ones into
     ``BackendError``'s tree. ``what`` names the call: "job read", "chunk commit"."""
     try:
         yield
@@ -102,7 +102,7 @@ def translated(unavailable: ErrorFactory, what: str) -> Iterator[None]:
     except gexc.InvalidArgument as exc:
         raise Invalid(exc.message) from exc
     except UNAVAILABLE as exc:
-        raise unavailable(f"Firestore {what} failed: {type(exc).__name__}") from exc
+        raise unavailable(f"{backend} {what} failed: {type(exc).__name__}") from exc
     except gexc.GoogleAPIError as exc:
         raise Refused(f"{what}: {type(exc).__name__}: {exc}") from exc
 

@@ -106,7 +106,7 @@ def apply_pubsub(publisher: Any, subscriber: Any, method: str, request: dict[str
     """Send one of ``pubsub_requests``' calls; an existing topic is left as it is."""
     if method == "create_topic":
         try:
-            with translated(ProvisioningUnavailable, "topic creation"):
+            with translated(ProvisioningUnavailable, "topic creation", "Pub/Sub"):
                 publisher.create_topic(name=request["name"], timeout=ADMIN_TIMEOUT_S)
             logger.info("created topic %s", request["name"])
         except AlreadyExists:
@@ -120,7 +120,7 @@ def apply_pubsub(publisher: Any, subscriber: Any, method: str, request: dict[str
 def _converge(subscriber: Any, settings: dict[str, Any]) -> None:
     """Create the subscription, or bring an existing one to ``settings``."""
     try:
-        with translated(ProvisioningUnavailable, "subscription creation"):
+        with translated(ProvisioningUnavailable, "subscription creation", "Pub/Sub"):
             subscriber.create_subscription(request=settings, timeout=ADMIN_TIMEOUT_S)
         logger.info("created subscription %s", settings["name"])
     except AlreadyExists:

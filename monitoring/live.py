@@ -43,7 +43,7 @@ class Converger:
     def _dashboard(self, call: ApiCall) -> str:
         desired = monitoring_dashboard_v1.Dashboard.from_json(json.dumps(call.body))
         try:
-            with translated(MonitoringError, "dashboard read"):
+            with translated(MonitoringError, "dashboard read", "Cloud Monitoring"):
                 existing = self._dashboards.get_dashboard(name=call.lookup)
         except Missing:
             created = self._dashboards.create_dashboard(

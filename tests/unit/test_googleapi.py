@@ -128,3 +128,9 @@ def test_a_value_error_of_the_function_is_not_taken_for_contention(
     monkeypatch.setattr(firestore, "transactional", _transactional(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         run_transaction(_FakeClient(), lambda t: None, unavailable=Down, what="cancel")  # type: ignore[arg-type]
+
+
+def test_a_transient_error_of_another_backend_names_it() -> None:
+    expected = r"^Pub/Sub topic creation failed: DeadlineExceeded$"
+    with pytest.raises(Down, match=expected), translated(Down, "topic creation", "Pub/Sub"):
+        raise gexc.DeadlineExceeded("slow")
