@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,22 +9,11 @@ import pytest
 
 from schemas import ledgerstate
 from schemas.webhooks import DeliveryState
+from webhooks.delivery import Outcome
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 LEASE_S = 60.0
 BACKOFF = (5.0, 300.0)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status_code: int | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    final: bool = False
-
-    @property
-    def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 def ledger(**fields: Any) -> dict[str, Any]:
