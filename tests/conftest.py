@@ -2,7 +2,7 @@
 
 Integration and end-to-end tests run against the official emulators, started here on free ports
 (never the developer's 8085/8086) and stopped by process group when the session ends, whatever
-way it ends.
+way it ends. What the tests import (``Emulators``, helpers, fakes) is in tests/support/.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import FrameType
 
 import pytest
 
-from emulators.process import Emulator, running_emulators
+from emulators.process import running_emulators
 from emulators.provision import Resources, provision
 from emulators.reset import reset_firestore
-
-PROJECT = "omni-test"
+from tests.support.stacks import PROJECT, Emulators
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,20 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-
-
-@dataclass(frozen=True)
-class Emulators:
-    project: str
-    pubsub: Emulator
-    firestore: Emulator
-
-    def env(self) -> dict[str, str]:
-        return {
-            "GOOGLE_CLOUD_PROJECT": self.project,
-            "PUBSUB_EMULATOR_HOST": self.pubsub.address,
-            "FIRESTORE_EMULATOR_HOST": self.firestore.address,
-        }
 
 
 @pytest.fixture(scope="session")

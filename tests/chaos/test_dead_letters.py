@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import FIGURES, ChaosStack, embed
+from tests.support.chaos import FIGURES, ChaosStack, embed
 
 pytestmark = [
     pytest.mark.chaos,

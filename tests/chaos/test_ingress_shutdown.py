@@ -21,8 +21,8 @@ import requests
 
 from emulators.localrun import ROOT
 from emulators.process import free_port, stop_group, wait_until_answers
-from tests.chaos.conftest import HEADERS, ChaosStack, Proc, embed
 from tests.support import sse_messages
+from tests.support.chaos import HEADERS, ChaosStack, Proc, embed
 
 pytestmark = [
     *(pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow),

@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from schemas.messages import JobMessage, Topics
-from tests.chaos.conftest import HEADERS, TENANT, ChaosStack, Proc, embed
 from tests.support import wait_for
+from tests.support.chaos import HEADERS, TENANT, ChaosStack, Proc, embed
 
 pytestmark = [
     pytest.mark.chaos,

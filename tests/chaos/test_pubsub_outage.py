@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.chaos.conftest import FIGURES, HEADERS, ChaosStack, drained, embed
+from tests.support.chaos import FIGURES, HEADERS, ChaosStack, drained, embed
 
 pytestmark = [
     pytest.mark.chaos,

@@ -18,7 +18,7 @@ import pytest
 from emulators.process import start_pubsub
 from emulators.provision import Resources, provision
 from schemas.jobs import new_job_document, new_job_id
-from tests.chaos.conftest import FIGURES, TENANT, ChaosStack, drained, embed
+from tests.support.chaos import FIGURES, TENANT, ChaosStack, drained, embed
 
 pytestmark = [
     pytest.mark.chaos,

@@ -24,8 +24,8 @@ from functools import partial
 import pytest
 import requests
 
-from tests.chaos.conftest import FIGURES, HEADERS, ChaosStack, Proc, drained, embed
 from tests.support import wait_for
+from tests.support.chaos import FIGURES, HEADERS, ChaosStack, Proc, drained, embed
 
 pytestmark = [
     pytest.mark.chaos,

@@ -1,10 +1,8 @@
-"""The dry-run plan of a deploy of project ``demo``, and the manifests it applies, rendered."""
+"""The dry-run plan of a deploy of project ``demo``, and the manifests it applies, rendered
+(tests/support/manifests.py renders them)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,31 +11,7 @@ import yaml
 from deploy import plan
 from deploy.plan import Action
 from tests.deploy.checks import Facts, facts_from_plan
-
-PROJECT, REGION, TAG = "demo", "europe-west1", "abc1234"
-KUBECTL = shutil.which("kubectl")
-RENDER_TIMEOUT_S = 60
-
-
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed: cannot render the kustomization")
-    done = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=RENDER_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def materialize(files: dict[str, str], old_root: str, new_root: Path) -> None:
-    for path, text in files.items():
-        target = new_root / Path(path).relative_to(old_root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+from tests.support.manifests import PROJECT, REGION, TAG, kustomize, materialize
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import yaml
 from deploy.plan import STEPS, Action
 from deploy.render import ROOT
 from tests.deploy import checks
-from tests.deploy.conftest import kustomize, materialize
+from tests.support.manifests import kustomize, materialize
 
 RUN_TIMEOUT_S = 120
 STAMP = ".venv/.installed-omni"

@@ -19,7 +19,7 @@ import yaml
 from deploy.render import ROOT, fill
 from tests.deploy import checks
 from tests.deploy.checks import Facts
-from tests.deploy.conftest import PROJECT, REGION, kustomize
+from tests.support.manifests import PROJECT, REGION, kustomize
 
 OLD = "df11c69"
 """The last commit before python -m deploy."""

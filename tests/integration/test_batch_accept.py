@@ -27,10 +27,9 @@ from emulators.process import stop_group
 from ingress.idempotency import IdempotencyStore
 from schemas.chunks import CHUNK_ITEMS, CHUNKS, ChunkMessage, chunk_id, unpack_inputs
 from schemas.messages import CHUNK_KIND, Topics
-from tests.conftest import Emulators
-from tests.integration.conftest import Service, sink_topic_named, start_ingress
-from tests.integration.conftest import received_chunks as received
 from tests.support import descendants
+from tests.support.stacks import Emulators, Service, sink_topic_named, start_ingress
+from tests.support.stacks import received_chunks as received
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 120

@@ -38,9 +38,8 @@ from schemas.chunks import (
     unpack_inputs,
 )
 from schemas.jobs import new_job_id
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, sink_topic_named, start_ingress
 from tests.support import python_env, sse_messages, wait_for
+from tests.support.stacks import KEYS, Emulators, Service, sink_topic_named, start_ingress
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 60

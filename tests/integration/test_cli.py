@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import KEYS, Service
 from tests.support import python_env
+from tests.support.stacks import KEYS, Service
 
 pytestmark = pytest.mark.integration
 OMNI = str(Path(sys.executable).parent / "omni")

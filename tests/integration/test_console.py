@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from emulators.localrun import ROOT
-from tests.integration.conftest import KEYS, Service
+from tests.support.stacks import KEYS, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -20,7 +20,7 @@ from deadletter.main import MAX_DEAD_LETTERS, DeadLetterStore, LiveAttempt, hand
 from schemas.chunks import ChunkMessage
 from schemas.jobs import new_job_document, new_job_id
 from schemas.messages import JobMessage, chunk_to_pubsub
-from tests.integration.conftest import (
+from tests.support.batchdocs import (
     batch_counts,
     chunk_doc,
     exact_counts,

@@ -26,9 +26,8 @@ from emulators.process import stop_group
 from schemas import jobstate
 from schemas.jobs import JobStatus, new_job_document, new_job_id
 from schemas.tasks import get_task
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, SSE_PING_S, Service, start_ingress
 from tests.support import sse_messages
+from tests.support.stacks import KEYS, SSE_PING_S, Emulators, Service, start_ingress
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30

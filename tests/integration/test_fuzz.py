@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from ingress.http import prefer_wait
-from tests.integration.conftest import KEYS, Service
+from tests.support.stacks import KEYS, Service
 
 pytestmark = pytest.mark.integration
 

@@ -31,9 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emulators.localrun import ROOT
 from emulators.process import Emulator, free_port, start_firestore, stop_group, wait_until_answers
-from tests.conftest import Emulators
-from tests.integration.conftest import API_KEYS, KEYS, Service
 from tests.support import descendants, paused, python_env, wait_for
+from tests.support.stacks import API_KEYS, KEYS, Emulators, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT_S = 30

@@ -33,9 +33,8 @@ from ingress.publisher import JobPublisher
 from ingress.settings import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_BATCH_BODY_BYTES
 from schemas.batches import COUNTERS
 from schemas.messages import Topics
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, sink_topic_named, start_ingress
 from tests.support import descendants, wait_for
+from tests.support.stacks import KEYS, Emulators, Service, sink_topic_named, start_ingress
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 120

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from emulators.localrun import ROOT
-from tests.unit.test_dockerfiles import copy_sources, dockerfile, ignored, installed_extras, parse
+from tests.support.dockerfile import copy_sources, dockerfile, ignored, installed_extras, parse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

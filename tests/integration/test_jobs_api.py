@@ -10,7 +10,7 @@ import requests
 from google.cloud import firestore
 
 from schemas.tasks.embed import MAX_TEXT_CHARS, MAX_TEXTS
-from tests.integration.conftest import KEYS, Service
+from tests.support.stacks import KEYS, Service
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30

@@ -22,15 +22,15 @@ from ingress.jobs.store import JobStore
 from schemas.chunks import RETRY_PREFIX
 from schemas.jobs import new_job_document, new_job_id
 from schemas.quota import in_flight_of, shard_paths
-from tests.conftest import Emulators
-from tests.integration.conftest import (
+from tests.support import wait_for
+from tests.support.stacks import (
+    Emulators,
     Service,
     fresh_tenants,
     limited_ingress,
     sink_topic_named,
     tenant_key,
 )
-from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30

@@ -11,7 +11,7 @@ import pytest
 from google.cloud import firestore
 
 from ingress.jobs.listen import MultiListen
-from tests.conftest import Emulators
+from tests.support.stacks import Emulators
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30

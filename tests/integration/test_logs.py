@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service
 from tests.support import wait_for
+from tests.support.stacks import KEYS, Emulators, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRACE = "5b8aa5a2d2c872e8321cf37308d69df2"

@@ -27,9 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from emulators.process import stop_group
 from schemas.jobs import new_job_document, new_job_id
 from schemas.tasks import get_task
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, start_ingress
 from tests.support import descendants, sse_messages, wait_for
+from tests.support.stacks import KEYS, Emulators, Service, start_ingress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT = 30

@@ -12,9 +12,8 @@ import requests
 from google.cloud import firestore, pubsub_v1
 
 from schemas.messages import CHUNK_KIND, JOB_KIND, JobMessage, Topics
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service
 from tests.support import wait_for
+from tests.support.stacks import KEYS, Emulators, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT = 30

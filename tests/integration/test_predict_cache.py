@@ -28,8 +28,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import KEYS, Service
 from tests.support import python_env, wait_for
+from tests.support.stacks import KEYS, Service
 from worker.settings import PREDICT_MAX_LOADED, PREDICT_MISS_CACHE_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -20,9 +20,9 @@ from reconciler.sweep import Reconciler
 from schemas.batches import COUNTERS, Batch
 from schemas.chunks import CHUNKS, ChunkMessage
 from schemas.messages import CHUNK_KIND, Topics
-from tests.conftest import PROJECT, Emulators
-from tests.integration.conftest import in_flight, write_chunk
-from tests.integration.conftest import received_chunks as received
+from tests.support.batchdocs import in_flight, write_chunk
+from tests.support.stacks import PROJECT, Emulators
+from tests.support.stacks import received_chunks as received
 
 pytestmark = pytest.mark.integration
 

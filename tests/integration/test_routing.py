@@ -20,9 +20,8 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from emulators.process import stop_group
 from emulators.provision import Resources, provision
 from schemas.messages import CHUNK_KIND, JOB_KIND, parse
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, start_ingress
 from tests.support import wait_for
+from tests.support.stacks import KEYS, Emulators, Service, start_ingress
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30

@@ -13,8 +13,7 @@ import requests
 
 from ingress import create_app
 from ingress.settings import Settings
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service
+from tests.support.stacks import KEYS, Emulators, Service
 
 pytestmark = pytest.mark.integration
 A = {"X-API-Key": KEYS["tenant-a"]}

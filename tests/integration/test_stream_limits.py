@@ -23,15 +23,15 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from schemas import jobstate
 from schemas.jobs import JobStatus, new_job_document, new_job_id
 from schemas.tasks import get_task
-from tests.conftest import Emulators
-from tests.integration.conftest import (
+from tests.support import sse_messages, wait_for
+from tests.support.stacks import (
+    Emulators,
     Service,
     fresh_tenants,
     limited_ingress,
     sink_topic_named,
     tenant_key,
 )
-from tests.support import sse_messages, wait_for
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30

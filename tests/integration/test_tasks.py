@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import KEYS, Service
 from tests.support import python_env, wait_for
+from tests.support.stacks import KEYS, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT = 30

@@ -25,8 +25,8 @@ from emulators.provision import Resources, provision
 from ingress import create_app
 from ingress.settings import Settings
 from schemas.messages import task_topic
-from tests.conftest import Emulators
 from tests.support import wait_for
+from tests.support.stacks import Emulators
 from worker.main import Worker
 from worker.settings import WorkerSettings
 

@@ -29,8 +29,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from emulators.process import free_port, stop_group, wait_until_answers
 from schemas.jobs import new_job_document, new_job_id
-from tests.conftest import Emulators
 from tests.support import python_env
+from tests.support.stacks import Emulators
 
 pytestmark = pytest.mark.integration
 

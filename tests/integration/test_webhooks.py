@@ -33,9 +33,8 @@ from emulators.process import free_port, stop_group, wait_until_answers
 from schemas.batches import COUNTERS
 from schemas.jobs import new_job_document, new_job_id
 from schemas.webhooks import SigningSecrets
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, start_ingress
 from tests.support import json_lines, python_env
+from tests.support.stacks import KEYS, Emulators, Service, start_ingress
 from webhooks.delivery import attempt
 from webhooks.outbox import Outbox
 from webhooks.sender import Sender

@@ -30,18 +30,15 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from emulators.process import free_port, stop_group
 from schemas.chunks import ChunkMessage, unpack_result
 from schemas.messages import Topics, chunk_to_pubsub
-from tests.conftest import Emulators
-from tests.integration.conftest import (
-    Service,
-    _start,
+from tests.support import python_env, wait_for
+from tests.support.batchdocs import (
     batch_counts,
     chunk_doc,
     exact_counts,
     in_flight,
     one_chunk_batch,
-    own_routes,
 )
-from tests.support import python_env, wait_for
+from tests.support.stacks import Emulators, Service, own_routes, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT = 30
@@ -70,7 +67,7 @@ class Route:
             WORKER_MAX_MESSAGES="8",
         )
         argv = [sys.executable, "-m", "worker"]
-        return _start(name, argv, env, "/readyz", port, self.log_dir, 180)
+        return start_service(name, argv, env, "/readyz", port, self.log_dir, 180)
 
     def publish(self, message: ChunkMessage) -> None:
         data, attributes = chunk_to_pubsub(message)

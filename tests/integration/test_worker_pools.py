@@ -22,9 +22,8 @@ import requests
 from google.cloud import firestore
 
 from emulators.process import free_port, stop_group
-from tests.conftest import Emulators
-from tests.integration.conftest import KEYS, Service, _start
 from tests.support import python_env, wait_for
+from tests.support.stacks import KEYS, Emulators, Service, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TIMEOUT = 30
@@ -87,7 +86,7 @@ def forecast_worker(emulators: Emulators, log_dir: Path) -> Iterator[Service]:
     port = free_port()
     env = python_env(**emulators.env(), WORKER_HTTP_PORT=str(port), WORKER_TASKS="forecast")
     argv = [sys.executable, "-m", "worker"]
-    service = _start("forecast-worker", argv, env, "/readyz", port, log_dir, 180)
+    service = start_service("forecast-worker", argv, env, "/readyz", port, log_dir, 180)
     yield service
     stop_group(service.process, 30)
 

@@ -12,7 +12,7 @@ from google.cloud import firestore
 
 from schemas.chunks import CHUNKS
 from schemas.jobs import JobStatus, new_job_document, new_job_id
-from tests.integration.conftest import batch_counts, chunk_doc, one_chunk_batch
+from tests.support.batchdocs import batch_counts, chunk_doc, one_chunk_batch
 from worker.chunkstore import ChunkClaim, ChunkOutcome, ChunkStore
 from worker.store import Busy, Claim, JobStore, Skip
 

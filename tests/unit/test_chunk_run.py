@@ -18,7 +18,7 @@ from schemas.jobs import JobStatus
 from schemas.messages import chunk_to_pubsub
 from schemas.tasks.embed import EmbedInput
 from tests.support import wait_for
-from tests.unit.fakes import FakeMessage, handle_all
+from tests.support.fakes import FakeMessage, handle_all
 from worker.attempts import StopToken
 from worker.chunkstore import ChunkClaim, ChunkOutcome, doc_bytes, fit
 from worker.errors import PermanentError, TransientError

@@ -37,7 +37,7 @@ from schemas.messages import (
 )
 from schemas.tasks import get_task
 from schemas.tasks.embed import DIMENSIONS, MAX_TEXT_CHARS, MAX_TEXTS
-from tests.unit.fakes import chunk_document, totals
+from tests.support.fakes import chunk_document, totals
 from worker.chunkstore import DOC_LIMIT_BYTES, DOC_OVERHEAD_BYTES
 
 ERROR = {"code": "attempts_exhausted", "message": "gave up"}

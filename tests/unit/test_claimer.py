@@ -9,8 +9,8 @@ from typing import Any
 from unittest.mock import patch
 
 from schemas.messages import JobMessage
-from tests.unit.fakes import FakeMessage
-from tests.unit.pipeline_fakes import FakeStore, claim, job_message
+from tests.support.fakes import FakeMessage
+from tests.support.pipeline_fakes import FakeStore, claim, job_message
 from worker.attempts import StopReason, Watcher
 from worker.errors import StoreUnavailable
 from worker.pipeline.claimer import Claimer

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from schemas.tasks.embed import EmbedInput
-from tests.unit.pipeline_fakes import FakeStore, TextModel, in_flight, text_claim
+from tests.support.pipeline_fakes import FakeStore, TextModel, in_flight, text_claim
 from worker.attempts import StopReason, StopToken, Watcher, calling
 from worker.errors import PermanentError, Stopped, TransientError
 from worker.faults import FAULT_KEY, FaultyAdapter, RunAlone, with_faults

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from schemas.messages import JobMessage
-from tests.unit.pipeline_fakes import job_message
+from tests.support.pipeline_fakes import job_message
 from worker.pipeline.delivery import Delivery
 from worker.pipeline.lanes import Ewma, GatherPolicy, Lane
 

@@ -1,6 +1,6 @@
 """worker/processor.py: the whole pipeline, message in to message settled, with a fake store
-and model (tests/unit/pipeline_fakes.py); each role has its own tests (test_claimer, test_runner,
-test_settler, test_hold, test_lanes)."""
+and model (tests/support/pipeline_fakes.py); each role has its own tests (test_claimer,
+test_runner, test_settler, test_hold, test_lanes)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
 from tests.support import wait_for
-from tests.unit.fakes import FakeMessage, handle_all
-from tests.unit.pipeline_fakes import (
+from tests.support.fakes import FakeMessage, handle_all
+from tests.support.pipeline_fakes import (
     JOB_ID,
     FakeModel,
     FakeStore,
@@ -26,21 +26,13 @@ from tests.unit.pipeline_fakes import (
     claim,
     job_message,
     processor,
+    run,
 )
 from worker.attempts import StopToken
 from worker.errors import PermanentError, StoreUnavailable, TransientError
 from worker.faults import with_faults
 from worker.processor import Processor
 from worker.store import Busy, Claim, Skip
-
-
-def run(
-    store: FakeStore, model: FakeModel, message: FakeMessage | None = None, **options: Any
-) -> FakeMessage:
-    message = message or job_message()
-    worker = processor(store, model, **options)
-    handle_all(worker, [message])
-    return message
 
 
 def test_success_writes_the_stored_result_then_acks() -> None:

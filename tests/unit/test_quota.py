@@ -11,7 +11,7 @@ from schemas.batches import CountDeltas
 from schemas.jobs import new_job_document
 from schemas.quota import COUNTED_FLAG as COUNTED
 from schemas.quota import in_flight_delta, in_flight_of, shard_paths, tenant_doc_id
-from tests.unit.fakes import NOW, written
+from tests.support.fakes import NOW, written
 
 
 def tenant_total(deltas: CountDeltas) -> dict[str, int]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tests.unit.pipeline_fakes import FakeStore, TextModel, claim, in_flight, text_claim
+from tests.support.pipeline_fakes import FakeStore, TextModel, claim, in_flight, text_claim
 from worker.attempts import StopReason, StopToken, Watcher
 from worker.errors import PermanentError, Stopped, TransientError
 from worker.modellock import ModelLock

@@ -9,7 +9,7 @@ import pytest
 
 from common.googleapi import Invalid
 from schemas.jobs import JobStatus
-from tests.unit.pipeline_fakes import FakeStore, in_flight, text_claim
+from tests.support.pipeline_fakes import FakeStore, in_flight, text_claim
 from worker.attempts import StopReason, Watcher
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
 from worker.pipeline.delivery import InFlight, Outcome

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.unit.test_processor import (
+from tests.support.pipeline_fakes import (
     JOB_ID,
     FakeModel,
     FakeStore,

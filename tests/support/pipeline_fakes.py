@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage
-from tests.unit.fakes import FakeMessage
+from tests.support.fakes import FakeMessage, handle_all
 from worker.attempts import StopToken
 from worker.errors import PermanentError
 from worker.jobtrace import JobTrace
@@ -126,3 +126,14 @@ def in_flight(job: Claim, timeout_s: float = 60.0) -> InFlight:
 def processor(store: FakeStore, model: FakeModel, **options: Any) -> Processor:
     options.setdefault("task_timeout_s", lambda _task: 60.0)
     return Processor(store, {"embed": model}, **options)
+
+
+def run(
+    store: FakeStore, model: FakeModel, message: FakeMessage | None = None, **options: Any
+) -> FakeMessage:
+    """``message`` (by default ``job_message()``) through a ``processor`` of ``store`` and
+    ``model``, until it settles; the message, its ``settled`` filled in."""
+    message = message or job_message()
+    worker = processor(store, model, **options)
+    handle_all(worker, [message])
+    return message

@@ -1,4 +1,18 @@
-"""Helpers the tests share: process trees, waiting, JSON log files."""
+"""Helpers the tests share: process trees, waiting, JSON log files, server-sent events, the
+environment and ports of a ``make run``.
+
+Everything a test module imports lives in this package; conftest.py files hold fixtures and hooks
+only, and no test module imports another. The rest of the package, by what it does:
+
+- ``stacks``: the session's emulators, a worker or ingress started on them, tenants and keys,
+  topics and subscriptions of a test's own (integration tests).
+- ``batchdocs``: batches and chunks written straight to Firestore and read back.
+- ``chaos``: the chaos stack's processes, job bodies and the wait for a drain.
+- ``fakes``, ``pipeline_fakes``: a Pub/Sub message, counter writes, a job store, models and
+  claims, for unit tests of the worker and the counters.
+- ``dockerfile``: a Dockerfile parser, ``.dockerignore`` matching and the image checker.
+- ``manifests``: the deployment's manifests rendered offline (``kubectl kustomize``).
+"""
 
 from __future__ import annotations
 

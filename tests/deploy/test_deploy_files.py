@@ -25,7 +25,7 @@ def test_cloudrun_service_binds_all_interfaces_and_probes_health() -> None:
 
 
 def test_worker_deployment_probes_match_the_worker() -> None:
-    # The pool template every overlay builds on; tests/unit/test_k8s.py checks the rendered pools.
+    # The pool template every overlay builds on; tests/deploy/test_k8s.py checks the rendered pools.
     deployment = load("k8s/base/deployment.yaml")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
