@@ -31,7 +31,7 @@ test: $(STAMP) $(CHROMIUM) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/deploy $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

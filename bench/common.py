@@ -5,6 +5,7 @@ same run as the thing it compares."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -163,7 +164,7 @@ def run_clients(clients: int, seconds: float, one_job: Any) -> dict[str, Any]:
     latencies: list[float] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     def client() -> None:
         while time.monotonic() < stop_at:
