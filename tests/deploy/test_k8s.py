@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import yaml
 from emulators.localrun import ROOT
 from schemas.messages import CHUNK_KIND, JOB_KIND, task_subscription
 from schemas.tasks import TASKS
+from tests.support.manifests import KUBECTL, kustomize
 from webhooks import outbox
 from webhooks.settings import SenderSettings
 from worker.main import ABANDON_WAIT_S
@@ -48,8 +48,6 @@ NOT_PUBLIC = [
 ]
 """What the webhook sender must not reach whatever its code does: the RFC 1918 ranges, link-local
 (the metadata server) and the shared address space."""
-KUBECTL = shutil.which("kubectl")
-RENDER_TIMEOUT_S = 60
 
 pytestmark = pytest.mark.skipif(
     KUBECTL is None,
@@ -60,25 +58,12 @@ pytestmark = pytest.mark.skipif(
 Manifest = dict[str, Any]
 
 
-def render(directory: Path) -> list[Manifest]:
-    assert KUBECTL is not None
-    done = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=RENDER_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, f"kubectl kustomize {directory}: {done.stderr}"
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Manifest]]:
     """Each kustomization rendered once: every pool overlay, ``shared`` and ``all`` (k8s/)."""
-    out = {pool: render(K8S / "overlays" / pool) for pool in POOLS}
-    out["shared"] = render(K8S / "shared")
-    out["all"] = render(K8S)
+    out = {pool: kustomize(K8S / "overlays" / pool) for pool in POOLS}
+    out["shared"] = kustomize(K8S / "shared")
+    out["all"] = kustomize(K8S)
     return out
 
 
@@ -588,7 +573,7 @@ def test_a_broken_overlay_fails_validation(tmp_path: Path, case: str) -> None:
     kustomization["patches"].append({"path": "broken.yaml"})
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
 
-    errors = validation_errors(render(overlay))
+    errors = validation_errors(kustomize(overlay))
 
     assert len(errors) == 1
     assert errors[0].startswith(f"Deployment/omni-worker-{POOLS[0]}")
@@ -596,7 +581,7 @@ def test_a_broken_overlay_fails_validation(tmp_path: Path, case: str) -> None:
 
 
 def test_only_strict_validation_catches_a_misspelt_field() -> None:
-    deployment = the(render(K8S / "overlays" / POOLS[0]), "Deployment")
+    deployment = the(kustomize(K8S / "overlays" / POOLS[0]), "Deployment")
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
 
     assert validation_errors([deployment], strict=False) == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -56,25 +56,23 @@ def test_racing_transactions_all_land_exactly_once(client: firestore.Client) -> 
     """Eight threads bump one counter: under the one policy, each bump lands once."""
     ref = client.collection("googleapi").document("raced")
     ref.set({"n": 0})
-    errors: list[BaseException] = []
 
     def bump(transaction: firestore.Transaction) -> None:
         n: int = ref.get(transaction=transaction).get("n")
         transaction.update(ref, {"n": n + 1})
 
-    def run() -> None:
+    def run(_: int) -> bool:
+        """Whether the bump landed; contended past its tries is counted, not lost silently."""
         try:
             run_transaction(firestore.Client(), bump, unavailable=Down, what="bump")
-        except Down as exc:  # contended past its tries: counted, not lost silently
-            errors.append(exc)
+        except Down:
+            return False
+        return True
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert (ref.get().to_dict() or {})["n"] == 8 - len(errors)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        landed = list(pool.map(run, range(8), timeout=120))
+    assert sum(landed) >= 1
+    assert (ref.get().to_dict() or {})["n"] == sum(landed)
 
 
 def test_final_errors_from_the_emulator_are_ours(client: firestore.Client) -> None:

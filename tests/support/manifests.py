@@ -27,7 +27,7 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
         timeout=RENDER_TIMEOUT_S,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, f"kubectl kustomize {directory}: {done.stderr}"
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
