@@ -9,6 +9,7 @@ succeeded); 1 an API error, no connection, or a job or batch that ended failed o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -158,6 +159,45 @@ def watch(session: _Session, job_id: str) -> None:
 def get(session: _Session, job_id: str) -> None:
     """Print a job."""
     _echo_json(session.client().get_job(job_id))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "--wait", is_flag=True, help="Follow the new job to its end (exit 1 unless succeeded)."
+)
+@click.pass_obj
+def retry(session: _Session, job_id: str, wait: bool) -> None:
+    """Run a failed job again as a new job, and print it."""
+    client = session.client()
+    job = client.retry_job(job_id)
+    if wait:
+        _finish_job(client, job["id"])
+    else:
+        _echo_json(job)
+
+
+@main.command()
+@click.option("--status", help="Only jobs in this status (queued, running, succeeded, ...).")
+@click.option("--task", "-t", help="Only jobs of this task.")
+@click.option("--after", "created_after", metavar="TIME", help="Created at or after (RFC 3339).")
+@click.option("--before", "created_before", metavar="TIME", help="Created before (RFC 3339).")
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Stop after this many jobs.")
+@click.pass_obj
+def jobs(
+    session: _Session,
+    status: str | None,
+    task: str | None,
+    created_after: str | None,
+    created_before: str | None,
+    limit: int | None,
+) -> None:
+    """List this key's jobs, newest first: one JSON object a line (no input, no result)."""
+    listed = session.client().list_jobs(
+        status=status, task=task, created_after=created_after, created_before=created_before
+    )
+    for job in itertools.islice(listed, limit):
+        click.echo(json.dumps(job, separators=(",", ":")))
 
 
 @main.command()

@@ -114,6 +114,35 @@ class OmniClient(Batches):
             "GET", resource_path("jobs", job_id), params=params, timeout=self._waiting(wait)
         )
 
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Json]:
+        """``GET /v1/jobs``, every page: this key's jobs (summaries), newest first."""
+        filters = {
+            "status": status,
+            "task": task,
+            "created_after": created_after,
+            "created_before": created_before,
+        }
+        params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+        params["limit"] = page_size
+        while True:
+            page = self._json("GET", "/v1/jobs", params=params)
+            yield from page["jobs"]
+            if page.get("next_page_token") is None:
+                return
+            params["page_token"] = page["next_page_token"]
+
+    def retry_job(self, job_id: str) -> Json:
+        """``POST /v1/jobs/ID/retry``: a failed job again, as a new job (its ``retry_of``)."""
+        return self._json("POST", resource_path("jobs", job_id, "retry"))
+
     def cancel_job(self, job_id: str) -> Json:
         """``POST /v1/jobs/ID/cancel``; an already terminal job raises ``OmniError`` 409."""
         return self._json("POST", resource_path("jobs", job_id, "cancel"))

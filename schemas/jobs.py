@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -162,6 +162,9 @@ class Job(BaseModel):
     timings: JobTimings | None = None
     trace_id: str | None = None
     webhook: str | None = None
+    retry_of: str | None = Field(
+        default=None, description="The failed job this one retries (POST /v1/jobs/ID/retry)."
+    )
     links: JobLinks
 
     @classmethod
@@ -194,6 +197,62 @@ class Job(BaseModel):
             timings=JobTimings.from_document(doc),
             trace_id=doc.get("trace_id"),
             webhook=doc.get("webhook"),
+            retry_of=doc.get("retry_of"),
+            links=JobLinks.for_job(job_id, webhook=bool(doc.get("webhook"))),
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class JobSummary(BaseModel):
+    """A job as ``GET /v1/jobs`` lists it: the resource without its ``input`` and ``result``
+    (each up to ~1 MiB; ``links.self`` reads them), so a page stays small whatever it holds."""
+
+    id: str
+    task: str
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    error: JobError | None = None
+    metadata: dict[str, str] | None = None
+    retry_of: str | None = None
+    links: JobLinks
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "task",
+        "status",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "attempts",
+        "error",
+        "metadata",
+        "webhook",
+        "retry_of",
+    )
+    """The stored fields a summary reads (a listing selects only these)."""
+
+    @classmethod
+    def from_document(cls, job_id: str, doc: dict[str, Any]) -> JobSummary:
+        status = JobStatus(doc["status"])
+        error = doc.get("error") if status is JobStatus.FAILED else None
+        return cls(
+            id=job_id,
+            task=doc["task"],
+            status=status,
+            created_at=doc["created_at"],
+            updated_at=doc["updated_at"],
+            started_at=doc.get("started_at"),
+            finished_at=doc.get("finished_at"),
+            attempts=doc.get("attempts", 0),
+            error=JobError(**error) if error else None,
+            metadata=doc.get("metadata") or None,
+            retry_of=doc.get("retry_of"),
             links=JobLinks.for_job(job_id, webhook=bool(doc.get("webhook"))),
         )
 

@@ -1,5 +1,6 @@
-"""``/v1/jobs``: submit a job (optionally idempotent, optionally waiting for it), read it back
-(optionally as a long poll), cancel it. The event stream is in ``ingress/jobs/events.py``."""
+"""``/v1/jobs``: submit a job (optionally idempotent, optionally waiting for it), list the
+tenant's jobs, read one back (optionally as a long poll), cancel it. The event stream is in
+``ingress/jobs/events.py``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ingress.http import HUGE_INT, has_huge_int, json_body, prefer_wait, wait_pa
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.jobs.waits import long_poll, wait_until_terminal
+from ingress.pages import decode_token, encode_token, limit_param, time_param
 from ingress.publisher import PublishFailed
 from ingress.services import Services, admit, release, services, unavailable
 from ingress.webhooks.check import checked_webhook
@@ -42,7 +44,7 @@ from schemas import (
     get_task,
     jobstate,
 )
-from schemas.jobs import new_job_document, new_job_id
+from schemas.jobs import JobStatus, JobSummary, new_job_document, new_job_id
 
 logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer("omni.ingress")
@@ -86,23 +88,12 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     # cap it is refused here, before a key is reserved or a job written, so a retry is safe.
     wait_s = prefer_wait(request.headers.get("Prefer"))
     with svc.holds.acquire(tenant) if wait_s else nullcontext():
-        job_id = new_job_id()
-        reservation: Reservation | None = None
-        if key is not None:
-            try:
-                reservation = svc.idempotency.reserve(
-                    tenant, key, fingerprint(request.path, body), job_id
-                )
-            except KeyMismatch as exc:
-                raise Conflict(str(exc)) from exc
-            except StoreUnavailable as exc:
-                raise unavailable("job store") from exc
-            job_id = reservation.resource_id
-            if reservation.replayed and (replayed := _replay(svc, job_id, tenant)) is not None:
-                return replayed
+        job_id, reservation = _reserve(svc, tenant, key, body)
+        replayed = reservation is not None and reservation.replayed
+        if replayed and (answer := _replay(svc, job_id, tenant)) is not None:
+            return answer
         # After the replay, which creates nothing: a replay is answered at the cap.
         admit(tenant, 1, reservation)
-        bind_log_context(job_id=job_id, task=spec.name)
         doc = new_job_document(
             tenant=tenant,
             task=spec.name,
@@ -112,27 +103,54 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             result_ttl_s=svc.settings.result_ttl_s,
             webhook=webhook,
         )
-        doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
-        try:
-            with _tracer.start_as_current_span("firestore create job"):
-                written_at = svc.store.create(job_id, doc)
-        except StoreRejected as exc:
-            item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
-            release(reservation)
-            raise ValidationFailed([item]) from exc
-        except StoreUnavailable as exc:
-            release(reservation)
-            raise unavailable("job store") from exc
-        try:
-            svc.publisher.publish(JobMessage(job_id=job_id, task=spec.name, tenant=tenant))
-        except PublishFailed as exc:
-            # The client will retry with a new job; this one must not sit in queued forever.
-            svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
-            release(reservation)
-            raise unavailable("job queue") from exc
-        logger.info("job queued")
-        metrics.job_submitted(spec.name)
-        return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
+        return _enqueue(svc, job_id, doc, reservation)
+
+
+def _reserve(
+    svc: Services, tenant: str, key: str | None, body: Any
+) -> tuple[str, Reservation | None]:
+    """A new job id, or with an ``Idempotency-Key`` the id the key holds (its reservation says
+    whether an earlier request made it)."""
+    job_id = new_job_id()
+    if key is None:
+        return job_id, None
+    try:
+        reservation = svc.idempotency.reserve(tenant, key, fingerprint(request.path, body), job_id)
+    except KeyMismatch as exc:
+        raise Conflict(str(exc)) from exc
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    return reservation.resource_id, reservation
+
+
+def _enqueue(
+    svc: Services, job_id: str, doc: dict[str, Any], reservation: Reservation | None
+) -> tuple[Response, int, dict[str, str]]:
+    """Write the new job, publish it, and answer 202 (``_accepted``). The tenant's in-flight
+    slot was taken (``admit``); a write or publish that fails frees the key and answers 503."""
+    tenant, task = doc["tenant"], doc["task"]
+    bind_log_context(job_id=job_id, task=task)
+    doc["trace_id"] = tracing.trace_id()  # the request's trace: the job's whole trace
+    try:
+        with _tracer.start_as_current_span("firestore create job"):
+            written_at = svc.store.create(job_id, doc)
+    except StoreRejected as exc:
+        item = ProblemItem(loc=["body"], msg=f"the job cannot be stored: {exc}")
+        release(reservation)
+        raise ValidationFailed([item]) from exc
+    except StoreUnavailable as exc:
+        release(reservation)
+        raise unavailable("job store") from exc
+    try:
+        svc.publisher.publish(JobMessage(job_id=job_id, task=task, tenant=tenant))
+    except PublishFailed as exc:
+        # The client will retry with a new job; this one must not sit in queued forever.
+        svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
+        release(reservation)
+        raise unavailable("job queue") from exc
+    logger.info("job queued", extra={"retry_of": doc["retry_of"]} if "retry_of" in doc else None)
+    metrics.job_submitted(task)
+    return _accepted(svc, job_id, doc, {"Location": f"/v1/jobs/{job_id}"})
 
 
 def _accepted(
@@ -166,6 +184,50 @@ def _replay(svc: Services, job_id: str, tenant: str) -> tuple[Response, int, dic
     )
 
 
+@bp.get("")
+def list_jobs() -> Response:
+    """The tenant's jobs, newest first, a page at a time (``ingress/pages.py``): filters
+    ``status``, ``task``, ``created_after`` (inclusive), ``created_before`` (exclusive); ``limit``;
+    ``page_token`` from the previous page. Items are summaries: no input, no result."""
+    args = request.args
+    status, task = args.get("status") or None, args.get("task") or None
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise BadRequest(f"status must be one of {', '.join(s.value for s in JobStatus)}")
+    if task is not None and task not in TASKS:
+        raise BadRequest(f"task must be one of {', '.join(TASKS)}")
+    created_after = time_param("created_after", args.get("created_after"))
+    created_before = time_param("created_before", args.get("created_before"))
+    limit = limit_param(args.get("limit"))
+    filters = {
+        "status": status,
+        "task": task,
+        "created_after": created_after.isoformat() if created_after else None,
+        "created_before": created_before.isoformat() if created_before else None,
+    }
+    tenant: str = g.tenant
+    cursor = decode_token(args.get("page_token"), tenant, filters)
+    try:
+        jobs, next_cursor = services().store.page(
+            tenant,
+            limit=limit,
+            fields=JobSummary.FIELDS,
+            status=status,
+            task=task,
+            created_after=created_after,
+            created_before=created_before,
+            after=cursor,
+        )
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    token = encode_token(tenant, filters, next_cursor) if next_cursor is not None else None
+    return jsonify(
+        {
+            "jobs": [JobSummary.from_document(i, doc).to_json_dict() for i, doc in jobs],
+            "next_page_token": token,
+        }
+    )
+
+
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     """The job; with ``?wait=N``, a long poll that answers as soon as the job is terminal, or
@@ -194,3 +256,34 @@ def cancel_job(job_id: str) -> Response:
         raise NotFound("no such job")
     logger.info("job cancelled")
     return jsonify(Job.from_document(job_id, doc).to_json_dict())
+
+
+@bp.post("/<job_id>/retry")
+def retry_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """A failed job again: 202 with a new job of the same task, input, metadata and webhook,
+    whose ``retry_of`` names this one (which stays ``failed``); 409 unless this one failed.
+    ``Idempotency-Key`` makes a retried request answer the same new job."""
+    svc = services()
+    tenant: str = g.tenant
+    key = _idempotency_key()
+    old = owned_job(job_id)
+    if old.get("status") != JobStatus.FAILED.value:
+        raise Conflict(f"only a failed job can be retried; this one is {old.get('status')}")
+    wait_s = prefer_wait(request.headers.get("Prefer"))
+    with svc.holds.acquire(tenant) if wait_s else nullcontext():  # as create_job's wait
+        new_id, reservation = _reserve(svc, tenant, key, {"retry_of": job_id})
+        replayed = reservation is not None and reservation.replayed
+        if replayed and (answer := _replay(svc, new_id, tenant)) is not None:
+            return answer
+        admit(tenant, 1, reservation)
+        doc = new_job_document(
+            tenant=tenant,
+            task=old["task"],
+            input=old["input"],  # already in its stored form, as validated when first submitted
+            metadata=old.get("metadata") or None,
+            now=datetime.now(UTC),
+            result_ttl_s=svc.settings.result_ttl_s,
+            webhook=old.get("webhook"),
+        )
+        doc["retry_of"] = job_id
+        return _enqueue(svc, new_id, doc, reservation)

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from common.googleapi import (
     AlreadyExists,
@@ -22,6 +24,7 @@ from common.googleapi import (
     translated,
 )
 from ingress.errors import AlreadyFinished, StoreRejected, StoreUnavailable
+from ingress.pages import Cursor
 from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.jobs import JobStatus
@@ -140,6 +143,47 @@ class JobStore:
             self._client, _cancel, unavailable=StoreUnavailable, what="cancel"
         )
         return outcome
+
+    def page(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        fields: tuple[str, ...],
+        status: str | None = None,
+        task: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: Cursor | None = None,
+    ) -> tuple[list[tuple[str, dict[str, Any]]], Cursor | None]:
+        """A page of the tenant's jobs (their ``fields`` and ``created_at``), newest first (ties
+        by id), and the cursor of the next page (None on the last). One query of ``limit + 1``
+        documents, always on ``tenant``."""
+        query = self._jobs.select([*fields, "created_at"]).where(
+            filter=FieldFilter("tenant", "==", tenant)
+        )
+        if status is not None:
+            query = query.where(filter=FieldFilter("status", "==", status))
+        if task is not None:
+            query = query.where(filter=FieldFilter("task", "==", task))
+        if created_after is not None:
+            query = query.where(filter=FieldFilter("created_at", ">=", created_after))
+        if created_before is not None:
+            query = query.where(filter=FieldFilter("created_at", "<", created_before))
+        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
+            FieldPath.document_id(), direction=firestore.Query.DESCENDING
+        )
+        if after is not None:
+            query = query.start_after(
+                {"created_at": after.created_at, "__name__": self._jobs.document(after.item_id)}
+            )
+        with translated(StoreUnavailable, "job listing"):
+            snapshots = list(
+                query.limit(limit + 1).stream(retry=self._retry, timeout=self._timeout_s)
+            )
+        jobs = [(s.id, s.to_dict() or {}) for s in snapshots[:limit]]
+        more = len(snapshots) > limit
+        return jobs, Cursor(jobs[-1][1]["created_at"], jobs[-1][0]) if more else None
 
     def ping(self) -> bool:
         """Whether Firestore answers a cheap read now."""

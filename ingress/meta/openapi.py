@@ -44,6 +44,7 @@ from schemas.jobs import (
     MAX_METADATA_ITEMS,
     MAX_METADATA_KEY_CHARS,
     MAX_METADATA_VALUE_CHARS,
+    JobSummary,
 )
 from schemas.webhooks import MAX_URL_CHARS, WebhookDeliveries
 
@@ -73,6 +74,7 @@ def _components() -> dict[str, Any]:
         (JobRequest, "validation"),
         (BatchRequest, "validation"),
         (Job, "serialization"),
+        (JobSummary, "serialization"),
         (Batch, "serialization"),
         (Problem, "serialization"),
         (WebhookDeliveries, "serialization"),
@@ -88,12 +90,29 @@ def _components() -> dict[str, Any]:
     schemas["BatchItem"] = item
     _batch_fields(schemas["Batch"])
     schemas["TaskList"] = _task_list_schema()
+    schemas["JobPage"] = _page("jobs", "JobSummary")
     for envelope in ("JobRequest", "BatchRequest"):
         _narrow_envelope(schemas[envelope])
     schemas["JobSubmission"] = _submission("JobRequest", "input", keys, single=True)
     schemas["BatchSubmission"] = _submission("BatchRequest", "items", keys, single=False)
     schemas.setdefault("JobStatus", {"type": "string", "enum": [s.value for s in JobStatus]})
     return schemas
+
+
+def _page(items: str, model: str) -> dict[str, Any]:
+    """A listing's page (``ingress/pages.py``): the items, and the token of the next page."""
+    return {
+        "type": "object",
+        "title": f"{model}Page",
+        "properties": {
+            items: {"type": "array", "items": schema_ref(model)},
+            "next_page_token": {
+                "type": ["string", "null"],
+                "description": "Opaque; send as `page_token` for the next page. Null: last page.",
+            },
+        },
+        "required": [items, "next_page_token"],
+    }
 
 
 def _batch_fields(schema: dict[str, Any]) -> None:

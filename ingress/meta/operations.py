@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingress.batches.input import WEBHOOK_HEADER
-from schemas import JobStatus
+from ingress.pages import MAX_LIMIT
+from schemas import TASKS, JobStatus
 from schemas.jobs import (
     JobError,
 )
@@ -119,6 +120,8 @@ _BATCH_LAST_EVENT_ID = _header(
     {"type": "string", "pattern": "^[0-9]{16}\\.[0-9a-z]{1,40}\\.[0-9]{5}$"},
 )
 _INDEX = {"type": "string", "pattern": "^[0-9]{1,12}$"}
+_TIME = {"type": "string", "format": "date-time"}
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
 """An item's place in its batch, from 0 (a path segment)."""
 PATH_SCHEMAS = {"index": _INDEX}
 """Path arguments that are not resource ids."""
@@ -175,6 +178,26 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body={"application/json": {"schema": schema_ref("JobSubmission")}},
         tags=("jobs",),
     ),
+    ("/v1/jobs", "GET"): Operation(
+        "List this tenant's jobs, newest first, a page at a time (summaries: no input, no result)",
+        {200: _json(schema_ref("JobPage"), "A page of jobs")},
+        errors=(400, 401, 503),
+        parameters=(
+            _query("status", "Only jobs in this status.", schema_ref("JobStatus")),
+            _query("task", "Only jobs of this task.", {"type": "string", "enum": sorted(TASKS)}),
+            _query("created_after", "Created at or after (RFC 3339).", _TIME),
+            _query("created_before", "Created before (RFC 3339).", _TIME),
+            _query(
+                "limit", "Jobs on a page.", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
+            ),
+            _query(
+                "page_token",
+                "The `next_page_token` of the page before (any other value: 400).",
+                {"type": "string"},
+            ),
+        ),
+        tags=("jobs",),
+    ),
     ("/v1/jobs/<job_id>", "GET"): Operation(
         "Read a job (`?wait=N`: long poll)",
         {200: _json(_JOB, "The job")},
@@ -196,6 +219,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Cancel a job",
         {200: _json(_JOB, "The job, cancelled")},
         errors=(*_READ_ERRORS, 409),
+        tags=("jobs",),
+    ),
+    ("/v1/jobs/<job_id>/retry", "POST"): Operation(
+        "Retry a failed job: a new job of the same input, whose `retry_of` names this one",
+        {
+            202: _json(_JOB, "The new job, queued", Location=_LOCATION),
+            200: _json(_JOB, "The new job, finished within `Prefer: wait`", Location=_LOCATION),
+        },
+        errors=(400, *_READ_ERRORS, 409),
+        parameters=(_IDEMPOTENCY_KEY, _PREFER),
         tags=("jobs",),
     ),
     ("/v1/batches", "POST"): Operation(

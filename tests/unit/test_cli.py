@@ -482,3 +482,46 @@ def test_items_sent_are_estimated_from_bytes_and_never_below_those_accepted() ->
     assert progress.items_sent(UploadProgress("b1", 25, 100, 0, 4, 0, 1000)) == 250
     assert progress.items_sent(UploadProgress("b1", 0, 100, 1, 4, 300, 1000)) == 300
     assert progress.items_sent(UploadProgress(None, 10, None, 0, 1, 0, None)) == 0
+
+
+def test_jobs_pages_through_the_listing_with_its_filters_one_line_a_job(api: FakeApi) -> None:
+    pages = {
+        None: {"jobs": [{"id": "j3"}, {"id": "j2"}], "next_page_token": "p2"},
+        "p2": {"jobs": [{"id": "j1"}], "next_page_token": None},
+    }
+    api.on(
+        "GET", "/v1/jobs", lambda r: httpx.Response(200, json=pages[r.url.params.get("page_token")])
+    )
+
+    listed = run("jobs", "--status", "failed", "--task", "embed", "--after", "2026-12-01T00:00:00Z")
+
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == ["j3", "j2", "j1"]
+    first = api.requests[0].url.params
+    assert (first["status"], first["task"], first["created_after"]) == (
+        "failed",
+        "embed",
+        "2026-12-01T00:00:00Z",
+    )
+    assert api.requests[1].url.params["page_token"] == "p2"
+    assert api.requests[1].url.params["status"] == "failed"
+
+
+def test_jobs_stops_at_its_limit_without_reading_further_pages(api: FakeApi) -> None:
+    api.on(
+        "GET",
+        "/v1/jobs",
+        reply(200, {"jobs": [{"id": "j3"}, {"id": "j2"}], "next_page_token": "p2"}),
+    )
+
+    listed = run("jobs", "--limit", "1")
+
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == ["j3"]
+    assert len(api.requests) == 1
+
+
+def test_retry_prints_the_new_job(api: FakeApi) -> None:
+    api.on("POST", "/v1/jobs/j1/retry", reply(202, {**JOB, "id": "j2", "retry_of": "j1"}))
+
+    printed = json.loads(run("retry", "j1").stdout)
+
+    assert (printed["id"], printed["retry_of"]) == ("j2", "j1")

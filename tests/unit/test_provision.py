@@ -206,3 +206,18 @@ def test_the_webhook_senders_query_has_its_composite_index() -> None:
     assert ("jobs", ("webhook_pending", "status")) in indexes
     # webhooks/fairness.py: one tenant's due deliveries, oldest first.
     assert ("webhook_deliveries", ("tenant", "next_at")) in indexes
+
+
+def test_the_job_listing_queries_have_their_composite_indexes() -> None:
+    # ingress/jobs/store.py's page(): the tenant's jobs, optionally by status and task, newest
+    # first with the id as the tie-break.
+    calls = firestore_admin_requests("p", json.loads(INDEXES_FILE.read_text()))
+    indexes = {
+        tuple((f["field_path"], f["order"]) for f in req["index"]["fields"])
+        for method, req in calls
+        if method == "create_index" and req["parent"].endswith("/jobs")
+    }
+    newest = (("created_at", "DESCENDING"), ("__name__", "DESCENDING"))
+    for filters in ((), ("status",), ("task",), ("status", "task")):
+        equalities = (("tenant", "ASCENDING"), *((f, "ASCENDING") for f in filters))
+        assert (*equalities, *newest) in indexes, filters
