@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.tasks import get_task
 from schemas.webhooks import checked_url
@@ -95,6 +95,20 @@ class JobRequest(BaseModel):
     input: dict[str, Any]
     metadata: Metadata = None
     webhook: Webhook = None
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "RFC 3339 with an offset. Not started by then: the job ends `failed` with code "
+            "`deadline_exceeded` and never runs; running then: it stops at its next safe point "
+            "and ends the same way. `Cancel-After: <seconds>` is a synonym (the earlier wins)."
+        ),
+    )
+
+
+MAX_CANCEL_AFTER_S = 30 * 24 * 3600
+"""Longest ``Cancel-After``, seconds (30 days: longer than any job waits in practice)."""
+DEADLINE_EXCEEDED = "deadline_exceeded"
+"""The error code of a job that ended because its ``deadline`` passed."""
 
 
 class JobError(BaseModel):
@@ -165,6 +179,7 @@ class Job(BaseModel):
     retry_of: str | None = Field(
         default=None, description="The failed job this one retries (POST /v1/jobs/ID/retry)."
     )
+    deadline: datetime | None = None
     links: JobLinks
 
     @classmethod
@@ -198,6 +213,7 @@ class Job(BaseModel):
             trace_id=doc.get("trace_id"),
             webhook=doc.get("webhook"),
             retry_of=doc.get("retry_of"),
+            deadline=doc.get("deadline"),
             links=JobLinks.for_job(job_id, webhook=bool(doc.get("webhook"))),
         )
 
@@ -269,6 +285,7 @@ def new_job_document(
     now: datetime,
     result_ttl_s: float = DEFAULT_RESULT_TTL_S,
     webhook: str | None = None,
+    deadline: datetime | None = None,
 ) -> dict[str, Any]:
     """The document the ingress writes before publishing: ``queued``, no attempts yet.
 
@@ -299,4 +316,6 @@ def new_job_document(
     if webhook is not None:
         doc["webhook"] = webhook
         doc["webhook_pending"] = True
+    if deadline is not None:
+        doc["deadline"] = deadline
     return doc

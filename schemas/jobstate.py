@@ -1,7 +1,7 @@
 """The job state machine: which writer may move a job where, as pure functions over its document.
 
     queued ──claim──▶ running ──finish──▶ succeeded
-      ▲                │  │   ──fail────▶ failed        (permanent error, timeout)
+      ▲                │  │   ──fail────▶ failed        (permanent error, timeout, deadline)
       └──release───────┘  └── cancel ───▶ cancelled     (ingress; also from queued)
                           └── dead letter ▶ failed      (attempts exhausted)
 
@@ -15,6 +15,8 @@ Firestore transaction or under an update-time precondition, so the rules hold wh
   attempt's lease is live, so a duplicate delivery does not start the job twice.
 - Only the attempt holding the current token may finish, fail or release the job: a zombie attempt
   (its worker lost the lease but kept running) cannot overwrite a newer attempt or a terminal state.
+- A job past its ``deadline`` is never claimed: the claim that finds it so ends it ``failed``
+  (``deadline_exceeded``) instead (``past_deadline``, ``deadline_failed``).
 
 Fields kept in the document beside the resource's own (never shown by the API): ``tenant``,
 ``attempt_token``, ``lease_expires_at``, ``terminal_writes``, ``finished_by``, ``last_error``,
@@ -41,7 +43,7 @@ from typing import Any
 
 from google.cloud.firestore import ArrayUnion, Increment
 
-from schemas.jobs import TERMINAL_STATUSES, JobStatus
+from schemas.jobs import DEADLINE_EXCEEDED, TERMINAL_STATUSES, JobStatus
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,18 @@ def claim(
     if not doc.get("started_at"):
         changes["started_at"] = now
     return Claimed(attempt, token, changes)
+
+
+def past_deadline(doc: dict[str, Any], now: datetime) -> bool:
+    """Whether the job has a ``deadline`` and it has passed."""
+    deadline = doc.get("deadline")
+    return deadline is not None and deadline <= now
+
+
+def deadline_failed(now: datetime, by: str, result_ttl_s: float) -> dict[str, Any]:
+    """The changes that end a job whose deadline passed (from queued, or from running)."""
+    error = {"code": DEADLINE_EXCEEDED, "message": "the job's deadline passed before it finished"}
+    return terminal(JobStatus.FAILED, now, by, result_ttl_s, error=error)
 
 
 def owned_by(doc: dict[str, Any] | None, token: str) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from worker.chunkstore import ChunkClaim
@@ -42,6 +43,8 @@ class StopReason(StrEnum):
     """It ran past its task's time limit."""
     SHUTDOWN = "shutdown"
     """The worker's shutdown grace period is over: released and nacked."""
+    DEADLINE = "deadline"
+    """Its job's ``deadline`` passed (``deadline_exceeded``)."""
 
 
 CALL_METADATA: ContextVar[Sequence[Mapping[str, str]]] = ContextVar(
@@ -62,11 +65,21 @@ def calling(metadata: Sequence[Mapping[str, str]]) -> Iterator[None]:
         CALL_METADATA.reset(token)
 
 
+def _monotonic_at(when: datetime | None) -> float | None:
+    """The monotonic clock's reading at the wall-clock time ``when`` (None for None)."""
+    if when is None:
+        return None
+    return time.monotonic() + (when - datetime.now(UTC)).total_seconds()
+
+
 class StopToken:
     """Tells a running task whether it must stop, and why."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, job_deadline: datetime | None = None):
         self.deadline = time.monotonic() + timeout_s
+        """The task's time limit, on the monotonic clock (set again when the task starts)."""
+        self.job_deadline = _monotonic_at(job_deadline)
+        """The job's own ``deadline``, on the monotonic clock; None without one."""
         self._reason: StopReason | None = None
 
     def stop(self, reason: StopReason) -> None:
@@ -75,8 +88,12 @@ class StopToken:
 
     @property
     def reason(self) -> StopReason | None:
-        if self._reason is None and time.monotonic() > self.deadline:
-            return StopReason.TIMEOUT
+        if self._reason is None:
+            now = time.monotonic()
+            if self.job_deadline is not None and now > self.job_deadline:
+                return StopReason.DEADLINE
+            if now > self.deadline:
+                return StopReason.TIMEOUT
         return self._reason
 
     def check(self) -> None:

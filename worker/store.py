@@ -52,6 +52,8 @@ class Claim:
     """The batch document of an item's job: its outcome is counted there."""
     counted: bool = False
     """Whether the job's creation was counted in its tenant's jobs in flight (its end then is)."""
+    deadline: datetime | None = None
+    """The job's ``deadline``: past it, the attempt stops at its next safe point."""
 
     @property
     def label(self) -> dict[str, str]:
@@ -177,7 +179,8 @@ class JobStore(AttemptStore):
         """Each job's claim decision, the updates the claims need and their count changes.
 
         An item of a cancelled batch that has not started is ended ``cancelled`` here instead of
-        claimed: it never runs."""
+        claimed, and a job past its ``deadline`` ends ``failed`` (``deadline_exceeded``): neither
+        runs."""
         now = datetime.now(UTC)
         out: list[Claim | Skip | Busy] = []
         writes: list[tuple[str, dict[str, Any]]] = []
@@ -209,6 +212,14 @@ class JobStore(AttemptStore):
                     out.append(Skip(job_id, decision.reason))
                 continue
             assert doc is not None
+            if jobstate.past_deadline(doc, now):
+                # Never run: ended here, in the claim's commit, counted like any end.
+                writes.append(
+                    (job_id, jobstate.deadline_failed(now, "deadline", self._result_ttl_s))
+                )
+                deltas.move(doc, JobStatus.FAILED)
+                out.append(Skip(job_id, "its deadline passed"))
+                continue
             writes.append((job_id, decision.changes))
             deltas.move(doc, JobStatus.RUNNING)  # nothing when a lapsed attempt is taken over
             out.append(
@@ -222,6 +233,7 @@ class JobStore(AttemptStore):
                     dict(doc.get("metadata") or {}),
                     doc.get("batch_path") or None,
                     counted=bool(doc.get(COUNTED_FLAG)),
+                    deadline=doc.get("deadline"),
                 )
             )
         return out, writes, deltas

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -44,7 +44,13 @@ from schemas import (
     get_task,
     jobstate,
 )
-from schemas.jobs import JobStatus, JobSummary, new_job_document, new_job_id
+from schemas.jobs import (
+    MAX_CANCEL_AFTER_S,
+    JobStatus,
+    JobSummary,
+    new_job_document,
+    new_job_id,
+)
 
 logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer("omni.ingress")
@@ -81,6 +87,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise ValidationFailed.from_pydantic(exc, prefix=["body", "input"]) from exc
 
     webhook = checked_webhook(job_request.webhook, ["body", "webhook"])
+    deadline = _deadline(job_request.deadline)
     stored_input = spec.input_to_store(task_input.model_dump(mode="json"))
     if has_huge_int(stored_input):
         raise ValidationFailed([ProblemItem(loc=["body", "input"], msg=HUGE_INT)])
@@ -102,8 +109,25 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             now=datetime.now(UTC),
             result_ttl_s=svc.settings.result_ttl_s,
             webhook=webhook,
+            deadline=deadline,
         )
         return _enqueue(svc, job_id, doc, reservation)
+
+
+def _deadline(requested: datetime | None) -> datetime | None:
+    """The job's deadline: the body's ``deadline`` or ``Cancel-After: <seconds>`` from now,
+    whichever comes first; 400 for a ``Cancel-After`` that is not 0..``MAX_CANCEL_AFTER_S``."""
+    raw = request.headers.get("Cancel-After")
+    if raw is None:
+        return requested
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_CANCEL_AFTER_S:
+        raise BadRequest(f"Cancel-After must be a number of seconds from 0 to {MAX_CANCEL_AFTER_S}")
+    after = datetime.now(UTC) + timedelta(seconds=seconds)
+    return min(after, requested) if requested is not None else after
 
 
 def _reserve(
@@ -284,6 +308,7 @@ def retry_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
             now=datetime.now(UTC),
             result_ttl_s=svc.settings.result_ttl_s,
             webhook=old.get("webhook"),
+            deadline=_deadline(None),  # the failed job's own deadline has passed, or will
         )
         doc["retry_of"] = job_id
         return _enqueue(svc, new_id, doc, reservation)

@@ -14,6 +14,7 @@ from ingress.batches.input import WEBHOOK_HEADER
 from ingress.pages import MAX_LIMIT
 from schemas import TASKS, JobStatus
 from schemas.jobs import (
+    MAX_CANCEL_AFTER_S,
     JobError,
 )
 from schemas.webhooks import MAX_URL_CHARS
@@ -103,6 +104,11 @@ _PREFER = _header(
     "`wait=N` (N ≤ 60): hold the answer up to N s; 200 with the finished job if it finished.",
     {"type": "string", "examples": ["wait=10"]},
 )
+_CANCEL_AFTER = _header(
+    "Cancel-After",
+    "Seconds from now after which the job ends `deadline_exceeded` (as `deadline`).",
+    {"type": "number", "minimum": 0, "maximum": MAX_CANCEL_AFTER_S},
+)
 _WAIT = _query(
     "wait",
     "Long poll: answer as soon as the job is terminal, or after this many seconds.",
@@ -174,7 +180,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             200: _json(_JOB, "Finished within `Prefer: wait`", Location=_LOCATION),
         },
         errors=(400, 401, 409, 413, 415, 422, 503),
-        parameters=(_IDEMPOTENCY_KEY, _PREFER),
+        parameters=(_IDEMPOTENCY_KEY, _PREFER, _CANCEL_AFTER),
         body={"application/json": {"schema": schema_ref("JobSubmission")}},
         tags=("jobs",),
     ),
@@ -228,7 +234,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             200: _json(_JOB, "The new job, finished within `Prefer: wait`", Location=_LOCATION),
         },
         errors=(400, *_READ_ERRORS, 409),
-        parameters=(_IDEMPOTENCY_KEY, _PREFER),
+        parameters=(_IDEMPOTENCY_KEY, _PREFER, _CANCEL_AFTER),
         tags=("jobs",),
     ),
     ("/v1/batches", "POST"): Operation(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -169,4 +170,25 @@ def test_a_task_past_its_time_limit_fails_with_timeout(clean: ChaosStack) -> Non
     doc = stack.wait_status(job_id, {"succeeded", "failed"}, timeout_s=60)
     assert doc["status"] == "failed" and doc["error"]["code"] == "timeout"
     assert doc["attempts"] == 1 and doc["terminal_writes"] == 1
+    stack.stop_workers()
+
+
+def test_a_deadline_ends_a_job_deadline_exceeded_whether_queued_or_running(
+    clean: ChaosStack,
+) -> None:
+    stack = clean
+    stack.start_worker()
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    late = stack.submit({**embed("late"), "deadline": past}).json()["id"]
+    at_once = stack.submit(embed("no time"), **{"Cancel-After": "0"}).json()["id"]
+    running = stack.submit(embed("slow", fault="sleep=20"), **{"Cancel-After": "3"}).json()["id"]
+    for never_ran in (late, at_once):
+        doc = stack.wait_status(never_ran, {"succeeded", "failed"}, timeout_s=60)
+        assert doc["status"] == "failed" and doc["error"]["code"] == "deadline_exceeded"
+        assert doc["attempts"] == 0 and doc["terminal_writes"] == 1 and "started_at" not in doc
+    doc = stack.wait_status(running, {"succeeded", "failed"}, timeout_s=60)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "deadline_exceeded"
+    assert doc["attempts"] == 1 and doc["terminal_writes"] == 1
+    # Stopped at a safe point soon after its deadline, not after its 20 s of work.
+    assert (doc["finished_at"] - doc["created_at"]).total_seconds() < 15
     stack.stop_workers()

@@ -21,7 +21,8 @@ from worker.store import Claim
 
 
 def test_stop_reasons_keep_the_values_logs_and_metrics_use() -> None:
-    assert [r.value for r in StopReason] == ["cancelled", "lost", "timeout", "shutdown"]
+    expected = ["cancelled", "lost", "timeout", "shutdown", "deadline"]
+    assert [r.value for r in StopReason] == expected
     assert StopReason.LOST == "lost" and f"{StopReason.SHUTDOWN}" == "shutdown"
 
 
@@ -67,3 +68,18 @@ def test_a_call_s_metadata_is_set_only_within_it() -> None:
     with calling([{"k": "v"}]):
         assert CALL_METADATA.get() == [{"k": "v"}]
     assert CALL_METADATA.get() == ()
+
+
+def test_a_jobs_deadline_stops_it_before_its_time_limit_with_its_own_reason() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    passed = StopToken(60.0, datetime.now(UTC) - timedelta(seconds=1))
+    ahead = StopToken(60.0, datetime.now(UTC) + timedelta(seconds=60))
+    none = StopToken(60.0)
+
+    assert passed.reason is StopReason.DEADLINE
+    with pytest.raises(Stopped):
+        passed.check()
+    assert ahead.reason is None and none.reason is None
+    ahead.deadline = time.monotonic() - 1  # its task's time limit, reached first
+    assert ahead.reason is StopReason.TIMEOUT

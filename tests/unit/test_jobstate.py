@@ -89,3 +89,18 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_a_deadline_passes_at_its_instant_and_a_job_without_one_has_none() -> None:
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    assert jobstate.past_deadline({"deadline": now}, now)
+    assert not jobstate.past_deadline({"deadline": now + timedelta(microseconds=1)}, now)
+    assert not jobstate.past_deadline({}, now)
+
+
+def test_a_job_past_its_deadline_ends_failed_deadline_exceeded() -> None:
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    changes = jobstate.deadline_failed(now, "deadline", 3600.0)
+    assert changes["status"] == JobStatus.FAILED.value
+    assert changes["error"]["code"] == "deadline_exceeded"
+    assert changes["finished_at"] == now and changes["lease_expires_at"] is None

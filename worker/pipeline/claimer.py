@@ -99,7 +99,7 @@ class Claimer:
                 elif isinstance(decision, Busy):
                     self.retry_when_free(lane, delivery, decision)
                 else:
-                    stop = StopToken(self._timeout_for(decision.task))
+                    stop = StopToken(self._timeout_for(decision.task), decision.deadline)
                     self._watcher.add(decision, stop)
                     trace = JobTrace.of(delivery.message)
                     claimed.append(InFlight(decision, delivery, stop, trace))
