@@ -141,7 +141,9 @@ def stack(tasks: str, log_name: str, workers: int = 1, **env: str) -> Iterator[S
         api_keys=",".join(f"{tenant}:{key}" for tenant, key in KEYS.items()),
     )
     saved = dict(os.environ)
-    os.environ.update({"WORKER_TASKS": tasks, "LOG_LEVEL": "WARNING", **env})
+    # The result cache off unless a bench asks for it (bench/cache.py): the others time the
+    # model's path, and several send the same input again and again.
+    os.environ.update({"WORKER_TASKS": tasks, "LOG_LEVEL": "WARNING", "RESULT_CACHE": "off", **env})
     try:
         with (RESULTS / f"{log_name}.stack.log").open("w") as log, local_stack(config, log):
             os.environ["FIRESTORE_EMULATOR_HOST"] = f"{config.host}:{config.firestore_port}"

@@ -25,6 +25,7 @@ from ingress.errors import TooManyRequests, Unauthorized, register_error_handler
 from ingress.idempotency import IdempotencyStore
 from ingress.jobs import events as job_events
 from ingress.jobs import routes as job_routes
+from ingress.jobs.cache import ResultCache
 from ingress.jobs.listen import MultiListen
 from ingress.jobs.store import JobStore
 from ingress.jobs.watch import JobWatcher
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             firestore_client, settings.webhook_deliveries_collection, settings.firestore_timeout_s
         ),
         uploads=UploadSlots(settings.max_large_uploads),
+        cache=ResultCache(firestore_client) if settings.result_cache else None,
     )
 
     register_error_handlers(app)

@@ -88,6 +88,12 @@ JOBS_SUBMITTED = Counter(
     "Jobs accepted by POST /v1/jobs (stored and published; idempotent replays not counted).",
     ["task"],
 )
+CACHE_LOOKUPS = Counter(
+    "omni_ingress_result_cache_lookups",
+    "Result-cache lookups at POST /v1/jobs, by task and outcome (hit: answered at submit, no "
+    "message published; miss: queued).",
+    ["task", "outcome"],
+)
 BATCH_ITEMS_SUBMITTED = Counter(
     "omni_ingress_batch_items_submitted",
     "Items of batches accepted by POST /v1/batches (idempotent replays not counted).",
@@ -200,6 +206,10 @@ def counted_stream(function: Callable[P, Iterator[str]]) -> Callable[P, Iterator
 
 def job_submitted(task: str) -> None:
     JOBS_SUBMITTED.labels(task).inc()
+
+
+def cache_lookup(task: str, hit: bool) -> None:
+    CACHE_LOOKUPS.labels(task, "hit" if hit else "miss").inc()
 
 
 def batch_submitted(task: str, items: int) -> None:

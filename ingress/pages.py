@@ -15,11 +15,17 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from ingress.errors import BadRequest
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from common.googleapi import translated
+from ingress.errors import BadRequest, StoreUnavailable
 from schemas import JOB_ID_PATTERN
 
 DEFAULT_LIMIT = 50
@@ -39,12 +45,12 @@ class Cursor:
     item_id: str
 
 
-def limit_param(raw: str | None) -> int:
-    """``?limit=N`` (1..``MAX_LIMIT``), ``DEFAULT_LIMIT`` when absent; 400 otherwise."""
+def limit_param(raw: str | None, most: int = MAX_LIMIT, default: int = DEFAULT_LIMIT) -> int:
+    """``?limit=N`` (1..``most``), ``default`` when absent; 400 otherwise."""
     if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise BadRequest(f"limit must be a whole number from 1 to {most}")
     return int(raw)
 
 
@@ -61,6 +67,61 @@ def time_param(name: str, raw: str | None) -> datetime | None:
             f"{name} must be an RFC 3339 time with an offset, e.g. 2026-12-06T10:00:00Z"
         )
     return value
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A listing request's query parameters, checked: ``status``, ``task``, ``created_after``
+    (inclusive), ``created_before`` (exclusive), ``limit``, and the cursor its ``page_token``
+    holds. ``filters`` is what a page token is bound to besides the tenant."""
+
+    status: str | None
+    task: str | None
+    created_after: datetime | None
+    created_before: datetime | None
+    limit: int
+    cursor: Cursor | None
+
+    @property
+    def filters(self) -> dict[str, str | None]:
+        return _filters(self.status, self.task, self.created_after, self.created_before)
+
+    def next_token(self, tenant: str, cursor: Cursor | None) -> str | None:
+        """The ``next_page_token`` of a page that ended at ``cursor`` (None: the last page)."""
+        return None if cursor is None else encode_token(tenant, self.filters, cursor)
+
+
+def _filters(
+    status: str | None, task: str | None, after: datetime | None, before: datetime | None
+) -> dict[str, str | None]:
+    return {
+        "status": status,
+        "task": task,
+        "created_after": after.isoformat() if after else None,
+        "created_before": before.isoformat() if before else None,
+    }
+
+
+def listing(
+    args: Mapping[str, str],
+    tenant: str,
+    statuses: Sequence[str],
+    tasks: Sequence[str],
+    max_limit: int = MAX_LIMIT,
+    default_limit: int = DEFAULT_LIMIT,
+) -> Listing:
+    """The listing ``args`` ask for, each parameter checked (400 for any that is not valid), and
+    the page token checked against ``tenant`` and the filters (400 for one made for another)."""
+    status, task = args.get("status") or None, args.get("task") or None
+    if status is not None and status not in statuses:
+        raise BadRequest(f"status must be one of {', '.join(statuses)}")
+    if task is not None and task not in tasks:
+        raise BadRequest(f"task must be one of {', '.join(tasks)}")
+    after = time_param("created_after", args.get("created_after"))
+    before = time_param("created_before", args.get("created_before"))
+    limit = limit_param(args.get("limit"), max_limit, default_limit)
+    cursor = decode_token(args.get("page_token"), tenant, _filters(status, task, after, before))
+    return Listing(status, task, after, before, limit, cursor)
 
 
 def _tag(text: str) -> str:
@@ -105,3 +166,43 @@ def decode_token(raw: str | None, tenant: str, filters: Mapping[str, str | None]
     ):
         raise refused
     return cursor
+
+
+def newest_first(
+    collection: Any,
+    tenant: str,
+    *,
+    limit: int,
+    fields: Sequence[str] | None,
+    equal: Mapping[str, str | None],
+    created_after: datetime | None,
+    created_before: datetime | None,
+    after: Cursor | None,
+    retry: Any,
+    timeout_s: float,
+) -> tuple[list[tuple[str, dict[str, Any]]], Cursor | None]:
+    """A page of ``tenant``'s documents in ``collection`` (their ``fields`` and ``created_at``;
+    every field when None), newest first (ties by id), with each ``equal`` field that is not None
+    matching, and the cursor of the next page (None on the last). One query of ``limit + 1``
+    documents, always on ``tenant`` first; its composite indexes are in firestore.indexes.json."""
+    query = collection if fields is None else collection.select([*fields, "created_at"])
+    query = query.where(filter=FieldFilter("tenant", "==", tenant))
+    for field, value in equal.items():
+        if value is not None:
+            query = query.where(filter=FieldFilter(field, "==", value))
+    if created_after is not None:
+        query = query.where(filter=FieldFilter("created_at", ">=", created_after))
+    if created_before is not None:
+        query = query.where(filter=FieldFilter("created_at", "<", created_before))
+    query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
+        FieldPath.document_id(), direction=firestore.Query.DESCENDING
+    )
+    if after is not None:
+        query = query.start_after(
+            {"created_at": after.created_at, "__name__": collection.document(after.item_id)}
+        )
+    with translated(StoreUnavailable, "listing"):
+        snapshots = list(query.limit(limit + 1).stream(retry=retry, timeout=timeout_s))
+    items = [(s.id, s.to_dict() or {}) for s in snapshots[:limit]]
+    more = len(snapshots) > limit
+    return items, Cursor(items[-1][1]["created_at"], items[-1][0]) if more else None

@@ -17,6 +17,7 @@ from ingress.batches.chunkstore import ChunkStore
 from ingress.batches.store import BatchStore
 from ingress.errors import ApiError, ServiceUnavailable, StoreUnavailable
 from ingress.idempotency import IdempotencyStore, Reservation
+from ingress.jobs.cache import ResultCache
 from ingress.jobs.store import JobStore
 from ingress.jobs.watch import JobWatcher
 from ingress.limits.holds import Holds
@@ -54,6 +55,8 @@ class Services:
     webhooks: WebhookLedger
     uploads: UploadSlots
     """This process's slots for large batch uploads (``MAX_LARGE_UPLOADS``)."""
+    cache: ResultCache | None = None
+    """Result-cache lookups at submit; None with ``RESULT_CACHE=off``."""
 
 
 def services() -> Services:

@@ -126,6 +126,9 @@ class Settings:
     """A second port serving only ``/metrics`` (Cloud Run's collector sidecar scrapes it); None
     serves ``/metrics`` on the main port, as ``make run`` and the tests do."""
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    result_cache: bool = True
+    """``RESULT_CACHE``: ``off`` answers no job from the result cache (results are still
+    written to it, so turning it on again finds them)."""
     log_level: str = "INFO"
     traces_exporter: str = "none"
     sentry_dsn: str | None = None
@@ -165,6 +168,7 @@ class Settings:
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
                 result_ttl_s=result_ttl_from_env(env),
+                result_cache=(env.get("RESULT_CACHE") or "on").lower() not in {"off", "0", "false"},
                 sse_ping_s=float(env.get("SSE_PING_S") or SSE_PING_S),
                 stream_max_lifetime_s=float(
                     env.get("STREAM_MAX_LIFETIME_S") or STREAM_MAX_LIFETIME_S

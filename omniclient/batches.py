@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from omniclient.errors import OmniClientError, OmniConnectionError, OmniError
@@ -155,6 +155,24 @@ class Batches(ApiSession):
             self._sleep(delay)
             waited += delay
             delay = min(delay * 2, BUSY_WAIT_S)
+
+    def list_batches(
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Json]:
+        """``GET /v1/batches``, every page: this key's batches with their counts, newest first."""
+        filters = {
+            "status": status,
+            "task": task,
+            "created_after": created_after,
+            "created_before": created_before,
+        }
+        return self._pages("batches", filters, page_size)
 
     def get_batch(self, batch_id: str) -> Json:
         return self._json("GET", resource_path("batches", batch_id))

@@ -9,7 +9,6 @@ succeeded); 1 an API error, no connection, or a job or batch that ended failed o
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import click
 
 from omniclient.cli_files import resume_point as resume_point
 from omniclient.cli_files import spooled_stdin
-from omniclient.cli_params import json_object, key_value_pairs
+from omniclient.cli_params import echo_lines, json_object, key_value_pairs, listing_options
 from omniclient.client import OmniClient
 from omniclient.errors import MissingApiKey, OmniClientError, OmniError
 from omniclient.events import TERMINAL, BatchEvent
@@ -178,26 +177,19 @@ def retry(session: _Session, job_id: str, wait: bool) -> None:
 
 
 @main.command()
-@click.option("--status", help="Only jobs in this status (queued, running, succeeded, ...).")
-@click.option("--task", "-t", help="Only jobs of this task.")
-@click.option("--after", "created_after", metavar="TIME", help="Created at or after (RFC 3339).")
-@click.option("--before", "created_before", metavar="TIME", help="Created before (RFC 3339).")
-@click.option("--limit", "-n", type=click.IntRange(min=1), help="Stop after this many jobs.")
+@listing_options("jobs")
 @click.pass_obj
-def jobs(
-    session: _Session,
-    status: str | None,
-    task: str | None,
-    created_after: str | None,
-    created_before: str | None,
-    limit: int | None,
-) -> None:
+def jobs(session: _Session, /, limit: int | None, **filters: Any) -> None:
     """List this key's jobs, newest first: one JSON object a line (no input, no result)."""
-    listed = session.client().list_jobs(
-        status=status, task=task, created_after=created_after, created_before=created_before
-    )
-    for job in itertools.islice(listed, limit):
-        click.echo(json.dumps(job, separators=(",", ":")))
+    echo_lines(session.client().list_jobs(**filters), limit)
+
+
+@main.command()
+@listing_options("batches")
+@click.pass_obj
+def batches(session: _Session, /, limit: int | None, **filters: Any) -> None:
+    """List this key's batches with their counts, newest first: one JSON object a line."""
+    echo_lines(session.client().list_batches(**filters), limit)
 
 
 @main.command()

@@ -130,14 +130,7 @@ class OmniClient(Batches):
             "created_after": created_after,
             "created_before": created_before,
         }
-        params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
-        params["limit"] = page_size
-        while True:
-            page = self._json("GET", "/v1/jobs", params=params)
-            yield from page["jobs"]
-            if page.get("next_page_token") is None:
-                return
-            params["page_token"] = page["next_page_token"]
+        return self._pages("jobs", filters, page_size)
 
     def retry_job(self, job_id: str) -> Json:
         """``POST /v1/jobs/ID/retry``: a failed job again, as a new job (its ``retry_of``)."""

@@ -90,6 +90,17 @@ class ApiSession:
     def _slow_answer(self, read_s: float) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, read=max(self.timeout, read_s))
 
+    def _pages(self, kind: str, filters: dict[str, str | None], page_size: int) -> Iterator[Json]:
+        """``GET /v1/<kind>`` with ``filters``, page after page: every item, in order."""
+        params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+        params["limit"] = page_size
+        while True:
+            page = self._json("GET", f"/v1/{kind}", params=params)
+            yield from page[kind]
+            if page.get("next_page_token") is None:
+                return
+            params["page_token"] = page["next_page_token"]
+
     def _json(self, method: str, path: str, **kwargs: Any) -> Json:
         response = self._send(method, path, **kwargs)
         try:

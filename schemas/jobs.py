@@ -103,6 +103,14 @@ class JobRequest(BaseModel):
             "and ends the same way. `Cancel-After: <seconds>` is a synonym (the earlier wins)."
         ),
     )
+    cache: bool = Field(
+        default=True,
+        description=(
+            "Whether an identical earlier input of this tenant, to this deterministic task and "
+            "model version, may answer this job at once (200, `timings.cache_hit: true`). "
+            "`false` runs the model."
+        ),
+    )
 
 
 MAX_CANCEL_AFTER_S = 30 * 24 * 3600
@@ -126,6 +134,8 @@ class JobTimings(BaseModel):
     running_ms: float | None = None
     inference_ms: float | None = None
     batch_size: int | None = None
+    cache_hit: bool | None = None
+    """True when the result came from the result cache at submit (no model call)."""
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> JobTimings | None:
@@ -137,6 +147,7 @@ class JobTimings(BaseModel):
             running_ms=_ms(finished - started) if started and finished else None,
             inference_ms=doc.get("inference_ms"),
             batch_size=doc.get("batch_size"),
+            cache_hit=doc.get("cache_hit"),
         )
         return timings if timings.model_dump(exclude_none=True) else None
 

@@ -169,6 +169,28 @@ def terminal(
     }
 
 
+def from_cache(
+    doc: dict[str, Any], result: dict[str, Any], now: datetime, result_ttl_s: float
+) -> dict[str, Any]:
+    """A new job document (``schemas.jobs.new_job_document``) answered from the result cache:
+    created ``succeeded``, with its one status change logged, never queued, never counted in
+    flight. Plain values, no transforms: it is written by a create."""
+    return {
+        **doc,
+        "status": JobStatus.SUCCEEDED.value,
+        "result": result,
+        "cache_hit": True,
+        "started_at": now,
+        "finished_at": now,
+        "updated_at": now,
+        "finished_by": "cache",
+        "terminal_writes": 1,
+        "in_flight_counted": False,
+        "events": [{"status": JobStatus.SUCCEEDED.value, "at": now, "n": secrets.token_hex(4)}],
+        "expire_at": now + timedelta(seconds=result_ttl_s),
+    }
+
+
 def released(
     now: datetime, last_error: dict[str, Any] | None, started: bool = True
 ) -> dict[str, Any]:

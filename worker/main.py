@@ -31,6 +31,7 @@ from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
 from worker.processor import Processor
+from worker.resultcache import CacheWrites
 from worker.settings import WorkerSettings
 from worker.store import JobStore
 from worker.tasks import ADAPTERS, Adapter
@@ -159,7 +160,16 @@ class Worker:
                 "result_ttl_s": settings.result_ttl_s,
             }
             processor = Processor(
-                JobStore(client, settings.jobs_collection, **attempts),
+                JobStore(
+                    client,
+                    settings.jobs_collection,
+                    **attempts,
+                    cache=CacheWrites(
+                        client,
+                        settings.result_ttl_s,
+                        getattr(self._adapters.get("predict"), "latest_versions", dict),
+                    ),
+                ),
                 # Test-only faults wrap the adapters; the pipeline never knows of them.
                 faults.with_faults(self._adapters) if settings.fault_injection else self._adapters,
                 task_timeout_s=settings.timeout_for,

@@ -22,6 +22,7 @@ from schemas.jobs import JobStatus
 from schemas.quota import COUNTED_FLAG
 from worker.attemptstore import MAX_VERSIONS, AttemptStore
 from worker.errors import StoreUnavailable
+from worker.resultcache import CacheWrites
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class Claim:
     """Whether the job's creation was counted in its tenant's jobs in flight (its end then is)."""
     deadline: datetime | None = None
     """The job's ``deadline``: past it, the attempt stops at its next safe point."""
+    cache_key: str | None = None
+    """Where its result goes in the result cache when it succeeds (set by the ingress)."""
 
     @property
     def label(self) -> dict[str, str]:
@@ -86,9 +89,11 @@ class JobStore(AttemptStore):
         timeout_s: float,
         lease_s: float,
         result_ttl_s: float,
+        cache: CacheWrites | None = None,
     ):
         super().__init__(client, timeout_s=timeout_s, lease_s=lease_s, result_ttl_s=result_ttl_s)
         self._jobs = client.collection(collection)
+        self._cache = cache
 
     def claim_many(
         self, jobs: Sequence[tuple[str, str]], worker: str = ""
@@ -234,6 +239,7 @@ class JobStore(AttemptStore):
                     doc.get("batch_path") or None,
                     counted=bool(doc.get(COUNTED_FLAG)),
                     deadline=doc.get("deadline"),
+                    cache_key=doc.get("cache_key"),
                 )
             )
         return out, writes, deltas
@@ -260,6 +266,7 @@ class JobStore(AttemptStore):
                     self._update(batch, refs[claim.job_id], changes, version)
                     running = running_doc(claim.batch_path, claim.tenant, claim.counted)
                     deltas.move(running, status)
+                    self._cached(batch, claim, status, fields, now)
                 deltas.write(batch, self._client, now)
                 if self._commit(batch, "terminal write") is not None:
                     return [True] * len(ends)
@@ -268,6 +275,21 @@ class JobStore(AttemptStore):
         finally:
             for claim, _, _ in ends:
                 self._versions.pop(claim.token, None)
+
+    def _cached(
+        self, writer: Any, claim: Claim, status: JobStatus, fields: dict[str, Any], now: datetime
+    ) -> None:
+        """A succeeded job's result into the result cache, in the commit that ends it."""
+        if self._cache is None or claim.cache_key is None or status is not JobStatus.SUCCEEDED:
+            return
+        self._cache.add(
+            writer,
+            key=claim.cache_key,
+            tenant=claim.tenant,
+            task=claim.task,
+            result=fields["result"],
+            now=now,
+        )
 
     def _end_in_transaction(
         self, ends: Sequence[tuple[Claim, JobStatus, dict[str, Any]]], refs: dict[str, Any]
@@ -285,6 +307,7 @@ class JobStore(AttemptStore):
                     )
                     transaction.update(refs[claim.job_id], changes)
                     deltas.move(docs.get(claim.job_id), status)
+                    self._cached(transaction, claim, status, fields, now)
                 written.append(owned)
             deltas.write(transaction, self._client, now)
             return written

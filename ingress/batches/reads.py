@@ -26,9 +26,10 @@ from ingress.errors import (
     StoreUnavailable,
 )
 from ingress.http import SSE_HEADERS
+from ingress.pages import listing
 from ingress.services import admit, services, unavailable
-from schemas import JobStatus
-from schemas.batches import counts_of
+from schemas import TASKS, JobStatus
+from schemas.batches import BatchStatus, counts_of
 from schemas.chunks import parse_event_id
 from schemas.jobs import JOB_ID_PATTERN
 
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("batchreads", __name__, url_prefix="/v1/batches")
 
 _INDEX = re.compile(r"[0-9]{1,12}")
+DEFAULT_BATCH_PAGE = 20
+MAX_BATCH_PAGE = 100
+"""Most batches on a page: each is read with its counter shards (``SHARDS`` documents)."""
 STATUSES = tuple(s.value for s in JobStatus)
 
 
@@ -46,6 +50,38 @@ def _chunks() -> ChunkStore:
 
 
 # -- the batch and its results ------------------------------------------------------------------
+
+
+@bp.get("")
+def list_batches() -> Response:
+    """The tenant's batches, newest first, a page at a time (``ingress/pages.py``), with the
+    same filters as ``GET /v1/jobs``. A batch's status is not stored (it follows from its counts),
+    so ``status`` filters each page after it is read: a filtered page may hold fewer than
+    ``limit`` batches, even none, and still have a ``next_page_token``."""
+    tenant: str = g.tenant
+    query = listing(
+        request.args,
+        tenant,
+        [s.value for s in BatchStatus],
+        list(TASKS),
+        max_limit=MAX_BATCH_PAGE,
+        default_limit=DEFAULT_BATCH_PAGE,
+    )
+    try:
+        batches, cursor = services().batches.page(
+            tenant,
+            limit=query.limit,
+            task=query.task,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            after=query.cursor,
+        )
+    except StoreUnavailable as exc:
+        raise unavailable("batch store") from exc
+    resources = [batch_resource(batch) for batch in batches]
+    if query.status is not None:
+        resources = [r for r in resources if r["status"] == query.status]
+    return jsonify({"batches": resources, "next_page_token": query.next_token(tenant, cursor)})
 
 
 @bp.get("/<batch_id>")

@@ -45,6 +45,7 @@ from ingress.batches.chunkwriter import (
     delete_chunks,
 )
 from ingress.errors import StoreUnavailable
+from ingress.pages import Cursor, newest_first
 from ingress.publisher import JobPublisher
 from schemas import get_task
 from schemas.batches import COUNTED, COUNTERS, SHARDS, CountDeltas
@@ -381,6 +382,49 @@ class BatchStore:
             return None
         shards = [s.to_dict() or {} for s in snapshots if s.exists and s.reference.path != ref.path]
         return Batch(batch_id, doc, shards, main.update_time)
+
+    def page(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        task: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: Cursor | None = None,
+    ) -> tuple[list[Batch], Cursor | None]:
+        """A page of the tenant's accepted batches with their counts, newest first, and the
+        cursor of the next page: one query for the documents (``ingress.pages.newest_first``),
+        one ``get_all`` for every shard of the page (``limit * SHARDS`` reads at most)."""
+        docs, cursor = newest_first(
+            self._batches,
+            tenant,
+            limit=limit,
+            fields=None,
+            equal={"task": task},
+            created_after=created_after,
+            created_before=created_before,
+            after=after,
+            retry=self._retry,
+            timeout_s=self._timeout_s,
+        )
+        # A batch still being created, or whose creation failed, is not one yet.
+        docs = [(i, doc) for i, doc in docs if doc.get("state") == "accepted"]
+        refs = [
+            self._batches.document(i).collection(COUNTERS).document(str(n))
+            for i, _ in docs
+            for n in range(SHARDS)
+        ]
+        shards: dict[str, list[dict[str, Any]]] = {i: [] for i, _ in docs}
+        if refs:
+            with translated(StoreUnavailable, "batch listing"):
+                for snapshot in self._client.get_all(
+                    refs, retry=self._retry, timeout=self._timeout_s
+                ):
+                    if snapshot.exists:
+                        batch_id = snapshot.reference.parent.parent.id
+                        shards[batch_id].append(snapshot.to_dict() or {})
+        return [Batch(i, doc, shards[i]) for i, doc in docs], cursor
 
 
 _BUSY = "another part of this batch is being appended; send this part again once it is answered"

@@ -30,7 +30,7 @@ from ingress.http import HUGE_INT, has_huge_int, json_body, prefer_wait, wait_pa
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.jobs.waits import long_poll, wait_until_terminal
-from ingress.pages import decode_token, encode_token, limit_param, time_param
+from ingress.pages import listing
 from ingress.publisher import PublishFailed
 from ingress.services import Services, admit, release, services, unavailable
 from ingress.webhooks.check import checked_webhook
@@ -43,6 +43,7 @@ from schemas import (
     UnknownTaskError,
     get_task,
     jobstate,
+    resultcache,
 )
 from schemas.jobs import (
     MAX_CANCEL_AFTER_S,
@@ -99,8 +100,6 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         replayed = reservation is not None and reservation.replayed
         if replayed and (answer := _replay(svc, job_id, tenant)) is not None:
             return answer
-        # After the replay, which creates nothing: a replay is answered at the cap.
-        admit(tenant, 1, reservation)
         doc = new_job_document(
             tenant=tenant,
             task=spec.name,
@@ -111,7 +110,40 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             webhook=webhook,
             deadline=deadline,
         )
+        if resultcache.cacheable(spec.name):
+            # Set even with "cache": false: the run's result then refreshes the entry.
+            doc["cache_key"] = resultcache.cache_key(tenant, spec.name, stored_input)
+            if job_request.cache and svc.cache is not None:
+                cached = svc.cache.lookup(doc["cache_key"], tenant, spec.name, stored_input)
+                metrics.cache_lookup(spec.name, cached is not None)
+                if cached is not None:
+                    return _answer_from_cache(svc, job_id, doc, cached, reservation)
+        # After the replay and the cache, which take no slot: both are answered at the cap.
+        admit(tenant, 1, reservation)
         return _enqueue(svc, job_id, doc, reservation)
+
+
+def _answer_from_cache(
+    svc: Services,
+    job_id: str,
+    doc: dict[str, Any],
+    result: dict[str, Any],
+    reservation: Reservation | None,
+) -> tuple[Response, int, dict[str, str]]:
+    """200 with a job born ``succeeded`` from the result cache: written like any job (listings,
+    ``GET``, events, its webhook, a replay of its ``Idempotency-Key`` find it), never published."""
+    bind_log_context(job_id=job_id, task=doc["task"])
+    doc["trace_id"] = tracing.trace_id()
+    doc = jobstate.from_cache(doc, result, datetime.now(UTC), svc.settings.result_ttl_s)
+    try:
+        with _tracer.start_as_current_span("firestore create job"):
+            svc.store.create(job_id, doc)
+    except (StoreRejected, StoreUnavailable) as exc:
+        release(reservation)
+        raise unavailable("job store") from exc
+    logger.info("job answered from the result cache")
+    body = jsonify(Job.from_document(job_id, doc).to_json_dict())
+    return body, 200, {"Location": f"/v1/jobs/{job_id}"}
 
 
 def _deadline(requested: datetime | None) -> datetime | None:
@@ -213,41 +245,25 @@ def list_jobs() -> Response:
     """The tenant's jobs, newest first, a page at a time (``ingress/pages.py``): filters
     ``status``, ``task``, ``created_after`` (inclusive), ``created_before`` (exclusive); ``limit``;
     ``page_token`` from the previous page. Items are summaries: no input, no result."""
-    args = request.args
-    status, task = args.get("status") or None, args.get("task") or None
-    if status is not None and status not in {s.value for s in JobStatus}:
-        raise BadRequest(f"status must be one of {', '.join(s.value for s in JobStatus)}")
-    if task is not None and task not in TASKS:
-        raise BadRequest(f"task must be one of {', '.join(TASKS)}")
-    created_after = time_param("created_after", args.get("created_after"))
-    created_before = time_param("created_before", args.get("created_before"))
-    limit = limit_param(args.get("limit"))
-    filters = {
-        "status": status,
-        "task": task,
-        "created_after": created_after.isoformat() if created_after else None,
-        "created_before": created_before.isoformat() if created_before else None,
-    }
     tenant: str = g.tenant
-    cursor = decode_token(args.get("page_token"), tenant, filters)
+    query = listing(request.args, tenant, [s.value for s in JobStatus], list(TASKS))
     try:
         jobs, next_cursor = services().store.page(
             tenant,
-            limit=limit,
+            limit=query.limit,
             fields=JobSummary.FIELDS,
-            status=status,
-            task=task,
-            created_after=created_after,
-            created_before=created_before,
-            after=cursor,
+            status=query.status,
+            task=query.task,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            after=query.cursor,
         )
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
-    token = encode_token(tenant, filters, next_cursor) if next_cursor is not None else None
     return jsonify(
         {
             "jobs": [JobSummary.from_document(i, doc).to_json_dict() for i, doc in jobs],
-            "next_page_token": token,
+            "next_page_token": query.next_token(tenant, next_cursor),
         }
     )
 
@@ -311,4 +327,6 @@ def retry_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
             deadline=_deadline(None),  # the failed job's own deadline has passed, or will
         )
         doc["retry_of"] = job_id
+        if "cache_key" in old:
+            doc["cache_key"] = old["cache_key"]  # a retry runs the model; its result is kept
         return _enqueue(svc, new_id, doc, reservation)

@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
-from google.cloud.firestore_v1.field_path import FieldPath
 
 from common.googleapi import (
     AlreadyExists,
@@ -24,7 +22,7 @@ from common.googleapi import (
     translated,
 )
 from ingress.errors import AlreadyFinished, StoreRejected, StoreUnavailable
-from ingress.pages import Cursor
+from ingress.pages import Cursor, newest_first
 from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.jobs import JobStatus
@@ -46,12 +44,14 @@ class JobStore:
     def create(self, job_id: str, doc: dict[str, Any]) -> datetime:
         """Write a new job document; returns its update time (the precondition for later).
 
-        The tenant's jobs-in-flight counter moves in the same commit (``schemas/quota.py``)."""
+        The tenant's jobs-in-flight counter moves in the same commit (``schemas/quota.py``),
+        unless the job is not counted (one answered from the result cache is born finished)."""
         writes = self._client.batch()
         writes.create(self._jobs.document(job_id), doc)
-        deltas = CountDeltas()
-        deltas.created(doc["tenant"])
-        deltas.write(writes, self._client, datetime.now(UTC))
+        if doc.get(COUNTED_FLAG):
+            deltas = CountDeltas()
+            deltas.created(doc["tenant"])
+            deltas.write(writes, self._client, datetime.now(UTC))
         try:
             with translated(StoreUnavailable, "create"):
                 result = writes.commit(retry=self._retry, timeout=self._timeout_s)[0]
@@ -156,34 +156,20 @@ class JobStore:
         created_before: datetime | None = None,
         after: Cursor | None = None,
     ) -> tuple[list[tuple[str, dict[str, Any]]], Cursor | None]:
-        """A page of the tenant's jobs (their ``fields`` and ``created_at``), newest first (ties
-        by id), and the cursor of the next page (None on the last). One query of ``limit + 1``
-        documents, always on ``tenant``."""
-        query = self._jobs.select([*fields, "created_at"]).where(
-            filter=FieldFilter("tenant", "==", tenant)
+        """A page of the tenant's jobs (their ``fields``), newest first, and the cursor of the
+        next page (``ingress.pages.newest_first``)."""
+        return newest_first(
+            self._jobs,
+            tenant,
+            limit=limit,
+            fields=fields,
+            equal={"status": status, "task": task},
+            created_after=created_after,
+            created_before=created_before,
+            after=after,
+            retry=self._retry,
+            timeout_s=self._timeout_s,
         )
-        if status is not None:
-            query = query.where(filter=FieldFilter("status", "==", status))
-        if task is not None:
-            query = query.where(filter=FieldFilter("task", "==", task))
-        if created_after is not None:
-            query = query.where(filter=FieldFilter("created_at", ">=", created_after))
-        if created_before is not None:
-            query = query.where(filter=FieldFilter("created_at", "<", created_before))
-        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
-            FieldPath.document_id(), direction=firestore.Query.DESCENDING
-        )
-        if after is not None:
-            query = query.start_after(
-                {"created_at": after.created_at, "__name__": self._jobs.document(after.item_id)}
-            )
-        with translated(StoreUnavailable, "job listing"):
-            snapshots = list(
-                query.limit(limit + 1).stream(retry=self._retry, timeout=self._timeout_s)
-            )
-        jobs = [(s.id, s.to_dict() or {}) for s in snapshots[:limit]]
-        more = len(snapshots) > limit
-        return jobs, Cursor(jobs[-1][1]["created_at"], jobs[-1][0]) if more else None
 
     def ping(self) -> bool:
         """Whether Firestore answers a cheap read now."""

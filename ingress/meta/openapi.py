@@ -91,6 +91,7 @@ def _components() -> dict[str, Any]:
     _batch_fields(schemas["Batch"])
     schemas["TaskList"] = _task_list_schema()
     schemas["JobPage"] = _page("jobs", "JobSummary")
+    schemas["BatchPage"] = _page("batches", "Batch")
     for envelope in ("JobRequest", "BatchRequest"):
         _narrow_envelope(schemas[envelope])
     schemas["JobSubmission"] = _submission("JobRequest", "input", keys, single=True)

@@ -11,8 +11,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingress.batches.input import WEBHOOK_HEADER
+from ingress.batches.reads import MAX_BATCH_PAGE
 from ingress.pages import MAX_LIMIT
 from schemas import TASKS, JobStatus
+from schemas.batches import BatchStatus
 from schemas.jobs import (
     MAX_CANCEL_AFTER_S,
     JobError,
@@ -90,6 +92,26 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
         "description": description,
         "schema": schema,
     }
+
+
+def _listing(items: str, status: dict[str, Any], most: int) -> tuple[dict[str, Any], ...]:
+    """A listing's query parameters (``ingress.pages.listing``)."""
+    return (
+        _query("status", f"Only {items} in this status.", status),
+        _query("task", f"Only {items} of this task.", {"type": "string", "enum": sorted(TASKS)}),
+        _query("created_after", "Created at or after (RFC 3339).", _TIME),
+        _query("created_before", "Created before (RFC 3339).", _TIME),
+        _query(
+            "limit",
+            f"{items.capitalize()} on a page.",
+            {"type": "integer", "minimum": 1, "maximum": most},
+        ),
+        _query(
+            "page_token",
+            "The `next_page_token` of the page before (any other value: 400).",
+            {"type": "string"},
+        ),
+    )
 
 
 ID_SCHEMA = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -177,7 +199,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Submit a job",
         {
             202: _json(_JOB, "Queued (or still running after `Prefer: wait`)", Location=_LOCATION),
-            200: _json(_JOB, "Finished within `Prefer: wait`", Location=_LOCATION),
+            200: _json(
+                _JOB,
+                "Finished within `Prefer: wait`, or answered from the result cache at once "
+                "(`timings.cache_hit: true`; no model call)",
+                Location=_LOCATION,
+            ),
         },
         errors=(400, 401, 409, 413, 415, 422, 503),
         parameters=(_IDEMPOTENCY_KEY, _PREFER, _CANCEL_AFTER),
@@ -188,20 +215,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List this tenant's jobs, newest first, a page at a time (summaries: no input, no result)",
         {200: _json(schema_ref("JobPage"), "A page of jobs")},
         errors=(400, 401, 503),
-        parameters=(
-            _query("status", "Only jobs in this status.", schema_ref("JobStatus")),
-            _query("task", "Only jobs of this task.", {"type": "string", "enum": sorted(TASKS)}),
-            _query("created_after", "Created at or after (RFC 3339).", _TIME),
-            _query("created_before", "Created before (RFC 3339).", _TIME),
-            _query(
-                "limit", "Jobs on a page.", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
-            ),
-            _query(
-                "page_token",
-                "The `next_page_token` of the page before (any other value: 400).",
-                {"type": "string"},
-            ),
-        ),
+        parameters=_listing("jobs", schema_ref("JobStatus"), MAX_LIMIT),
         tags=("jobs",),
     ),
     ("/v1/jobs/<job_id>", "GET"): Operation(
@@ -236,6 +250,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(400, *_READ_ERRORS, 409),
         parameters=(_IDEMPOTENCY_KEY, _PREFER, _CANCEL_AFTER),
         tags=("jobs",),
+    ),
+    ("/v1/batches", "GET"): Operation(
+        "List this tenant's batches, newest first, a page at a time, with their counts "
+        "(`status` filters each page as read: a page may hold fewer than `limit`)",
+        {200: _json(schema_ref("BatchPage"), "A page of batches")},
+        errors=(400, 401, 503),
+        parameters=_listing(
+            "batches", {"type": "string", "enum": [s.value for s in BatchStatus]}, MAX_BATCH_PAGE
+        ),
+        tags=("batches",),
     ),
     ("/v1/batches", "POST"): Operation(
         "Submit a batch: JSON `{task, items}`, or NDJSON (one input per line) with `?task=`; "

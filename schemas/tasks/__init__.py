@@ -40,6 +40,10 @@ class TaskSpec:
     # The same for the validated input (Firestore stores no arrays of arrays).
     input_to_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
     input_from_store: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_identity)
+    # The identity of the model behind a deterministic task, for the result cache
+    # (schemas/resultcache.py); None: never cached; resultcache.PER_VERSION: the version a
+    # request is served (predict).
+    model: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The entry ``GET /v1/tasks`` lists."""
@@ -61,18 +65,21 @@ TASKS: dict[str, TaskSpec] = {
             output_model=embed.EmbedResult,
             result_to_store=embed.result_to_store,
             result_from_store=embed.result_from_store,
+            model=embed.MODEL_IDENTITY,
         ),
         TaskSpec(
             name="similar",
             description=similar.DESCRIPTION,
             input_model=similar.SimilarInput,
             output_model=similar.SimilarResult,
+            model=embed.MODEL_IDENTITY,  # the same MiniLM
         ),
         TaskSpec(
             name="entities",
             description=entities.DESCRIPTION,
             input_model=entities.EntitiesInput,
             output_model=entities.EntitiesResult,
+            model=entities.MODEL_IDENTITY,
         ),
         TaskSpec(
             name="forecast",
@@ -91,6 +98,7 @@ TASKS: dict[str, TaskSpec] = {
             result_from_store=predict.result_from_store,
             input_to_store=predict.input_to_store,
             input_from_store=predict.input_from_store,
+            model="@version",  # schemas.resultcache.PER_VERSION
         ),
     )
 }

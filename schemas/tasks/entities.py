@@ -6,6 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DESCRIPTION = "Named entities from spaCy en_core_web_sm 3.8: text, label and character offsets."
 
+MODEL_IDENTITY = "en_core_web_sm-3.8.0"
+"""The pipeline behind ``entities`` for the result cache (schemas/resultcache.py): the pinned
+package's version (pyproject.toml). Change it with the pipeline."""
 MAX_TEXT_CHARS = 100_000
 """Longest text, in characters (about 400 KiB of UTF-8 at worst: it fits one document with its
 entities)."""

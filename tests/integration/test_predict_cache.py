@@ -15,8 +15,6 @@ The session worker runs with the default settings (worker/settings.py).
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +26,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import python_env, wait_for
+from tests.support import wait_for
+from tests.support.predictmodels import build_versions
 from tests.support.stacks import KEYS, Service
 from worker.settings import PREDICT_MAX_LOADED, PREDICT_MISS_CACHE_S
 
@@ -38,32 +37,13 @@ A = {"X-API-Key": KEYS["tenant-a"]}
 VERSIONS = 20
 UNKNOWN_JOBS = 30
 
-BUILD = """
-import sys
-import keras, numpy as np
-staging, versions = sys.argv[1], int(sys.argv[2])
-for version in range(1, versions + 1):
-    # Predicts its own version number, whatever the instance.
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.layers[0].set_weights([np.zeros((1, 1)), np.array([float(version)])])
-    model.save(f"{staging}/{version}/model.keras")
-"""
-
 
 @pytest.fixture(scope="module")
 def staging() -> Iterator[Path]:
     """``VERSIONS`` versions of a model, built once in a child process (TensorFlow stays out of
     the test process); tests publish them by moving folders into the worker's repository."""
     with tempfile.TemporaryDirectory(prefix="omni-predict-staging-") as path:
-        for version in range(1, VERSIONS + 1):
-            (Path(path) / str(version)).mkdir()
-        subprocess.run(
-            [sys.executable, "-c", BUILD, path, str(VERSIONS)],
-            capture_output=True,
-            timeout=120,
-            check=True,
-            env=python_env(TF_CPP_MIN_LOG_LEVEL="3"),
-        )
+        build_versions(Path(path), VERSIONS)
         yield Path(path)
 
 

@@ -484,16 +484,19 @@ def test_items_sent_are_estimated_from_bytes_and_never_below_those_accepted() ->
     assert progress.items_sent(UploadProgress(None, 10, None, 0, 1, 0, None)) == 0
 
 
-def test_jobs_pages_through_the_listing_with_its_filters_one_line_a_job(api: FakeApi) -> None:
+@pytest.mark.parametrize("kind", ["jobs", "batches"])
+def test_listings_page_through_with_their_filters_one_line_an_item(api: FakeApi, kind: str) -> None:
     pages = {
-        None: {"jobs": [{"id": "j3"}, {"id": "j2"}], "next_page_token": "p2"},
-        "p2": {"jobs": [{"id": "j1"}], "next_page_token": None},
+        None: {kind: [{"id": "j3"}, {"id": "j2"}], "next_page_token": "p2"},
+        "p2": {kind: [{"id": "j1"}], "next_page_token": None},
     }
     api.on(
-        "GET", "/v1/jobs", lambda r: httpx.Response(200, json=pages[r.url.params.get("page_token")])
+        "GET",
+        f"/v1/{kind}",
+        lambda r: httpx.Response(200, json=pages[r.url.params.get("page_token")]),
     )
 
-    listed = run("jobs", "--status", "failed", "--task", "embed", "--after", "2026-12-01T00:00:00Z")
+    listed = run(kind, "--status", "failed", "--task", "embed", "--after", "2026-12-01T00:00:00Z")
 
     assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == ["j3", "j2", "j1"]
     first = api.requests[0].url.params

@@ -114,6 +114,7 @@ def test_firestore_ttl_policies_cover_jobs_and_idempotency_records() -> None:
         f"{base}/ingress_instances/fields/expire_at",
         # Firestore's TTL never deletes a subcollection with its parent: chunks expire on their own.
         f"{base}/chunks/fields/expire_at",
+        f"{base}/result_cache/fields/expire_at",
     ]
 
 
@@ -147,6 +148,10 @@ def test_ttl_fields_and_large_unqueried_fields_are_exempt_from_single_field_inde
         "chunks/fields/moved",
         "chunks/fields/indexes",
         "chunks/fields/events",
+        # The cache's results are read by id only; the jobs' keys too.
+        "result_cache/fields/expire_at",
+        "result_cache/fields/result",
+        "jobs/fields/cache_key",
         "chunks/fields/error",
     }
 

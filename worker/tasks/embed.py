@@ -11,11 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.tasks.embed import DIMENSIONS, EmbedInput
+from schemas.tasks.embed import DIMENSIONS, MODEL_NAME, EmbedInput
 from worker.attempts import StopToken
 from worker.engines.feed import pick_device
-
-MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 def resolve_device(requested: str) -> str:
