@@ -12,7 +12,7 @@ from typing import Any
 from flask import g
 
 from common.jsonlog import bind_log_context
-from ingress.batches.store import Batch as StoredBatch
+from ingress.batches.documents import Batch as StoredBatch
 from ingress.errors import NotFound, StoreUnavailable
 from ingress.services import services, unavailable
 from schemas import JOB_ID_PATTERN

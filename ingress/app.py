@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             firestore_client, settings.webhook_deliveries_collection, settings.firestore_timeout_s
         ),
         uploads=UploadSlots(settings.max_large_uploads),
-        cache=ResultCache(firestore_client) if settings.result_cache else None,
+        cache=ResultCache(firestore_client),
     )
 
     register_error_handlers(app)

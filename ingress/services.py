@@ -55,8 +55,8 @@ class Services:
     webhooks: WebhookLedger
     uploads: UploadSlots
     """This process's slots for large batch uploads (``MAX_LARGE_UPLOADS``)."""
-    cache: ResultCache | None = None
-    """Result-cache lookups at submit; None with ``RESULT_CACHE=off``."""
+    cache: ResultCache
+    """Result-cache lookups at submit (none with ``RESULT_CACHE=off``), and its entries."""
 
 
 def services() -> Services:

@@ -181,6 +181,10 @@ class Batches(ApiSession):
         """``GET /v1/batches/ID/items/INDEX``: one item's results line."""
         return self._json("GET", resource_path("batches", batch_id, "items", str(int(index))))
 
+    def delete_batch(self, batch_id: str) -> None:
+        """``DELETE /v1/batches/ID``: the batch, its items and results gone (running ones stop)."""
+        self._send("DELETE", resource_path("batches", batch_id))
+
     def cancel_batch(self, batch_id: str) -> Json:
         """``POST /v1/batches/ID/cancel``: items not yet started end cancelled."""
         return self._json("POST", resource_path("batches", batch_id, "cancel"))

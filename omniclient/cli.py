@@ -200,6 +200,15 @@ def cancel(session: _Session, job_id: str) -> None:
     _echo_json(session.client().cancel_job(job_id))
 
 
+@main.command()
+@click.argument("job_id")
+@click.pass_obj
+def delete(session: _Session, job_id: str) -> None:
+    """Delete a job with its result and events (a running one stops)."""
+    session.client().delete_job(job_id)
+    _note(f"job {job_id} deleted")
+
+
 def _finish_job(client: OmniClient, job_id: str) -> None:
     job: dict[str, Any] | None = None
     for event in client.job_events(job_id):
@@ -358,6 +367,15 @@ def batch_close(session: _Session, batch_id: str) -> None:
 def batch_cancel(session: _Session, batch_id: str) -> None:
     """Cancel every item not yet started, and print the batch."""
     _echo_json(session.client().cancel_batch(batch_id))
+
+
+@batch.command("delete")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_delete(session: _Session, batch_id: str) -> None:
+    """Delete a batch with its items and results (running items stop)."""
+    session.client().delete_batch(batch_id)
+    _note(f"batch {batch_id} deleted")
 
 
 @batch.command("retry")

@@ -140,6 +140,10 @@ class OmniClient(Batches):
         """``POST /v1/jobs/ID/cancel``; an already terminal job raises ``OmniError`` 409."""
         return self._json("POST", resource_path("jobs", job_id, "cancel"))
 
+    def delete_job(self, job_id: str) -> None:
+        """``DELETE /v1/jobs/ID``: the job and everything of it gone (one running is stopped)."""
+        self._send("DELETE", resource_path("jobs", job_id))
+
     def job_events(self, job_id: str) -> Iterator[JobEvent]:
         """The job's current state, then each change, ending with its terminal status."""
         path = resource_path("jobs", job_id, "events")

@@ -234,6 +234,11 @@ class CountDeltas:
         deltas["queued"] += count
         self._by_tenant[tenant] += count
 
+    def removed(self, tenant: str, count: int) -> None:
+        """Count ``count`` items in flight of ``tenant`` deleted with their batch (they will
+        never end, so no later move counts them out)."""
+        self._by_tenant[tenant] -= count
+
     def created(self, tenant: str, count: int = 1) -> None:
         """Count ``count`` new queued jobs of ``tenant`` (a batch's items are counted in the
         batch document at creation; only the tenant's counter moves here)."""

@@ -31,7 +31,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from pydantic import ValidationError
 
 from common.googleapi import PreconditionFailed, bounded_retry, translated
-from ingress.batches.store import Batch as StoredBatch
+from ingress.batches.documents import Batch as StoredBatch
 from ingress.errors import StoreUnavailable
 from ingress.publisher import JobPublisher, PublishFailed
 from schemas import TaskSpec, get_task

@@ -35,7 +35,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from common.googleapi import PreconditionFailed, bounded_retry, translated
 from ingress.batches.chunkcancel import CancelSweeper
 from ingress.batches.chunkretry import BatchCancelled, RetryPlanner
-from ingress.batches.store import Batch as StoredBatch
+from ingress.batches.documents import Batch as StoredBatch
 from ingress.errors import AlreadyFinished, StoreUnavailable
 from ingress.publisher import JobPublisher
 from schemas.batches import COUNTERS, BatchStatus, batch_status, counts_of

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec
 from ingress import metrics
 from ingress.access import batch_resource
 from ingress.batches.chunkstore import ChunkStore, EventKey
-from ingress.batches.store import Batch as StoredBatch
+from ingress.batches.documents import Batch as StoredBatch
 from ingress.errors import StoreUnavailable
 from ingress.http import sse
 from schemas.batches import BatchStatus

@@ -89,6 +89,25 @@ def get_batch(batch_id: str) -> Response:
     return jsonify(batch_resource(owned_batch(batch_id)))
 
 
+@bp.delete("/<batch_id>")
+def delete_batch(batch_id: str) -> tuple[str, int]:
+    """204: the batch is gone with its items, results, events, counts and webhook ledger; items
+    not yet run never run, and a chunk running stops at its next check (``BatchStore.delete``).
+    404 for an unknown or foreign id."""
+    svc = services()
+    batch = owned_batch(batch_id, counts=False)
+    try:
+        deleted = svc.batches.delete(
+            batch.id, g.tenant, [svc.webhooks.reference("batch", batch.id)]
+        )
+    except StoreUnavailable as exc:
+        raise unavailable("batch store") from exc
+    if not deleted:
+        raise NotFound("no such batch")
+    logger.info("batch deleted")
+    return "", 204
+
+
 @bp.get("/<batch_id>/results")
 def batch_results(batch_id: str) -> Response:
     """One NDJSON line per item, in input order: its latest outcome. ``?status=`` keeps the

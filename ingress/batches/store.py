@@ -36,7 +36,12 @@ from typing import Any
 from google.cloud import firestore
 
 from common import tracing
-from common.googleapi import BackendError, Missing, PreconditionFailed, bounded_retry, translated
+from common.googleapi import (
+    BackendError,
+    Missing,
+    PreconditionFailed,
+    translated,
+)
 from ingress.batches.chunkwriter import (
     ACCEPT_TOKEN,
     ChunkWriter,
@@ -44,11 +49,11 @@ from ingress.batches.chunkwriter import (
     chunk_updates,
     delete_chunks,
 )
+from ingress.batches.documents import Batch, BatchDocuments
 from ingress.errors import StoreUnavailable
-from ingress.pages import Cursor, newest_first
 from ingress.publisher import JobPublisher
 from schemas import get_task
-from schemas.batches import COUNTED, COUNTERS, SHARDS, CountDeltas
+from schemas.batches import COUNTED, CountDeltas
 from schemas.chunks import CHUNKS, ChunkMessage, result_bound
 from schemas.jobs import JobStatus
 
@@ -71,17 +76,6 @@ class PartLost(Exception):
 
 
 @dataclass(frozen=True)
-class Batch:
-    """A batch document and its counter shards, read together (no shards when read without
-    its counts), and the document's update time as read."""
-
-    id: str
-    doc: dict[str, Any]
-    shards: list[dict[str, Any]]
-    update_time: datetime | None = None
-
-
-@dataclass(frozen=True)
 class Part:
     """A request being accepted into a batch: ``index`` (0 for the creating request), ``base``
     (the batch index of its first item), ``token`` (names its chunks and its lease) and the batch
@@ -99,7 +93,7 @@ class Part:
     webhook: bool = False
 
 
-class BatchStore:
+class BatchStore(BatchDocuments):
     def __init__(
         self,
         client: firestore.Client,
@@ -108,11 +102,8 @@ class BatchStore:
         timeout_s: float,
         result_ttl_s: float,
     ):
-        self._client = client
-        self._batches = client.collection(batches_collection)
+        super().__init__(client, batches_collection, timeout_s)
         self._publisher = publisher
-        self._timeout_s = timeout_s
-        self._retry = bounded_retry(timeout_s)
         self._result_ttl_s = result_ttl_s
 
     # -- begin ---------------------------------------------------------------------------------
@@ -353,78 +344,6 @@ class BatchStore:
                 )
         except PreconditionFailed:
             raise PartRefused(_BUSY) from None
-
-    # -- read ----------------------------------------------------------------------------------
-
-    def document(self, batch_id: str) -> dict[str, Any] | None:
-        """The batch document in any state (None if there is none)."""
-        with translated(StoreUnavailable, "batch read"):
-            snapshot = self._batches.document(batch_id).get(
-                retry=self._retry, timeout=self._timeout_s
-            )
-        return snapshot.to_dict() if snapshot.exists else None
-
-    def get(self, batch_id: str, counts: bool = True) -> Batch | None:
-        """The accepted batch with its counts (without, ``shards`` empty: one document read, not
-        ``1 + SHARDS``), or None."""
-        ref = self._batches.document(batch_id)
-        refs = [ref]
-        if counts:
-            refs += [ref.collection(COUNTERS).document(str(i)) for i in range(SHARDS)]
-        with translated(StoreUnavailable, "batch read"):
-            snapshots = list(self._client.get_all(refs, retry=self._retry, timeout=self._timeout_s))
-        by_path = {s.reference.path: s for s in snapshots}
-        main = by_path.get(ref.path)
-        if main is None or not main.exists:
-            return None
-        doc = main.to_dict() or {}
-        if doc.get("state") != "accepted":
-            return None
-        shards = [s.to_dict() or {} for s in snapshots if s.exists and s.reference.path != ref.path]
-        return Batch(batch_id, doc, shards, main.update_time)
-
-    def page(
-        self,
-        tenant: str,
-        *,
-        limit: int,
-        task: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        after: Cursor | None = None,
-    ) -> tuple[list[Batch], Cursor | None]:
-        """A page of the tenant's accepted batches with their counts, newest first, and the
-        cursor of the next page: one query for the documents (``ingress.pages.newest_first``),
-        one ``get_all`` for every shard of the page (``limit * SHARDS`` reads at most)."""
-        docs, cursor = newest_first(
-            self._batches,
-            tenant,
-            limit=limit,
-            fields=None,
-            equal={"task": task},
-            created_after=created_after,
-            created_before=created_before,
-            after=after,
-            retry=self._retry,
-            timeout_s=self._timeout_s,
-        )
-        # A batch still being created, or whose creation failed, is not one yet.
-        docs = [(i, doc) for i, doc in docs if doc.get("state") == "accepted"]
-        refs = [
-            self._batches.document(i).collection(COUNTERS).document(str(n))
-            for i, _ in docs
-            for n in range(SHARDS)
-        ]
-        shards: dict[str, list[dict[str, Any]]] = {i: [] for i, _ in docs}
-        if refs:
-            with translated(StoreUnavailable, "batch listing"):
-                for snapshot in self._client.get_all(
-                    refs, retry=self._retry, timeout=self._timeout_s
-                ):
-                    if snapshot.exists:
-                        batch_id = snapshot.reference.parent.parent.id
-                        shards[batch_id].append(snapshot.to_dict() or {})
-        return [Batch(i, doc, shards[i]) for i, doc in docs], cursor
 
 
 _BUSY = "another part of this batch is being appended; send this part again once it is answered"

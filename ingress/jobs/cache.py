@@ -31,6 +31,10 @@ class ResultCache:
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
 
+    def reference(self, key: str) -> Any:
+        """The entry at ``key`` (deleted with the job that carries the key)."""
+        return self._entries.document(key)
+
     def lookup(
         self, key: str, tenant: str, task: str, stored_input: dict[str, Any]
     ) -> dict[str, Any] | None:

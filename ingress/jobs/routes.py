@@ -113,7 +113,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         if resultcache.cacheable(spec.name):
             # Set even with "cache": false: the run's result then refreshes the entry.
             doc["cache_key"] = resultcache.cache_key(tenant, spec.name, stored_input)
-            if job_request.cache and svc.cache is not None:
+            if job_request.cache and svc.settings.result_cache:
                 cached = svc.cache.lookup(doc["cache_key"], tenant, spec.name, stored_input)
                 metrics.cache_lookup(spec.name, cached is not None)
                 if cached is not None:
@@ -277,6 +277,29 @@ def get_job(job_id: str) -> Response:
     if wait_s:
         doc = long_poll(job_id, doc, wait_s)
     return jsonify(Job.from_document(job_id, doc).to_json_dict())
+
+
+@bp.delete("/<job_id>")
+def delete_job(job_id: str) -> tuple[str, int]:
+    """204: the job is gone, with its result, its event log (both in its document), its webhook
+    ledger and its result-cache entry; one not yet ended is cancelled by going (its worker stops
+    at its next check). 404 for an unknown or foreign id, as for every read; 409 for an item of a
+    batch (``DELETE /v1/batches/ID`` deletes those)."""
+    svc = services()
+    doc = owned_job(job_id)
+    if doc.get("batch_id"):
+        raise Conflict("this job is an item of a batch; delete the batch")
+    also = [svc.webhooks.reference("job", job_id)]
+    if doc.get("cache_key"):
+        also.append(svc.cache.reference(doc["cache_key"]))
+    try:
+        deleted = svc.store.delete(job_id, g.tenant, also)
+    except StoreUnavailable as exc:
+        raise unavailable("job store") from exc
+    if not deleted:
+        raise NotFound("no such job")
+    logger.info("job deleted", extra={"status": doc.get("status")})
+    return "", 204
 
 
 @bp.post("/<job_id>/cancel")

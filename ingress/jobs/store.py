@@ -7,6 +7,7 @@ in one exception tree.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,6 +144,35 @@ class JobStore:
             self._client, _cancel, unavailable=StoreUnavailable, what="cancel"
         )
         return outcome
+
+    def delete(self, job_id: str, tenant: str, also: Sequence[Any] = ()) -> bool:
+        """Delete the tenant's job, and the documents ``also`` names (its webhook ledger, its
+        result-cache entry), in one transaction; False if the tenant has no such job.
+
+        A job not yet ended leaves its tenant's jobs in flight in the same commit. A worker
+        running it loses it at its next check (the document is gone), and every write it could
+        still try (lease renewal, outcome) is conditioned on the document, so nothing of it comes
+        back."""
+        ref = self._jobs.document(job_id)
+
+        def _delete(transaction: firestore.Transaction) -> bool:
+            snapshot = ref.get(transaction=transaction)
+            doc = snapshot.to_dict() if snapshot.exists else None
+            if doc is None or doc.get("tenant") != tenant:
+                return False
+            deltas = CountDeltas()
+            if not jobstate.is_terminal(doc):
+                deltas.move(doc, JobStatus.CANCELLED)
+            transaction.delete(ref)
+            for other in also:
+                transaction.delete(other)
+            deltas.write(transaction, self._client, datetime.now(UTC))
+            return True
+
+        deleted: bool = run_transaction(
+            self._client, _delete, unavailable=StoreUnavailable, what="delete"
+        )
+        return deleted
 
     def page(
         self,

@@ -24,6 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from ingress.meta.answers import BatchItem, Health, Liveness
 from ingress.meta.operations import (
     ERROR_TITLES,
     ID_SCHEMA,
@@ -31,9 +32,6 @@ from ingress.meta.operations import (
     PATH_SCHEMAS,
     RATE_LIMIT_HEADERS,
     REF_TEMPLATE,
-    BatchItem,
-    Health,
-    Liveness,
     Operation,
     schema_ref,
 )

@@ -8,16 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from ingress.batches.input import WEBHOOK_HEADER
 from ingress.batches.reads import MAX_BATCH_PAGE
 from ingress.pages import MAX_LIMIT
-from schemas import TASKS, JobStatus
+from schemas import TASKS
 from schemas.batches import BatchStatus
 from schemas.jobs import (
     MAX_CANCEL_AFTER_S,
-    JobError,
 )
 from schemas.webhooks import MAX_URL_CHARS
 
@@ -149,7 +146,6 @@ _BATCH_LAST_EVENT_ID = _header(
 )
 _INDEX = {"type": "string", "pattern": "^[0-9]{1,12}$"}
 _TIME = {"type": "string", "format": "date-time"}
-_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
 """An item's place in its batch, from 0 (a path segment)."""
 PATH_SCHEMAS = {"index": _INDEX}
 """Path arguments that are not resource ids."""
@@ -223,6 +219,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: _json(_JOB, "The job")},
         errors=(400, *_READ_ERRORS),
         parameters=(_WAIT,),
+        tags=("jobs",),
+    ),
+    ("/v1/jobs/<job_id>", "DELETE"): Operation(
+        "Delete a job with its result, event log, webhook ledger and result-cache entry; one "
+        "not yet ended is cancelled by going",
+        {204: {"description": "Deleted"}},
+        errors=(*_READ_ERRORS, 409),
         tags=("jobs",),
     ),
     ("/v1/jobs/<job_id>/events", "GET"): Operation(
@@ -328,6 +331,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=_READ_ERRORS,
         tags=("batches",),
     ),
+    ("/v1/batches/<batch_id>", "DELETE"): Operation(
+        "Delete a batch with its items, results, events and webhook ledger; items not yet run "
+        "never run, a running chunk stops",
+        {204: {"description": "Deleted"}},
+        errors=_READ_ERRORS,
+        tags=("batches",),
+    ),
     ("/v1/batches/<batch_id>/results", "GET"): Operation(
         "One NDJSON line per item, in input order: `{index, status, result?, error?, attempts}`",
         {
@@ -408,34 +418,3 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         tags=("batches",),
     ),
 }
-
-
-class Health(BaseModel):
-    """``GET /health``."""
-
-    ok: bool
-    pubsub_ok: bool
-    firestore_ok: bool
-    service: str
-
-
-class Liveness(BaseModel):
-    """``GET /health/live``."""
-
-    ok: bool
-    service: str
-
-
-class BatchItem(BaseModel):
-    """One line of ``GET /v1/batches/ID/results`` (``schemas.chunks.item_line``), also
-    ``GET /v1/batches/ID/items/INDEX`` and the data of an ``item`` event."""
-
-    model_config = ConfigDict(title="BatchItem")
-
-    index: int = Field(ge=0)
-    status: JobStatus
-    result: dict[str, Any] | None = Field(
-        default=None, description="Only when succeeded: the task's result."
-    )
-    error: JobError | None = Field(default=None, description="Only when failed.")
-    attempts: int = Field(ge=0, description="Attempts of the chunk that ran it (0: queued).")

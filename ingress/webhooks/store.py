@@ -30,6 +30,10 @@ class WebhookLedger:
         self._timeout_s = timeout_s
         self._retry = bounded_retry(timeout_s)
 
+    def reference(self, kind: str, resource_id: str) -> Any:
+        """The ledger document of a job's or batch's webhook (deleted with it)."""
+        return self._deliveries.document(delivery_key(kind, resource_id))
+
     def get(self, kind: str, resource_id: str) -> dict[str, Any] | None:
         """The ledger document, or None while the sender has not taken the webhook in."""
         ref = self._deliveries.document(delivery_key(kind, resource_id))

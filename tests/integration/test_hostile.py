@@ -27,8 +27,8 @@ from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from emulators.localrun import ROOT
 from emulators.process import stop_group
 from ingress.batches.chunkstore import ChunkStore
+from ingress.batches.documents import Batch as StoredBatch
 from ingress.batches.input import ITEM_OVERHEAD_BYTES
-from ingress.batches.store import Batch as StoredBatch
 from ingress.publisher import JobPublisher
 from ingress.settings import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_BATCH_BODY_BYTES
 from schemas.batches import COUNTERS

@@ -19,9 +19,9 @@ from ingress.batches import chunkcancel
 from ingress.batches.chunkcancel import CancelSweeper
 from ingress.batches.chunkretry import _source
 from ingress.batches.chunkstore import LAST_POSITION, ChunkStore, EventKey
+from ingress.batches.documents import Batch as StoredBatch
 from ingress.batches.events import batch_stream
 from ingress.batches.reads import _last_event_id
-from ingress.batches.store import Batch as StoredBatch
 from ingress.errors import BadRequest
 from schemas import get_task
 from schemas.batches import CountDeltas

@@ -528,3 +528,15 @@ def test_retry_prints_the_new_job(api: FakeApi) -> None:
     printed = json.loads(run("retry", "j1").stdout)
 
     assert (printed["id"], printed["retry_of"]) == ("j2", "j1")
+
+
+def test_delete_and_batch_delete_send_delete_and_say_so(api: FakeApi) -> None:
+    api.on("DELETE", "/v1/jobs/j1", lambda _: httpx.Response(204))
+    api.on("DELETE", "/v1/batches/b1", lambda _: httpx.Response(204))
+
+    assert "job j1 deleted" in run("delete", "j1").stderr
+    assert "batch b1 deleted" in run("batch", "delete", "b1").stderr
+    assert [(r.method, r.url.path) for r in api.requests] == [
+        ("DELETE", "/v1/jobs/j1"),
+        ("DELETE", "/v1/batches/b1"),
+    ]
