@@ -1,7 +1,8 @@
 """``python -m reconciler [--once]``: sweep every ``RECONCILE_INTERVAL_S`` (or once, for a cron).
+``python -m reconciler redrive ...``: re-queue failed jobs in bulk (``reconciler/redrive.py``).
 
-SIGTERM or SIGINT ends the loop between sweeps. Exit status: 0 after a clean stop, 2 when the
-environment is not a valid configuration, 1 when ``--once`` failed.
+SIGTERM or SIGINT ends the loop between sweeps. Exit status: 0 after a clean stop (or a redrive),
+2 when the environment or the arguments are not valid, 1 when ``--once`` or a redrive failed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,64 @@ from reconciler.settings import ReconcilerSettings
 logger = logging.getLogger("reconciler")
 
 
+def redrive(argv: list[str]) -> int:
+    from reconciler.redrive import DEFAULT_CODES, MAX_JOBS, Redriver, Selection, parse_time
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reconciler redrive",
+        description="Re-queue failed jobs as new jobs (retry_of), each once; see "
+        "reconciler/redrive.py.",
+    )
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--since", required=True, type=parse_time, help="failed at or after")
+    parser.add_argument("--until", type=parse_time, help="failed before")
+    parser.add_argument(
+        "--error",
+        action="append",
+        dest="codes",
+        help=f"an error code to redrive (repeatable; default {', '.join(DEFAULT_CODES)})",
+    )
+    parser.add_argument("--tenant")
+    parser.add_argument("--limit", type=int, default=MAX_JOBS)
+    parser.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    args = parser.parse_args(argv)
+    try:
+        settings = ReconcilerSettings.from_env()
+    except ConfigError as exc:
+        print(json.dumps({"severity": "CRITICAL", "message": f"bad configuration: {exc}"}))
+        return 2
+    configure_logging(settings.log_level)
+    selection = Selection(
+        task=args.task,
+        since=args.since,
+        until=args.until,
+        codes=tuple(args.codes or DEFAULT_CODES),
+        tenant=args.tenant,
+        limit=args.limit,
+    )
+
+    from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
+
+    redriver = Redriver(
+        settings, firestore.Client(project=settings.project), pubsub_v1.PublisherClient()
+    )
+    count = 0
+    try:
+        for line in redriver.run(selection, args.dry_run):
+            print(json.dumps(line), flush=True)
+            count += 1
+    except Exception:
+        logger.exception("redrive stopped after %d jobs; running it again goes on", count)
+        return 1
+    summary = "would_redrive" if args.dry_run else "redriven"
+    print(json.dumps({summary: count}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["redrive"]:
+        return redrive(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
     args = parser.parse_args(argv)
