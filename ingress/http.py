@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Request
 
 from ingress.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ingress.limits.uploads import UploadPace
+from schemas.jobs import MAX_CANCEL_AFTER_S
 
 JSON_TYPES = ("application/json",)
 MAX_WAIT_S = 60.0
@@ -177,3 +179,20 @@ def prefer_wait(header: str | None) -> float | None:
     A preference the server cannot honour is ignored, not refused (RFC 7240 §2)."""
     match = _PREFER_WAIT.search(header or "")
     return min(float(match.group(1)), MAX_WAIT_S) if match else None
+
+
+def request_deadline(req: Request, requested: datetime | None) -> datetime | None:
+    """A job's or batch's deadline: the one the request names (``deadline``) or ``Cancel-After:
+    <seconds>`` from now, whichever comes first; 400 for a ``Cancel-After`` that is not
+    0..``MAX_CANCEL_AFTER_S``."""
+    raw = req.headers.get("Cancel-After")
+    if raw is None:
+        return requested
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_CANCEL_AFTER_S:
+        raise BadRequest(f"Cancel-After must be a number of seconds from 0 to {MAX_CANCEL_AFTER_S}")
+    after = datetime.now(UTC) + timedelta(seconds=seconds)
+    return min(after, requested) if requested is not None else after

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from google.cloud.firestore import Increment
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.jobs import JobStatus, Metadata, Webhook
 from schemas.quota import COUNTED_FLAG, TENANT_SHARDS, in_flight_delta, shard_paths
@@ -61,6 +61,14 @@ class BatchRequest(BaseModel):
     items: list[dict[str, Any]] = Field(min_length=1)
     metadata: Metadata = None
     webhook: Webhook = None
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "RFC 3339 with an offset: items not started by then end `failed` with code "
+            "`deadline_exceeded` and never run. `Cancel-After: <seconds>` is a synonym (the "
+            "earlier wins); the NDJSON form takes `?deadline=`."
+        ),
+    )
 
 
 class BatchCounts(BaseModel):
@@ -112,6 +120,7 @@ class Batch(BaseModel):
     finished_at: datetime | None = None
     metadata: dict[str, str] | None = None
     webhook: str | None = None
+    deadline: datetime | None = None
     links: BatchLinks
 
     @classmethod
@@ -137,6 +146,7 @@ class Batch(BaseModel):
             finished_at=finished_at,
             metadata=doc.get("metadata") or None,
             webhook=doc.get("webhook"),
+            deadline=doc.get("deadline"),
             links=BatchLinks.for_batch(batch_id, webhook=bool(doc.get("webhook"))),
         )
 

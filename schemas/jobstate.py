@@ -135,10 +135,16 @@ def past_deadline(doc: dict[str, Any], now: datetime) -> bool:
     return deadline is not None and deadline <= now
 
 
+DEADLINE_ERROR = {
+    "code": DEADLINE_EXCEEDED,
+    "message": "the deadline passed before it finished",
+}
+"""The error of a job, or a batch's item, ended by its deadline."""
+
+
 def deadline_failed(now: datetime, by: str, result_ttl_s: float) -> dict[str, Any]:
     """The changes that end a job whose deadline passed (from queued, or from running)."""
-    error = {"code": DEADLINE_EXCEEDED, "message": "the job's deadline passed before it finished"}
-    return terminal(JobStatus.FAILED, now, by, result_ttl_s, error=error)
+    return terminal(JobStatus.FAILED, now, by, result_ttl_s, error=dict(DEADLINE_ERROR))
 
 
 def owned_by(doc: dict[str, Any] | None, token: str) -> bool:

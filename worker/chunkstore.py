@@ -227,6 +227,18 @@ class ChunkStore(AttemptStore):
                 JobStatus.CANCELLED, now, "batch-cancel", self._result_ttl_s, **ended
             )
             return Skip(chunk_id, "its batch was cancelled"), changes, deltas
+        if (
+            jobstate.past_deadline(batch_doc, now)
+            and doc.get("status") == JobStatus.QUEUED.value
+            and doc.get("tenant") == tenant
+        ):
+            # Never started: its items end failed, deadline_exceeded, and never run.
+            error = dict(jobstate.DEADLINE_ERROR)
+            ended = end_unfinished(doc, JobStatus.FAILED, deltas, error)
+            changes = jobstate.terminal(
+                JobStatus.FAILED, now, "deadline", self._result_ttl_s, error=error, **ended
+            )
+            return Skip(chunk_id, "its batch's deadline passed"), changes, deltas
         decision = jobstate.claim(doc, tenant, now, self.lease_s, worker)
         if isinstance(decision, jobstate.Refused):
             if decision.busy_until is not None:

@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import Request
@@ -314,6 +315,7 @@ class JsonBatch:
     fingerprint: str
     metadata: dict[str, str] | None
     webhook: str | None
+    deadline: datetime | None = None
 
 
 def json_items(req: Request, settings: Settings) -> JsonBatch:
@@ -362,6 +364,7 @@ def json_items(req: Request, settings: Settings) -> JsonBatch:
         fingerprint(req.path, body),
         batch_request.metadata,
         batch_request.webhook,
+        batch_request.deadline,
     )
 
 

@@ -40,8 +40,10 @@ from ingress.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from ingress.http import request_deadline
 from ingress.idempotency import DONE, KEY_PATTERN, KeyMismatch, Reservation
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
+from ingress.pages import time_param
 from ingress.publisher import PublishFailed
 from ingress.services import admit, release, services, unavailable
 from ingress.webhooks.check import checked_webhook
@@ -104,6 +106,7 @@ def _create_batch() -> _Answer:
     key = _idempotency_key()
     open_ = _open_flag()
     metadata: dict[str, str] | None = None
+    deadline: datetime | None = None
     items: NdjsonItems | list[Item]
     if request.mimetype in NDJSON_TYPES or (open_ and not request.mimetype):
         spec = ndjson_spec(request)
@@ -113,12 +116,14 @@ def _create_batch() -> _Answer:
             else ["query", "webhook"]
         )
         webhook = checked_webhook(ndjson_webhook(request), where)
+        deadline = time_param("deadline", request.args.get("deadline"))
         items = NdjsonItems(request, svc.settings, spec)
         fingerprint = items.fingerprint
     elif request.mimetype == "application/json":
         form = json_items(request, svc.settings)
         spec, items, metadata = form.spec, form.items, form.metadata
         webhook = checked_webhook(form.webhook, ["body", "webhook"])
+        deadline = form.deadline
 
         def fingerprint() -> str:
             return form.fingerprint
@@ -132,7 +137,15 @@ def _create_batch() -> _Answer:
     bind_log_context(batch_id=batch_id, task=spec.name)
     open_ttl_s = svc.settings.open_batch_ttl_s if open_ else None
     try:
-        part = svc.batches.begin_create(batch_id, tenant, spec.name, metadata, webhook, open_ttl_s)
+        part = svc.batches.begin_create(
+            batch_id,
+            tenant,
+            spec.name,
+            metadata,
+            webhook,
+            open_ttl_s,
+            request_deadline(request, deadline),
+        )
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
     written, count = _write_part(part, spec, items, allow_empty=open_)

@@ -116,6 +116,7 @@ class BatchStore(BatchDocuments):
         metadata: dict[str, str] | None,
         webhook: str | None,
         open_ttl_s: float | None,
+        deadline: datetime | None = None,
     ) -> Part:
         """Write the new batch's document, ``creating`` (an open batch when ``open_ttl_s``)."""
         now = datetime.now(UTC)
@@ -140,6 +141,8 @@ class BatchStore(BatchDocuments):
             doc["open_expires_at"] = now + timedelta(seconds=open_ttl_s)
         if webhook is not None:
             doc["webhook"] = webhook
+        if deadline is not None:
+            doc["deadline"] = deadline  # read by every chunk's claim (worker/chunkstore.py)
         with translated(StoreUnavailable, "batch create"):
             result = ref.create(doc, retry=self._retry, timeout=self._timeout_s)
         return Part(

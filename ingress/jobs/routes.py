@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -26,7 +26,14 @@ from ingress.errors import (
     StoreUnavailable,
     ValidationFailed,
 )
-from ingress.http import HUGE_INT, has_huge_int, json_body, prefer_wait, wait_param
+from ingress.http import (
+    HUGE_INT,
+    has_huge_int,
+    json_body,
+    prefer_wait,
+    request_deadline,
+    wait_param,
+)
 from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.idempotency import KEY_PATTERN, KeyMismatch, Reservation, fingerprint
 from ingress.jobs.waits import long_poll, wait_until_terminal
@@ -46,7 +53,6 @@ from schemas import (
     resultcache,
 )
 from schemas.jobs import (
-    MAX_CANCEL_AFTER_S,
     JobStatus,
     JobSummary,
     new_job_document,
@@ -88,7 +94,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise ValidationFailed.from_pydantic(exc, prefix=["body", "input"]) from exc
 
     webhook = checked_webhook(job_request.webhook, ["body", "webhook"])
-    deadline = _deadline(job_request.deadline)
+    deadline = request_deadline(request, job_request.deadline)
     stored_input = spec.input_to_store(task_input.model_dump(mode="json"))
     if has_huge_int(stored_input):
         raise ValidationFailed([ProblemItem(loc=["body", "input"], msg=HUGE_INT)])
@@ -144,22 +150,6 @@ def _answer_from_cache(
     logger.info("job answered from the result cache")
     body = jsonify(Job.from_document(job_id, doc).to_json_dict())
     return body, 200, {"Location": f"/v1/jobs/{job_id}"}
-
-
-def _deadline(requested: datetime | None) -> datetime | None:
-    """The job's deadline: the body's ``deadline`` or ``Cancel-After: <seconds>`` from now,
-    whichever comes first; 400 for a ``Cancel-After`` that is not 0..``MAX_CANCEL_AFTER_S``."""
-    raw = request.headers.get("Cancel-After")
-    if raw is None:
-        return requested
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= MAX_CANCEL_AFTER_S:
-        raise BadRequest(f"Cancel-After must be a number of seconds from 0 to {MAX_CANCEL_AFTER_S}")
-    after = datetime.now(UTC) + timedelta(seconds=seconds)
-    return min(after, requested) if requested is not None else after
 
 
 def _reserve(
@@ -347,7 +337,8 @@ def retry_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
             now=datetime.now(UTC),
             result_ttl_s=svc.settings.result_ttl_s,
             webhook=old.get("webhook"),
-            deadline=_deadline(None),  # the failed job's own deadline has passed, or will
+            # The failed job's own deadline has passed, or will: only a new Cancel-After counts.
+            deadline=request_deadline(request, None),
         )
         doc["retry_of"] = job_id
         if "cache_key" in old:

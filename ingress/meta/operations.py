@@ -125,7 +125,8 @@ _PREFER = _header(
 )
 _CANCEL_AFTER = _header(
     "Cancel-After",
-    "Seconds from now after which the job ends `deadline_exceeded` (as `deadline`).",
+    "Seconds from now: a deadline (as `deadline`; the earlier wins), past which what did not "
+    "start ends `deadline_exceeded`.",
     {"type": "number", "minimum": 0, "maximum": MAX_CANCEL_AFTER_S},
 )
 _WAIT = _query(
@@ -273,16 +274,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             _IDEMPOTENCY_KEY,
             # Both bounded so that the request line, percent-encoded, stays within gunicorn's
             # 4,094 bytes (a longer one is gunicorn's own 414, before the app sees it).
-            _query(
-                "task", "The task of an NDJSON body's items.", {"type": "string", "maxLength": 64}
-            ),
+            _query("task", "An NDJSON body's task.", {"type": "string", "maxLength": 64}),
             _query(
                 "open",
                 "`1`: an open batch, taking parts until it is closed; its body (the first part) "
-                "may be empty. It is cancelled if not closed within the ingress's "
-                "`OPEN_BATCH_TTL_S`.",
+                "may be empty. It is cancelled if not closed within `OPEN_BATCH_TTL_S`.",
                 {"type": "string", "enum": ["1", "0"]},
             ),
+            _query("deadline", "An NDJSON batch's deadline (the JSON form's `deadline`).", _TIME),
+            _CANCEL_AFTER,
             _query(
                 "webhook",
                 f"An NDJSON batch's webhook URL; prefer the `{WEBHOOK_HEADER}` header, which "

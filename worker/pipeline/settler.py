@@ -31,6 +31,7 @@ from typing import Any
 
 from common import tracing
 from common.googleapi import Invalid
+from schemas import jobstate
 from schemas.jobs import DEADLINE_EXCEEDED, JobStatus
 from worker import metrics
 from worker.attempts import StopReason, Watcher
@@ -133,11 +134,8 @@ class Settler:
             fields = {"error": {"code": outcome.code, "message": outcome.message}, **ran}
             return (item, JobStatus.FAILED, fields, f"job failed: {outcome.code}")
         if isinstance(outcome, Stopped) and outcome.reason == StopReason.DEADLINE:
-            error = {
-                "code": DEADLINE_EXCEEDED,
-                "message": "the job's deadline passed before it finished",
-            }
-            return (item, JobStatus.FAILED, {"error": error}, "job failed: deadline_exceeded")
+            error = dict(jobstate.DEADLINE_ERROR)
+            return (item, JobStatus.FAILED, {"error": error}, f"job failed: {DEADLINE_EXCEEDED}")
         if isinstance(outcome, Stopped) and outcome.reason == StopReason.TIMEOUT:
             limit = self._timeout_for(claim.task)
             error = {"code": "timeout", "message": f"the task ran longer than its {limit:g}s limit"}
