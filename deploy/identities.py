@@ -61,6 +61,7 @@ def roles(project: str) -> dict[str, tuple[Grant, ...]]:
         ),
         "omni-worker": (
             Grant("roles/pubsub.subscriber"),
+            Grant("roles/pubsub.publisher"),
             Grant("roles/datastore.user"),
             Grant("roles/cloudtrace.agent"),
             Grant("roles/storage.objectViewer", f"bucket:{models}"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from common.settings import DEFAULT_PROJECT, ConfigError, project_from
 from common.tracing import EXPORTERS
 from ingress.limits.ratelimit import LimitPolicy, limits_from
-from schemas.chunks import CHUNK_ITEMS, DEFAULT_CHUNK_ITEMS
+from schemas.chunks import CHUNK_ITEMS, DEFAULT_CHUNK_ITEMS, DEFAULT_WINDOW_CHUNKS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_TOPIC
 from schemas.webhooks import WEBHOOK_DELIVERIES_COLLECTION
@@ -126,6 +126,8 @@ class Settings:
     """A second port serving only ``/metrics`` (Cloud Run's collector sidecar scrapes it); None
     serves ``/metrics`` on the main port, as ``make run`` and the tests do."""
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    batch_window_chunks: int = DEFAULT_WINDOW_CHUNKS
+    """``BATCH_WINDOW_CHUNKS``: chunks of one batch published at once (``common/pacing.py``)."""
     result_cache: bool = True
     """``RESULT_CACHE``: ``off`` answers no job from the result cache (results are still
     written to it, so turning it on again finds them)."""
@@ -168,6 +170,7 @@ class Settings:
                 publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S") or PUBLISH_TIMEOUT_S),
                 firestore_timeout_s=float(env.get("FIRESTORE_TIMEOUT_S") or FIRESTORE_TIMEOUT_S),
                 result_ttl_s=result_ttl_from_env(env),
+                batch_window_chunks=int(env.get("BATCH_WINDOW_CHUNKS") or DEFAULT_WINDOW_CHUNKS),
                 result_cache=(env.get("RESULT_CACHE") or "on").lower() not in {"off", "0", "false"},
                 sse_ping_s=float(env.get("SSE_PING_S") or SSE_PING_S),
                 stream_max_lifetime_s=float(
@@ -192,6 +195,8 @@ class Settings:
             raise ConfigError(
                 "set API_KEYS (tenant:key,...) or API_KEYS_FILE (tenant:sha256hex lines)"
             )
+        if settings.batch_window_chunks <= 0:
+            raise ConfigError("BATCH_WINDOW_CHUNKS must be a positive number of chunks")
         if min(settings.max_body_bytes, settings.max_batch_body_bytes) <= 0 or (
             settings.max_batch_items <= 0 or settings.publish_timeout_s <= 0
         ):

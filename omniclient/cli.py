@@ -125,6 +125,7 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
 @click.option(
     "--wait", is_flag=True, help="Follow the job until it ends; exit 1 unless it succeeded."
 )
+@click.option("--no-cache", is_flag=True, help="Run the model even if the result is cached.")
 @click.pass_obj
 def submit(
     session: _Session,
@@ -133,10 +134,13 @@ def submit(
     metadata: dict[str, str],
     webhook: str | None,
     wait: bool,
+    no_cache: bool,
 ) -> None:
     """Submit a job of TASK and print it (with --wait: print it once it ended)."""
     client = session.client()
-    job = client.submit(task, input_, metadata=metadata or None, webhook=webhook)
+    job = client.submit(
+        task, input_, metadata=metadata or None, webhook=webhook, cache=not no_cache
+    )
     if not wait:
         _echo_json(job)
         return

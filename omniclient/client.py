@@ -89,13 +89,18 @@ class OmniClient(Batches):
         metadata: dict[str, str] | None = None,
         wait: float | None = None,
         webhook: str | None = None,
+        cache: bool = True,
     ) -> Json:
-        """``POST /v1/jobs``: the job, queued; with ``wait``, finished if it finished in time."""
+        """``POST /v1/jobs``: the job, queued; with ``wait``, finished if it finished in time.
+        An identical earlier input may answer it at once (``timings.cache_hit``) unless
+        ``cache`` is False."""
         body: Json = {"task": task, "input": input}
         if metadata:
             body["metadata"] = metadata
         if webhook:
             body["webhook"] = webhook
+        if not cache:
+            body["cache"] = False
         headers = {"Prefer": f"wait={wait_s(wait)}"} if wait is not None else {}
         return self._json(
             "POST",

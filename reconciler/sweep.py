@@ -1,11 +1,9 @@
 """One sweep: find work that no message will bring to a worker, and re-publish or fail it.
 
-A job (or a batch's chunk) can be left without a message when the ingress's publish failed and
-Firestore was down too (so it could not be marked failed), when the ingress accepted a batch's part
-and its publish failed (the part is durable, the request answered 202), when Pub/Sub lost its
-messages (an emulator restart; in production, a message past its 7-day retention), or when a
-dead-lettered one was held by an attempt that then died. Firestore knows every job and chunk, so a
-sweep over a few queries finds them all:
+Work is left without a message when a publish failed (the job or part stays durable), when Pub/Sub
+lost messages (an emulator restart; a message past its 7-day retention), or when a dead-lettered
+one was held by an attempt that then died. Firestore knows every job and chunk, so a few queries
+find them all:
 
 - ``queued`` and unchanged for ``stale_after_s`` → re-published (again after 2×, 4×, ... that);
   still ``queued`` ``give_up_after_s`` after creation → ``failed`` / ``not_dispatched`` (a chunk:
@@ -22,15 +20,14 @@ An **open batch** (``open: True``, taking parts) not closed by its ``open_expire
 ``cancel_requested``, no longer open (so no part is accepted any more), and its queued chunks end
 ``cancelled`` with their counts; a running chunk stops at its worker's next safe point.
 
-A duplicate message is harmless: claims are fenced, and a delivery of a finished or held job does
-no work. The queries need composite indexes in production (``firestore.indexes.json``).
+A batch with ``held`` chunks but a short window is topped up (``reconciler/topup.py``). A
+duplicate message is harmless: claims are fenced. The queries need composite indexes
+(``firestore.indexes.json``).
 
-Google API errors are translated (``common/googleapi.py``): Firestore's transient ones (and a
-transaction still contended after its tries) are ``StoreUnavailable``, a publish that did not land
-``PublishFailed``. Either, or a final ``BackendError``, skips the one job, chunk or open batch it
-happened to (logged) and the sweep goes on; the next sweep decides it again from what it reads.
-A query that fails fails the sweep (``python -m reconciler`` logs it and sweeps at the next
-interval).
+Google API errors are translated (``common/googleapi.py``): Firestore's transient ones are
+``StoreUnavailable``, a publish that did not land ``PublishFailed``. Either, or a final
+``BackendError``, skips the one job, chunk or batch it happened to (logged) and the sweep goes on;
+the next sweep decides it again. A query that fails fails the sweep (retried at the next interval).
 """
 
 from __future__ import annotations
@@ -51,9 +48,10 @@ from common.googleapi import (
     translated,
 )
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
+from reconciler.topup import TopUp
 from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.chunks import CHUNKS, END_FIELDS, ChunkMessage, end_unfinished
+from schemas.chunks import CHUNKS, END_FIELDS, NOT_STARTED, ChunkMessage, end_unfinished
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage, Topics, UnknownTask, encode
 
@@ -64,14 +62,9 @@ SWEEP_PAGE = 200
 """Chunks of a cancelled batch ended per commit (each one write, beside two counter writes)."""
 CHUNK_FIELDS = [*END_FIELDS, "task", "batch_id", "created_at", "dispatched_at", "dispatch_count"]
 """What a sweep reads of a chunk: never its inputs (up to ~1 MB a chunk) or results."""
-NOT_DISPATCHED = {
-    "code": "not_dispatched",
-    "message": "the job could not be handed to a worker; submit it again",
-}
-NOT_DISPATCHED_ITEM = {
-    "code": "not_dispatched",
-    "message": "the item could not be handed to a worker; retry the batch to run it again",
-}
+_UNSENT = "could not be handed to a worker"
+NOT_DISPATCHED = {"code": "not_dispatched", "message": f"the job {_UNSENT}; submit it again"}
+NOT_DISPATCHED_ITEM = {"code": "not_dispatched", "message": f"the item {_UNSENT}; retry the batch"}
 
 
 class StoreUnavailable(RuntimeError):
@@ -94,6 +87,7 @@ class SweepReport:
     """Chunks ended ``cancelled`` (their batch was cancelled, or expired open)."""
     expired: list[str] = field(default_factory=list)
     """Open batches cancelled because they were not closed in time."""
+    released: list[str] = field(default_factory=list)  # held chunks released by the top-up
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -101,6 +95,7 @@ class SweepReport:
             "failed": len(self.failed),
             "cancelled": len(self.cancelled),
             "expired": len(self.expired),
+            "released": len(self.released),
         }
 
 
@@ -117,6 +112,9 @@ class Reconciler:
         self._batches = firestore_client.collection(settings.batches_collection)
         self._publisher = publisher
         self._topics = Topics(settings.project, settings.jobs_topic)
+        self._top_up = TopUp(
+            firestore_client, publisher, self._topics, StoreUnavailable, PublishFailed, TIMEOUT_S
+        )
 
     def sweep(self, now: datetime | None = None) -> SweepReport:
         now = now or datetime.now(UTC)
@@ -147,6 +145,11 @@ class Reconciler:
                 logger.warning(
                     "could not reconcile %s: %s", name, exc, extra=_label(snapshot, is_chunk)
                 )
+        for batch_path, chunk in self._top_up.batches_with_held_chunks():
+            try:
+                report.released.extend(self._top_up.top_up(batch_path, chunk))
+            except SKIPPED as exc:
+                logger.warning("could not top up %s: %s", batch_path, exc)
         if any(report.as_dict().values()):
             logger.info("sweep done", extra=report.as_dict())
         return report
@@ -288,7 +291,7 @@ class Reconciler:
         def _end(transaction: firestore.Transaction) -> bool:
             snapshot = ref.get(field_paths=END_FIELDS, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
-            if doc is None or doc.get("status") != JobStatus.QUEUED.value:
+            if doc is None or doc.get("status") not in NOT_STARTED:
                 return False
             deltas = CountDeltas()
             items = end_unfinished(doc, to, deltas, error)
@@ -358,7 +361,7 @@ class Reconciler:
         """End every queued chunk of a cancelled batch, a page a commit; their names."""
         query = (
             batch_ref.collection(CHUNKS)
-            .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .where(filter=FieldFilter("status", "in", NOT_STARTED))
             .select(END_FIELDS)
             .limit(SWEEP_PAGE)
         )

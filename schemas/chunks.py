@@ -25,7 +25,9 @@ The chunk document (fields beside jobstate's own):
   letter becomes ``>``): the item's latest outcome is the retry chunk's.
 
 Status: ``pending`` while the request that writes it is still being accepted (no message yet, no
-counts; a request that dies leaves it to its TTL), then ``queued`` → ``running`` → a terminal one:
+counts; a request that dies leaves it to its TTL), then ``held`` while its batch already has its
+window of chunks published (``HELD``: counted as queued, no message; docs/scheduling.md), then
+``queued`` → ``running`` → a terminal one:
 ``succeeded`` (it ran to its end; each item succeeded or failed on its own), ``failed`` (attempts
 exhausted: every item not yet ended fails), ``cancelled`` (its batch was cancelled: items not
 started end ``cancelled``, items finished keep their outcome).
@@ -54,6 +56,16 @@ CHUNKS = "chunks"
 """The subcollection of a batch document that holds its chunks."""
 PENDING = "pending"
 """A chunk written by a request that is not accepted yet (not a job status: nothing claims it)."""
+HELD = "held"
+"""An accepted chunk kept back, unpublished, while its batch has ``window`` chunks queued or
+running: released (``queued``, published) as one of them ends. Its items count as queued; nothing
+claims it (not a job status)."""
+NOT_STARTED = [JobStatus.QUEUED.value, HELD]
+"""The statuses of a chunk no attempt has started: what a cancel ends whole."""
+DEFAULT_WINDOW_CHUNKS = 8
+"""``BATCH_WINDOW_CHUNKS``: chunks of one batch published at once (times its tenant's weight).
+Pub/Sub delivers roughly in publish order, so this is how far a large batch can be ahead of a
+batch submitted after it: active batches share the workers round-robin, chunk by chunk."""
 
 ID_DIGITS = 10
 """An original chunk's id is its ``start``, zero-padded: ids sort in input order."""

@@ -11,9 +11,9 @@ time: the next chunk is claimed while one runs). A chunk delivery goes:
              cancel ──▶ stop; unstarted items end cancelled ──▶ commit ─────────────▶ ack
              lost lease ──▶ stop; nothing written (the other attempt owns it) ─────▶ ack
              shutdown past the grace ──▶ release (items queued again) ──────────────▶ nack
-          ── its end ──▶ commit: every item's letter, result, error and count ──────▶ ack
-          ── a transient failure ──▶ release ──▶ redelivered after a backoff; the dead-letter
-                                                 topic after the maximum deliveries
+          ── its end ──▶ commit: every item's letter, result, error and count ──▶ ack, and
+             the batch's next held chunk released and published (worker.chunkpacer)
+          ── a transient failure ──▶ release ──▶ redelivered after a backoff (dead letters)
 
 Items are positions, not units of work: a bad input fails alone (``invalid_input``); a sub-batch
 whose model call fails runs again item by item, so a poison item fails alone (its own error, or
@@ -21,9 +21,8 @@ whose model call fails runs again item by item, so a poison item fails alone (it
 does not fit the chunk's document fails ``result_too_large`` (``worker.chunkstore.fit``). Only a
 failure of the chunk itself (Firestore, a transient model error) runs it again, whole.
 
-Per item the worker does what it must and no more: one ``model_validate_json`` of the stored
-line, the model's share, the result as bytes (``run_packed`` where the adapter has it). Claims,
-commits, log lines and metrics are per chunk.
+Per item the worker does one ``model_validate_json`` of the stored line, the model's share, the
+result as bytes (``run_packed``); claims, commits, logs and metrics are per chunk.
 """
 
 from __future__ import annotations
@@ -45,7 +44,8 @@ from schemas.jobs import JobStatus
 from schemas.tasks import get_task
 from worker import metrics
 from worker.attempts import StopReason, StopToken, Watcher
-from worker.chunkstore import ChunkClaim, ChunkOutcome, ended
+from worker.chunkpacer import ChunkPacer
+from worker.chunkstore import DEADLINE_SKIP, ChunkClaim, ChunkOutcome, ended
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
 from worker.modellock import ModelLock
 from worker.pipeline.delivery import Delivery
@@ -77,6 +77,7 @@ class ChunkStoreLike(Protocol):
         self, claim: ChunkClaim, last_error: dict[str, str] | None, started: bool = True
     ) -> bool: ...
     def forget(self, claim: ChunkClaim) -> None: ...
+    def batch_path(self, batch_id: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,10 @@ class ChunkRunner:
         draining: threading.Event,
         max_attempts: int,
         worker_id: str = "",
+        pacer: ChunkPacer | None = None,
     ):
         self._store = store
+        self._pacer = pacer
         self._adapters = adapters
         self._lock = model_lock
         self._watcher = watcher
@@ -173,6 +176,10 @@ class ChunkRunner:
             extra = {**_ids(chunk), "skip": decision.reason}
             logger.info("chunk delivery skipped: %s", decision.reason, extra=extra)
             metrics.skipped(chunk.task, "chunk")
+            if decision.reason == DEADLINE_SKIP and self._pacer is not None:
+                # Ended here without running: its successor is released as for any end.
+                path = self._store.batch_path(chunk.batch_id)
+                self._pacer.chunk_ended(path, chunk.task, chunk.tenant)
             delivery.ack()
             return None
         if isinstance(decision, Busy):
@@ -357,6 +364,8 @@ class ChunkRunner:
         counts = ended(claim, outcome)
         status = outcome.status.value if written else StopReason.LOST
         metrics.outcome(delivery, status)
+        if written and self._pacer is not None:
+            self._pacer.chunk_ended(claim.batch_path, claim.task, claim.tenant)
         if written:
             metrics.chunk_items(claim.task, **counts)
             logger.info(

@@ -44,6 +44,10 @@ _FENCE_FIELDS = ["status", "attempt_token", "items", "batch_path", "tenant", COU
 RUNNING, QUEUED = "r", "q"
 
 
+DEADLINE_SKIP = "its batch's deadline passed"
+"""Why a claim ended a chunk without running it (its successor is released, as for any end)."""
+
+
 @dataclass(frozen=True)
 class ChunkClaim:
     """This worker's right to run one attempt of a chunk."""
@@ -144,6 +148,9 @@ class ChunkStore(AttemptStore):
         super().__init__(client, timeout_s=timeout_s, lease_s=lease_s, result_ttl_s=result_ttl_s)
         self._batches = client.collection(batches_collection)
 
+    def batch_path(self, batch_id: str) -> str:
+        return str(self._batches.document(batch_id).path)
+
     def _refs(self, batch_id: str, chunk_id: str) -> tuple[Any, Any]:
         batch = self._batches.document(batch_id)
         return batch.collection(CHUNKS).document(chunk_id), batch
@@ -238,7 +245,7 @@ class ChunkStore(AttemptStore):
             changes = jobstate.terminal(
                 JobStatus.FAILED, now, "deadline", self._result_ttl_s, error=error, **ended
             )
-            return Skip(chunk_id, "its batch's deadline passed"), changes, deltas
+            return Skip(chunk_id, DEADLINE_SKIP), changes, deltas
         decision = jobstate.claim(doc, tenant, now, self.lease_s, worker)
         if isinstance(decision, jobstate.Refused):
             if decision.busy_until is not None:

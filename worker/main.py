@@ -25,8 +25,9 @@ from typing import Any
 
 from common import tracing
 from common.errortracking import init_error_tracking
-from schemas.messages import CHUNK_KIND, JOB_KIND, task_subscription
+from schemas.messages import CHUNK_KIND, JOB_KIND, Topics, task_subscription
 from worker import faults, metrics
+from worker.chunkpacer import ChunkPacer
 from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
@@ -141,7 +142,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve until asked to stop; returns the process's exit code."""
-        from google.cloud import firestore
+        from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
         tracing.configure_tracing("omni-worker", self.settings.traces_exporter)
         init_error_tracking(self.settings.sentry_dsn, "omni-worker")
@@ -180,6 +181,13 @@ class Worker:
                 retry_backoff_s=settings.retry_backoff_s,
                 watch_interval_s=settings.watch_interval_s,
                 chunks=ChunkStore(client, settings.batches_collection, **attempts),
+                pacer=ChunkPacer(
+                    client,
+                    pubsub_v1.PublisherClient(),
+                    Topics(settings.project, settings.jobs_topic),
+                    settings.firestore_timeout_s,
+                ),
+                batch_share=settings.batch_share,
             )
             if settings.fault_injection:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")

@@ -48,9 +48,10 @@ from schemas.chunks import ChunkMessage
 from schemas.messages import JobMessage, UnknownMessage, parse
 from worker import metrics
 from worker.attempts import Held, StopReason, Watcher
+from worker.chunkpacer import ChunkPacer
 from worker.chunkrun import ChunkInFlight, ChunkRunner, ChunkStoreLike
 from worker.chunkstore import ChunkClaim
-from worker.modellock import ModelLock
+from worker.modellock import BATCH_SHARE, ModelLock
 from worker.pipeline.claimer import Claimer
 from worker.pipeline.delivery import Delivery, InFlight, M, Message, Store
 from worker.pipeline.hold import Hold
@@ -83,6 +84,8 @@ class Processor:
         worker_id: str = "",
         project: str = "",
         chunks: ChunkStoreLike | None = None,
+        pacer: ChunkPacer | None = None,
+        batch_share: float = BATCH_SHARE,
     ):
         self._store = store
         self._chunk_store = chunks
@@ -91,7 +94,7 @@ class Processor:
         self.watcher = Watcher(self._check, watch_interval_s, store.lease_s)
         # One model call at a time across every task (worker/modellock.py), jobs before chunks.
         # Claims and writes happen outside it.
-        self._model_lock = ModelLock()
+        self._model_lock = ModelLock(batch_share)
         self._claimer = Claimer(
             store,
             hold=self.hold,
@@ -141,6 +144,7 @@ class Processor:
                 draining=self.hold.draining,
                 max_attempts=max_attempts,
                 worker_id=worker_id,
+                pacer=pacer,
             )
             self._chunk_lanes = {
                 task: Lane(

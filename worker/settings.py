@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from common.settings import DEFAULT_PROJECT, ConfigError, project_from
 from common.tracing import EXPORTERS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
-from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX
+from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX, DEFAULT_TOPIC
+from worker.modellock import BATCH_SHARE
 
 MIN_LEASED_MESSAGES = 8
 LEASED_BATCHES = 4
@@ -84,6 +85,12 @@ def _cpus() -> int:
 class WorkerSettings:
     project: str = DEFAULT_PROJECT
     subscription_prefix: str = DEFAULT_SUBSCRIPTION_PREFIX
+    batch_share: float = BATCH_SHARE
+    """``WORKER_BATCH_SHARE``: the least share of model calls batch chunks get while single jobs
+    keep coming (``worker/modellock.py``), in (0, 1]."""
+    jobs_topic: str = DEFAULT_TOPIC
+    """``JOBS_TOPIC``: the topics' base name, where the worker publishes the chunks it releases
+    (``worker/chunkpacer.py``)."""
     tasks: tuple[str, ...] = ()  # () : every task in the catalogue
     jobs_collection: str = "jobs"
     batches_collection: str = "batches"  # batch documents, and under each its chunks
@@ -152,6 +159,8 @@ class WorkerSettings:
         try:
             settings = cls(
                 project=project_from(env),
+                jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
+                batch_share=float(env.get("WORKER_BATCH_SHARE") or BATCH_SHARE),
                 subscription_prefix=env.get("JOBS_SUBSCRIPTION_PREFIX")
                 or DEFAULT_SUBSCRIPTION_PREFIX,
                 tasks=_task_list(env.get("WORKER_TASKS") or ""),
@@ -186,6 +195,8 @@ class WorkerSettings:
             raise
         except ValueError as exc:
             raise ConfigError(f"bad number in the environment: {exc}") from exc
+        if not 0 < settings.batch_share <= 1:
+            raise ConfigError("WORKER_BATCH_SHARE must be more than 0 and at most 1")
         if settings.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("WORKER_DEVICE must be auto, cpu or cuda")
         if settings.traces_exporter not in EXPORTERS:

@@ -26,7 +26,7 @@ from common.googleapi import PreconditionFailed, bounded_retry, run_transaction,
 from ingress.errors import StoreUnavailable
 from schemas import jobstate
 from schemas.batches import CountDeltas
-from schemas.chunks import END_FIELDS, end_unfinished
+from schemas.chunks import END_FIELDS, NOT_STARTED, end_unfinished
 from schemas.jobs import JobStatus
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class CancelSweeper:
         """Cancel every queued chunk of the batch, a page at a time; returns how many."""
         query = (
             self._chunks(batch_id)
-            .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .where(filter=FieldFilter("status", "in", NOT_STARTED))
             .select(END_FIELDS)
             .limit(SWEEP_PAGE)
         )
@@ -137,7 +137,7 @@ class CancelSweeper:
         def _cancel(transaction: firestore.Transaction) -> bool:
             snapshot = ref.get(field_paths=END_FIELDS, transaction=transaction)
             doc = snapshot.to_dict() if snapshot.exists else None
-            if doc is None or doc.get("status") != JobStatus.QUEUED.value:
+            if doc is None or doc.get("status") not in NOT_STARTED:
                 return False
             now = datetime.now(UTC)
             deltas = CountDeltas()

@@ -46,6 +46,7 @@ from ingress.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ingress.pages import time_param
 from ingress.publisher import PublishFailed
 from ingress.services import admit, release, services, unavailable
+from ingress.settings import Settings
 from ingress.webhooks.check import checked_webhook
 from schemas import ProblemItem, TaskSpec, get_task
 from schemas.jobs import new_job_id
@@ -94,6 +95,13 @@ def create_batch() -> _Answer:
     item), and nothing kept, when any is invalid. ``?open=1`` makes an open batch, whose body
     (the first part) may be empty."""
     return _with_upload_slot(_create_batch)
+
+
+def _window(settings: Settings, tenant: str) -> int:
+    """Chunks of a new batch of ``tenant`` published at once: ``BATCH_WINDOW_CHUNKS`` times the
+    tenant's weight (``common/pacing.py``)."""
+    weight = settings.tenant_limits.for_tenant(tenant).weight
+    return max(1, round(settings.batch_window_chunks * weight))
 
 
 def _open_flag() -> bool:
@@ -145,6 +153,7 @@ def _create_batch() -> _Answer:
             webhook,
             open_ttl_s,
             request_deadline(request, deadline),
+            _window(svc.settings, tenant),
         )
     except StoreUnavailable as exc:
         raise unavailable("job store") from exc
@@ -353,7 +362,7 @@ def _accept(
             svc.idempotency.mark_done(reservation, writer)
 
     try:
-        svc.batches.accept(part, written, count, also)
+        released = svc.batches.accept(part, written, count, also)
     except PartLost as exc:
         _discard(part, written)
         release(reservation)
@@ -370,7 +379,7 @@ def _accept(
             svc.batches.abandon(part.batch_id)
         raise unavailable("job store") from exc
     try:
-        svc.batches.publish(part, written)
+        svc.batches.publish(part, released)  # the held ones are released as chunks end
     except PublishFailed:
         # The part is accepted and durable: the reconciler publishes queued chunks.
-        logger.warning("chunks not published; the reconciler will", extra={"chunks": len(written)})
+        logger.warning("chunks not published; the reconciler will", extra={"chunks": len(released)})

@@ -42,6 +42,7 @@ from common.googleapi import (
     PreconditionFailed,
     translated,
 )
+from common.pacing import active_chunks
 from ingress.batches.chunkwriter import (
     ACCEPT_TOKEN,
     ChunkWriter,
@@ -54,7 +55,7 @@ from ingress.errors import StoreUnavailable
 from ingress.publisher import JobPublisher
 from schemas import get_task
 from schemas.batches import COUNTED, CountDeltas
-from schemas.chunks import CHUNKS, ChunkMessage, result_bound
+from schemas.chunks import CHUNKS, HELD, ChunkMessage, result_bound
 from schemas.jobs import JobStatus
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class Part:
     update_time: datetime
     creating: bool
     webhook: bool = False
+    window: int | None = None
+    """Chunks of the batch published at once (``common/pacing.py``); None: every chunk (a batch
+    from before windows)."""
 
 
 class BatchStore(BatchDocuments):
@@ -117,6 +121,7 @@ class BatchStore(BatchDocuments):
         webhook: str | None,
         open_ttl_s: float | None,
         deadline: datetime | None = None,
+        window: int | None = None,
     ) -> Part:
         """Write the new batch's document, ``creating`` (an open batch when ``open_ttl_s``)."""
         now = datetime.now(UTC)
@@ -143,6 +148,8 @@ class BatchStore(BatchDocuments):
             doc["webhook"] = webhook
         if deadline is not None:
             doc["deadline"] = deadline  # read by every chunk's claim (worker/chunkstore.py)
+        if window is not None:
+            doc["window"] = window  # read by every part and the reconciler's top-up
         with translated(StoreUnavailable, "batch create"):
             result = ref.create(doc, retry=self._retry, timeout=self._timeout_s)
         return Part(
@@ -156,6 +163,7 @@ class BatchStore(BatchDocuments):
             update_time=result.update_time,
             creating=True,
             webhook=webhook is not None,
+            window=window,
         )
 
     def begin_part(self, batch: Batch) -> Part:
@@ -190,6 +198,7 @@ class BatchStore(BatchDocuments):
             token=token,
             update_time=result.update_time,
             creating=False,
+            window=int(doc["window"]) if doc.get("window") else None,
         )
 
     def chunk_writer(self, part: Part, max_items: int) -> ChunkWriter:
@@ -228,16 +237,29 @@ class BatchStore(BatchDocuments):
         written: list[Written],
         items: int,
         also: Callable[[Any], None] | None = None,
-    ) -> None:
+    ) -> list[Written]:
         """The part's one accept commit (module docstring); ``also`` adds writes of the caller's
         to it (an ``Idempotency-Key``'s record). ``PartLost`` when the batch changed since the
-        part began; ``StoreUnavailable`` when the store did not answer (the outcome unknown)."""
+        part began; ``StoreUnavailable`` when the store did not answer (the outcome unknown).
+
+        The chunks the batch's window has room for are ``queued`` (the ones to publish, which it
+        returns), the rest ``held`` (``common/pacing.py``)."""
+        room = len(written)
+        if part.window is not None:
+            active = (
+                0
+                if part.creating
+                else active_chunks(self._batches.document(part.batch_id), StoreUnavailable)
+            )
+            room = max(0, part.window - active)
         now = datetime.now(UTC)
         expire_at = now + timedelta(seconds=self._result_ttl_s)
         writes = self._client.batch()
         chunks = self._batches.document(part.batch_id).collection(CHUNKS)
         queued = {"status": JobStatus.QUEUED.value, "updated_at": now, "expire_at": expire_at}
-        writes._add_write_pbs(chunk_updates(chunks, written, queued))
+        writes._add_write_pbs(chunk_updates(chunks, written[:room], queued))
+        held = {**queued, "status": HELD}
+        writes._add_write_pbs(chunk_updates(chunks, written[room:], held))
         deltas = CountDeltas()
         if items:
             deltas.added(part.batch_path, part.tenant, items)
@@ -267,8 +289,10 @@ class BatchStore(BatchDocuments):
                 writes.commit(retry=self._retry, timeout=self._timeout_s)
         except (PreconditionFailed, Missing) as exc:
             if self._landed(ref, part.token):
-                return  # an earlier try of this very commit landed; its retry found it changed
+                # An earlier try of this very commit landed; its retry found it changed.
+                return written[:room]
             raise PartLost(part.batch_id) from exc
+        return written[:room]
 
     def _landed(self, ref: Any, token: str) -> bool:
         with translated(StoreUnavailable, "batch read"):

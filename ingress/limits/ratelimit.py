@@ -3,11 +3,13 @@
 A policy is a JSON object of tenant name to limits, with ``"*"`` the default for every tenant::
 
     {"*": {"rate": 50, "burst": 100, "in_flight": 200000, "streams": 200},
-     "acme": {"rate": 5, "burst": 10, "in_flight": 100}}
+     "acme": {"rate": 5, "burst": 10, "in_flight": 100, "weight": 2}}
 
 ``rate`` is requests a second, ``burst`` the most requests at once (default: ``rate``, at least
 1), ``in_flight`` the most jobs queued + running, ``streams`` the most event streams and held
-requests (long polls, ``Prefer: wait``) open at once in one ingress process. A tenant's entry
+requests (long polls, ``Prefer: wait``) open at once in one ingress process, ``weight`` its
+batches' share of the workers against other batches (1 by default: each batch keeps
+``weight × BATCH_WINDOW_CHUNKS`` chunks published, docs/scheduling.md). A tenant's entry
 overrides the default field by field: a field it leaves out is the default's, a field it sets to
 ``null`` is unlimited. No policy, or a field unset everywhere, means no limit, except ``streams``:
 ``DEFAULT_STREAMS`` applies unless a policy sets it (``null`` lifts it).
@@ -38,7 +40,7 @@ DEFAULT_STREAMS = 200
 """Event streams and held requests one tenant may have open at once in one ingress process, when
 no policy says otherwise. Each holds one of the process's ~1,100 gthread threads for as long as it
 lasts: 200 leaves the rest to other tenants and to short requests."""
-_FIELDS = ("rate", "burst", "in_flight", "streams")
+_FIELDS = ("rate", "burst", "in_flight", "streams", "weight")
 _WHOLE = ("in_flight", "streams")
 
 
@@ -55,6 +57,9 @@ class TenantLimits:
     streams: int | None = DEFAULT_STREAMS
     """Event streams, long polls and ``Prefer: wait`` requests open at once, in each ingress
     process (not across them)."""
+    weight: float = 1.0
+    """The tenant's batches' share of the workers against other batches (a multiple of
+    ``BATCH_WINDOW_CHUNKS``)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ def _limits(source: str, name: str, merged: dict[str, Any]) -> TenantLimits:
         burst=None if burst is None else float(burst),
         in_flight=None if in_flight is None else int(in_flight),
         streams=None if streams is None else int(streams),
+        weight=float(merged.get("weight") or 1.0),
     )
 
 

@@ -62,6 +62,13 @@ NEEDS: dict[str, tuple[Need, ...]] = {
     ),
     "omni-worker": (
         Need("roles/pubsub.subscriber", "project", "worker/consumer.py", ".subscribe(", "pulls"),
+        Need(
+            "roles/pubsub.publisher",
+            "project",
+            "worker/chunkpacer.py",
+            ".publish(",
+            "publishes the held chunk each ended chunk releases",
+        ),
         Need("roles/datastore.user", "project", "worker/store.py", "firestore", "claims, results"),
         Need(
             "roles/cloudtrace.agent",

@@ -147,7 +147,8 @@ def time_wait_ports() -> set[int]:
 
 
 def embed(client: OmniClient, texts: list[str]) -> dict[str, Any]:
-    return client.submit("embed", {"texts": texts})
+    # Each job must run (the test kills a worker mid-way): the same texts again would be cache hits.
+    return client.submit("embed", {"texts": texts}, cache=False)
 
 
 def test_make_run_starts_again_at_once_and_restarts_a_dead_gunicorn_master() -> None:
