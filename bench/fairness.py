@@ -5,7 +5,9 @@ run on the whole local stack (emulators, one embed worker, gunicorn).
 
 Tenant ``bench`` submits a large batch; right after, tenant ``burst`` submits a small batch and a
 few single jobs. Times are from the small tenant's submission; "large done" is how much of the large
-batch had finished when the small batch ended. Prints a table; writes bench/results/fairness.json.
+batch had finished when the small batch ended; each batch's ETA is its ``progress.eta_s`` read right
+after its submission (schemas/eta.py), to set against the time it took. Prints a table; writes
+bench/results/fairness.json.
 
     .venv/bin/python -m bench.fairness [--large-chunks 48] [--chunk 64] [--small-chunks 2]
 """
@@ -20,6 +22,8 @@ from typing import Any
 import requests
 
 from bench.common import KEYS, print_table, save, sentence, stack
+from ingress.estimates import CACHE_S
+from worker.rates import REPORT_S
 
 BIG, SMALL = {"X-API-Key": KEYS["bench"]}, {"X-API-Key": KEYS["burst"]}
 JOBS = 5
@@ -52,9 +56,17 @@ def one_run(window: int, large_chunks: int, chunk: int, small_chunks: int) -> di
         url = config.url
         for n in range(3):  # warm the model and the path
             job(url, n, f"warm {tag}")
+        warm = batch(url, BIG, chunk, f"warm {tag}")
+        while get(url, f"/v1/batches/{warm}", BIG)["status"] == "running":
+            time.sleep(0.1)
+        time.sleep(
+            REPORT_S + CACHE_S + 1
+        )  # the worker has reported its rates, the ingress read them
         large = batch(url, BIG, large_chunks * chunk, f"large {tag}")
+        large_eta = (get(url, f"/v1/batches/{large}", BIG).get("progress") or {}).get("eta_s")
         started = time.monotonic()
         small = batch(url, SMALL, small_chunks * chunk, f"small {tag}")
+        small_eta = (get(url, f"/v1/batches/{small}", SMALL).get("progress") or {}).get("eta_s")
         with ThreadPoolExecutor(JOBS) as pool:
             jobs = list(pool.map(lambda n: job(url, n, tag), range(JOBS)))
         job_done: dict[str, float] = {}
@@ -83,6 +95,8 @@ def one_run(window: int, large_chunks: int, chunk: int, small_chunks: int) -> di
         "small_jobs_max_s": waits[-1],
         "large_done_at_small_end": large_at_small,
         "large_batch_s": large_done,
+        "small_eta_s": small_eta,
+        "large_eta_s": large_eta,
     }
 
 
@@ -101,15 +115,26 @@ def main() -> None:
         f"large batch {args.large_chunks * args.chunk} items, then a small one of "
         f"{args.small_chunks * args.chunk} items and {JOBS} single jobs of another tenant "
         f"(chunks of {args.chunk}; seconds from the small tenant's submission)",
-        ["window", "small batch s", "jobs p50 s", "jobs max s", "large done then", "large s"],
+        [
+            "window",
+            "small batch s",
+            "(its ETA)",
+            "jobs p50 s",
+            "jobs max s",
+            "large done then",
+            "large s",
+            "(its ETA)",
+        ],
         [
             [
                 "none" if r["window"] == NO_WINDOW else f"{r['window']} chunks",
                 r["small_batch_s"],
+                r["small_eta_s"] or "-",
                 r["small_jobs_p50_s"],
                 r["small_jobs_max_s"],
                 f"{r['large_done_at_small_end']:.0%}",
                 r["large_batch_s"],
+                r["large_eta_s"] or "-",
             ]
             for r in runs
         ],

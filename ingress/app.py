@@ -22,6 +22,7 @@ from ingress.batches import routes as batch_routes
 from ingress.batches.chunkstore import ChunkStore
 from ingress.batches.store import BatchStore
 from ingress.errors import TooManyRequests, Unauthorized, register_error_handlers
+from ingress.estimates import Estimates
 from ingress.idempotency import IdempotencyStore
 from ingress.jobs import events as job_events
 from ingress.jobs import routes as job_routes
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         ),
         uploads=UploadSlots(settings.max_large_uploads),
         cache=ResultCache(firestore_client),
+        estimates=Estimates(firestore_client, settings.jobs_collection),
     )
 
     register_error_handlers(app)

@@ -16,6 +16,7 @@ from ingress.auth import KeyRing
 from ingress.batches.chunkstore import ChunkStore
 from ingress.batches.store import BatchStore
 from ingress.errors import ApiError, ServiceUnavailable, StoreUnavailable
+from ingress.estimates import Estimates
 from ingress.idempotency import IdempotencyStore, Reservation
 from ingress.jobs.cache import ResultCache
 from ingress.jobs.store import JobStore
@@ -55,6 +56,8 @@ class Services:
     webhooks: WebhookLedger
     uploads: UploadSlots
     """This process's slots for large batch uploads (``MAX_LARGE_UPLOADS``)."""
+    estimates: Estimates
+    """Queue places and drain rates for ``queue`` and ``progress`` (``schemas/eta.py``)."""
     cache: ResultCache
     """Result-cache lookups at submit (none with ``RESULT_CACHE=off``), and its entries."""
 

@@ -121,6 +121,14 @@ class Batch(BaseModel):
     metadata: dict[str, str] | None = None
     webhook: str | None = None
     deadline: datetime | None = None
+    progress: dict[str, float] | None = Field(
+        default=None,
+        description=(
+            "A running batch read alone: `items_per_s` (its own rate once it has finished "
+            "some items, else the workers' measured rate for its task) and `eta_s` (its items "
+            "not yet ended over that rate)."
+        ),
+    )
     links: BatchLinks
 
     @classmethod

@@ -191,6 +191,14 @@ class Job(BaseModel):
         default=None, description="The failed job this one retries (POST /v1/jobs/ID/retry)."
     )
     deadline: datetime | None = None
+    queue: dict[str, float] | None = Field(
+        default=None,
+        description=(
+            "A queued job read alone: `position_estimate` (queued jobs of its task created "
+            "before it, plus one) and `eta_s` (seconds until it starts, from the workers' "
+            "measured rate; absent when unknown)."
+        ),
+    )
     links: JobLinks
 
     @classmethod

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -45,11 +45,12 @@ from schemas.tasks import get_task
 from worker import metrics
 from worker.attempts import StopReason, StopToken, Watcher
 from worker.chunkpacer import ChunkPacer
-from worker.chunkstore import DEADLINE_SKIP, ChunkClaim, ChunkOutcome, ended
+from worker.chunkstore import DEADLINE_SKIP, ChunkClaim, ChunkOutcome, ChunkStoreLike, ended
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
 from worker.modellock import ModelLock
 from worker.pipeline.delivery import Delivery
 from worker.pipeline.lanes import Lane
+from worker.rates import DrainRates
 from worker.store import Busy, Skip
 from worker.tasks import Adapter
 
@@ -61,23 +62,6 @@ RUNNING = ord("r")
 
 ItemOutcome = bytes | PermanentError | TransientError | Stopped
 ChunkLane = Lane[ChunkMessage, "ChunkInFlight"]
-
-
-class ChunkStoreLike(Protocol):
-    """What the runner drives (``worker.chunkstore.ChunkStore`` in production)."""
-
-    lease_s: float
-
-    def claim(
-        self, batch_id: str, chunk_id: str, tenant: str, worker: str = ""
-    ) -> ChunkClaim | Skip | Busy: ...
-    def check(self, claims: Sequence[ChunkClaim]) -> dict[str, str]: ...
-    def commit(self, claim: ChunkClaim, outcome: ChunkOutcome) -> bool: ...
-    def release(
-        self, claim: ChunkClaim, last_error: dict[str, str] | None, started: bool = True
-    ) -> bool: ...
-    def forget(self, claim: ChunkClaim) -> None: ...
-    def batch_path(self, batch_id: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -125,9 +109,11 @@ class ChunkRunner:
         max_attempts: int,
         worker_id: str = "",
         pacer: ChunkPacer | None = None,
+        rates: DrainRates | None = None,
     ):
         self._store = store
         self._pacer = pacer
+        self._rates = rates or DrainRates()
         self._adapters = adapters
         self._lock = model_lock
         self._watcher = watcher
@@ -176,8 +162,7 @@ class ChunkRunner:
             extra = {**_ids(chunk), "skip": decision.reason}
             logger.info("chunk delivery skipped: %s", decision.reason, extra=extra)
             metrics.skipped(chunk.task, "chunk")
-            if decision.reason == DEADLINE_SKIP and self._pacer is not None:
-                # Ended here without running: its successor is released as for any end.
+            if decision.reason == DEADLINE_SKIP and self._pacer is not None:  # ended: as any end
                 path = self._store.batch_path(chunk.batch_id)
                 self._pacer.chunk_ended(path, chunk.task, chunk.tenant)
             delivery.ack()
@@ -364,9 +349,10 @@ class ChunkRunner:
         counts = ended(claim, outcome)
         status = outcome.status.value if written else StopReason.LOST
         metrics.outcome(delivery, status)
-        if written and self._pacer is not None:
-            self._pacer.chunk_ended(claim.batch_path, claim.task, claim.tenant)
         if written:
+            self._rates.record(claim.task, "chunk_items", len(claim.todo), ran.inference_s)
+            if self._pacer is not None:  # the batch's next held chunk
+                self._pacer.chunk_ended(claim.batch_path, claim.task, claim.tenant)
             metrics.chunk_items(claim.task, **counts)
             logger.info(
                 "chunk %s",

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from google.cloud import firestore
 
@@ -131,6 +131,23 @@ def fit(claim: ChunkClaim, outcome: ChunkOutcome, limit: int = DOC_LIMIT_BYTES) 
         size += len(message) + 64 - len(result)
         failed += 1
     return failed
+
+
+class ChunkStoreLike(Protocol):
+    """What ``worker.chunkrun`` drives (``ChunkStore`` in production, fakes in unit tests)."""
+
+    lease_s: float
+
+    def claim(
+        self, batch_id: str, chunk_id: str, tenant: str, worker: str = ""
+    ) -> ChunkClaim | Skip | Busy: ...
+    def check(self, claims: Sequence[ChunkClaim]) -> dict[str, str]: ...
+    def commit(self, claim: ChunkClaim, outcome: ChunkOutcome) -> bool: ...
+    def release(
+        self, claim: ChunkClaim, last_error: dict[str, str] | None, started: bool = True
+    ) -> bool: ...
+    def forget(self, claim: ChunkClaim) -> None: ...
+    def batch_path(self, batch_id: str) -> str: ...
 
 
 class ChunkStore(AttemptStore):

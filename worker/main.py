@@ -32,6 +32,7 @@ from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
 from worker.processor import Processor
+from worker.rates import DrainRates, RateReporter
 from worker.resultcache import CacheWrites
 from worker.settings import WorkerSettings
 from worker.store import JobStore
@@ -160,6 +161,7 @@ class Worker:
                 "lease_s": settings.job_lease_s,
                 "result_ttl_s": settings.result_ttl_s,
             }
+            rates = DrainRates()  # reported for the ingress's estimates (schemas/eta.py)
             processor = Processor(
                 JobStore(
                     client,
@@ -188,11 +190,14 @@ class Worker:
                     settings.firestore_timeout_s,
                 ),
                 batch_share=settings.batch_share,
+                rates=rates,
             )
             if settings.fault_injection:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")
             processor.start()
             self._processor = processor
+            reporter = RateReporter(client, self.worker_id, rates, settings.rate_report_s)
+            reporter.start()
             for task in settings.served_tasks():
                 # Jobs and chunks on subscriptions of their own: a batch's chunks never take
                 # the leases that single jobs' micro-batches need.
@@ -223,6 +228,7 @@ class Worker:
                     if error is not None or not consumer.running:
                         logger.error("streaming pull of %s ended: %r", consumer.name, error)
                         return 1
+            reporter.stop()
             processor.drain()
             stop_all(self._consumers, settings.grace_s, processor.abandon, ABANDON_WAIT_S)
             processor.close()

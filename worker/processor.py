@@ -49,8 +49,8 @@ from schemas.messages import JobMessage, UnknownMessage, parse
 from worker import metrics
 from worker.attempts import Held, StopReason, Watcher
 from worker.chunkpacer import ChunkPacer
-from worker.chunkrun import ChunkInFlight, ChunkRunner, ChunkStoreLike
-from worker.chunkstore import ChunkClaim
+from worker.chunkrun import ChunkInFlight, ChunkRunner
+from worker.chunkstore import ChunkClaim, ChunkStoreLike
 from worker.modellock import BATCH_SHARE, ModelLock
 from worker.pipeline.claimer import Claimer
 from worker.pipeline.delivery import Delivery, InFlight, M, Message, Store
@@ -58,6 +58,7 @@ from worker.pipeline.hold import Hold
 from worker.pipeline.lanes import Lane
 from worker.pipeline.runner import LaneStats, Runner
 from worker.pipeline.settler import Settler
+from worker.rates import DrainRates
 from worker.store import Claim
 from worker.tasks import Adapter
 
@@ -86,6 +87,7 @@ class Processor:
         chunks: ChunkStoreLike | None = None,
         pacer: ChunkPacer | None = None,
         batch_share: float = BATCH_SHARE,
+        rates: DrainRates | None = None,
     ):
         self._store = store
         self._chunk_store = chunks
@@ -110,6 +112,7 @@ class Processor:
             max_attempts=max_attempts,
             retry_backoff_s=retry_backoff_s,
             project=project,
+            rates=rates,
         )
         runner = Runner(
             adapters,
@@ -145,6 +148,7 @@ class Processor:
                 max_attempts=max_attempts,
                 worker_id=worker_id,
                 pacer=pacer,
+                rates=rates,
             )
             self._chunk_lanes = {
                 task: Lane(

@@ -11,6 +11,7 @@ from common.tracing import EXPORTERS
 from schemas.jobs import DEFAULT_RESULT_TTL_S, result_ttl_from_env
 from schemas.messages import DEFAULT_SUBSCRIPTION_PREFIX, DEFAULT_TOPIC
 from worker.modellock import BATCH_SHARE
+from worker.rates import REPORT_S
 
 MIN_LEASED_MESSAGES = 8
 LEASED_BATCHES = 4
@@ -85,6 +86,8 @@ def _cpus() -> int:
 class WorkerSettings:
     project: str = DEFAULT_PROJECT
     subscription_prefix: str = DEFAULT_SUBSCRIPTION_PREFIX
+    rate_report_s: float = REPORT_S
+    """``WORKER_RATE_REPORT_S``: seconds between drain-rate reports (``worker/rates.py``)."""
     batch_share: float = BATCH_SHARE
     """``WORKER_BATCH_SHARE``: the least share of model calls batch chunks get while single jobs
     keep coming (``worker/modellock.py``), in (0, 1]."""
@@ -161,6 +164,7 @@ class WorkerSettings:
                 project=project_from(env),
                 jobs_topic=env.get("JOBS_TOPIC") or DEFAULT_TOPIC,
                 batch_share=float(env.get("WORKER_BATCH_SHARE") or BATCH_SHARE),
+                rate_report_s=float(env.get("WORKER_RATE_REPORT_S") or REPORT_S),
                 subscription_prefix=env.get("JOBS_SUBSCRIPTION_PREFIX")
                 or DEFAULT_SUBSCRIPTION_PREFIX,
                 tasks=_task_list(env.get("WORKER_TASKS") or ""),

@@ -266,7 +266,10 @@ def get_job(job_id: str) -> Response:
     doc = owned_job(job_id)
     if wait_s:
         doc = long_poll(job_id, doc, wait_s)
-    return jsonify(Job.from_document(job_id, doc).to_json_dict())
+    job = Job.from_document(job_id, doc)
+    if job.status is JobStatus.QUEUED:
+        job.queue = services().estimates.queue(doc)
+    return jsonify(job.to_json_dict())
 
 
 @bp.delete("/<job_id>")

@@ -38,6 +38,7 @@ from worker.attempts import StopReason, Watcher
 from worker.errors import PermanentError, Stopped, StoreUnavailable
 from worker.pipeline.delivery import InFlight, Outcome, Store
 from worker.pipeline.hold import Hold
+from worker.rates import DrainRates
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ class Settler:
         max_attempts: int = 5,
         retry_backoff_s: tuple[float, float] = (10.0, 600.0),
         project: str = "",
+        rates: DrainRates | None = None,
     ):
         self._store = store
+        self._rates = rates
         self._hold = hold
         self._watcher = watcher
         self._timeout_for = timeout_for
@@ -154,6 +157,8 @@ class Settler:
         return None
 
     def _write_ends(self, ends: list[End], size: int, inference_ms: float) -> None:
+        if self._rates is not None and inference_ms > 0:
+            self._rates.record(ends[0][0].claim.task, "jobs", size, inference_ms / 1000)
         request = [(item.claim, status, fields) for item, status, fields, _ in ends]
         try:
             write_started = time.time_ns()
