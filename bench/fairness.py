@@ -71,7 +71,7 @@ def one_run(window: int, large_chunks: int, chunk: int, small_chunks: int) -> di
             jobs = list(pool.map(lambda n: job(url, n, tag), range(JOBS)))
         job_done: dict[str, float] = {}
         small_done = large_at_small = large_done = None
-        while large_done is None:
+        while large_done is None or small_done is None:
             now = time.monotonic() - started
             large_counts = get(url, f"/v1/batches/{large}", BIG)
             for job_id in jobs:
@@ -84,7 +84,7 @@ def one_run(window: int, large_chunks: int, chunk: int, small_chunks: int) -> di
             ):
                 small_done = now
                 large_at_small = large_counts["counts"]["succeeded"] / (large_chunks * chunk)
-            if large_counts["status"] != "running":
+            if large_done is None and large_counts["status"] != "running":
                 large_done = now
             time.sleep(0.05)
     waits = sorted(job_done.values())

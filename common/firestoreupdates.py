@@ -59,6 +59,19 @@ def update_write(document_path: str, changes: dict[str, Any], last_update_time: 
     return write
 
 
+def set_write(document_path: str, document: dict[str, Any]) -> Any:
+    """The raw ``Write`` of ``WriteBatch.set(ref, document)`` (the whole document replaced, no
+    precondition): the worker's result-cache entries (``worker/resultcache.py``)."""
+    write = _WRITE()
+    write.update.name = document_path
+    fields = write.update.fields
+    for name, value in document.items():
+        if not _SIMPLE_FIELD.fullmatch(name):
+            raise Unsupported(f"field path {name!r}")
+        _encode(value, fields[name])
+    return write
+
+
 def add(batch: Any, write: Any) -> None:
     """Put a raw ``Write`` in a ``WriteBatch`` (or transaction), wrapped, not copied."""
     batch._add_write_pbs([types.Write.wrap(write)])

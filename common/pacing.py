@@ -73,9 +73,16 @@ def release_held(
     return released
 
 
-def active_chunks(batch_ref: Any, unavailable: ErrorFactory, timeout_s: float = 30.0) -> int:
-    """How many of the batch's chunks are queued or running now (one count aggregation)."""
-    query = batch_ref.collection(CHUNKS).where(filter=FieldFilter("status", "in", ACTIVE))
+def active_chunks(
+    batch_ref: Any, at_most: int, unavailable: ErrorFactory, timeout_s: float = 30.0
+) -> int:
+    """How many of the batch's chunks are queued or running now, counted up to ``at_most`` (its
+    window): a bounded read of ids, where a count aggregation would scan every chunk."""
+    query = (
+        batch_ref.collection(CHUNKS)
+        .where(filter=FieldFilter("status", "in", ACTIVE))
+        .select([])
+        .limit(at_most)
+    )
     with translated(unavailable, "chunk count"):
-        result = query.count().get(timeout=timeout_s)
-    return int(result[0][0].value)
+        return len(list(query.stream(timeout=timeout_s)))

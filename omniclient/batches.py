@@ -166,13 +166,10 @@ class Batches(ApiSession):
         page_size: int = 100,
     ) -> Iterator[Json]:
         """``GET /v1/batches``, every page: this key's batches with their counts, newest first."""
-        filters = {
-            "status": status,
-            "task": task,
-            "created_after": created_after,
-            "created_before": created_before,
-        }
-        return self._pages("batches", filters, page_size)
+        return self._pages(
+            "batches", page_size, status=status, task=task, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
 
     def get_batch(self, batch_id: str) -> Json:
         return self._json("GET", resource_path("batches", batch_id))

@@ -129,13 +129,10 @@ class OmniClient(Batches):
         page_size: int = 100,
     ) -> Iterator[Json]:
         """``GET /v1/jobs``, every page: this key's jobs (summaries), newest first."""
-        filters = {
-            "status": status,
-            "task": task,
-            "created_after": created_after,
-            "created_before": created_before,
-        }
-        return self._pages("jobs", filters, page_size)
+        return self._pages(
+            "jobs", page_size, status=status, task=task, created_after=created_after,
+            created_before=created_before,
+        )  # fmt: skip
 
     def retry_job(self, job_id: str) -> Json:
         """``POST /v1/jobs/ID/retry``: a failed job again, as a new job (its ``retry_of``)."""

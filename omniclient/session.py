@@ -90,8 +90,9 @@ class ApiSession:
     def _slow_answer(self, read_s: float) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, read=max(self.timeout, read_s))
 
-    def _pages(self, kind: str, filters: dict[str, str | None], page_size: int) -> Iterator[Json]:
-        """``GET /v1/<kind>`` with ``filters``, page after page: every item, in order."""
+    def _pages(self, kind: str, page_size: int, **filters: str | None) -> Iterator[Json]:
+        """``GET /v1/<kind>`` with ``filters`` (``status``, ``task``, ``created_after``,
+        ``created_before``), page after page: every item, in order."""
         params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
         params["limit"] = page_size
         while True:

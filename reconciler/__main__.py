@@ -22,6 +22,17 @@ from reconciler.settings import ReconcilerSettings
 logger = logging.getLogger("reconciler")
 
 
+def _settings() -> ReconcilerSettings | None:
+    """The settings, logging configured; None (said as a JSON line) when they are not valid."""
+    try:
+        settings = ReconcilerSettings.from_env()
+    except ConfigError as exc:
+        print(json.dumps({"severity": "CRITICAL", "message": f"bad configuration: {exc}"}))
+        return None
+    configure_logging(settings.log_level)
+    return settings
+
+
 def redrive(argv: list[str]) -> int:
     from reconciler.redrive import DEFAULT_CODES, MAX_JOBS, Redriver, Selection, parse_time
 
@@ -43,12 +54,9 @@ def redrive(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=MAX_JOBS)
     parser.add_argument("--dry-run", action="store_true", help="list them, change nothing")
     args = parser.parse_args(argv)
-    try:
-        settings = ReconcilerSettings.from_env()
-    except ConfigError as exc:
-        print(json.dumps({"severity": "CRITICAL", "message": f"bad configuration: {exc}"}))
+    settings = _settings()
+    if settings is None:
         return 2
-    configure_logging(settings.log_level)
     selection = Selection(
         task=args.task,
         since=args.since,
@@ -83,12 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
     args = parser.parse_args(argv)
-    try:
-        settings = ReconcilerSettings.from_env()
-    except ConfigError as exc:
-        print(json.dumps({"severity": "CRITICAL", "message": f"bad configuration: {exc}"}))
+    settings = _settings()
+    if settings is None:
         return 2
-    configure_logging(settings.log_level)
 
     from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 

@@ -32,12 +32,13 @@ from typing import Any
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from common.googleapi import failing_as, run_transaction, translated
+from common.googleapi import run_transaction, translated
+from common.publishing import publish_one
 from reconciler.settings import ReconcilerSettings
 from reconciler.sweep import TIMEOUT_S, PublishFailed, StoreUnavailable
 from schemas.batches import CountDeltas
 from schemas.jobs import JobStatus, new_job_document, new_job_id
-from schemas.messages import JobMessage, Topics, encode
+from schemas.messages import JobMessage, Topics
 
 logger = logging.getLogger("reconciler.redrive")
 
@@ -163,12 +164,8 @@ class Redriver:
 
     def _publish(self, job_id: str, old: dict[str, Any]) -> bool:
         message = JobMessage(job_id=job_id, task=old["task"], tenant=old["tenant"])
-        data, attributes = encode(message)
         try:
-            with failing_as(PublishFailed, "redrive publish"):
-                self._publisher.publish(self._topics.of(message), data, **attributes).result(
-                    timeout=TIMEOUT_S
-                )
+            publish_one(self._publisher, self._topics, message, TIMEOUT_S, PublishFailed)
         except PublishFailed as exc:
             # Queued and unpublished: the sweep publishes it once it is stale.
             logger.warning("%s; the sweep will publish it", exc, extra={"job_id": job_id})

@@ -43,17 +43,17 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from common.googleapi import (
     BackendError,
     PreconditionFailed,
-    failing_as,
     run_transaction,
     translated,
 )
+from common.publishing import publish_one
 from reconciler.settings import BATCH_LIMIT, ReconcilerSettings
 from reconciler.topup import TopUp
 from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, END_FIELDS, NOT_STARTED, ChunkMessage, end_unfinished
 from schemas.jobs import JobStatus
-from schemas.messages import JobMessage, Topics, UnknownTask, encode
+from schemas.messages import JobMessage, Topics, UnknownTask
 
 logger = logging.getLogger(__name__)
 
@@ -236,10 +236,7 @@ class Reconciler:
         if last is not None and now - last < wait:
             return
         message = chunk or JobMessage(job_id=snapshot.id, task=doc["task"], tenant=doc["tenant"])
-        data, attributes = encode(message)
-        topic = self._topics.of(message)  # its task's topic of its kind
-        with failing_as(PublishFailed, "re-publish"):
-            self._publisher.publish(topic, data, **attributes).result(timeout=TIMEOUT_S)
+        publish_one(self._publisher, self._topics, message, TIMEOUT_S, PublishFailed, "re-publish")
         # No precondition: a worker may claim it meanwhile, and these two fields are the
         # reconciler's own; losing a count to a race only re-publishes once more.
         with translated(StoreUnavailable, "dispatch count"):

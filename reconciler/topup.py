@@ -16,11 +16,12 @@ from typing import Any
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from common.googleapi import failing_as, translated
+from common.googleapi import translated
 from common.pacing import active_chunks, release_held
+from common.publishing import publish_one
 from reconciler.settings import BATCH_LIMIT
 from schemas.chunks import CHUNKS, HELD, ChunkMessage
-from schemas.messages import Topics, encode
+from schemas.messages import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class TopUp:
         window = int(batch.get("window") or 0)
         if not window or batch.get("cancel_requested"):
             return []
-        missing = window - active_chunks(batch_ref, self._unavailable, self._timeout_s)
+        missing = window - active_chunks(batch_ref, window, self._unavailable, self._timeout_s)
         released = release_held(
             self._client, batch_ref, missing, self._unavailable, self._timeout_s
         )
@@ -81,11 +82,9 @@ class TopUp:
             message = ChunkMessage(
                 batch_id=batch_ref.id, chunk_id=chunk_id, task=chunk["task"], tenant=chunk["tenant"]
             )
-            data, attributes = encode(message)
-            with failing_as(self._publish_failed, "released chunk publish"):
-                self._publisher.publish(self._topics.of(message), data, **attributes).result(
-                    timeout=self._timeout_s
-                )
+            publish_one(
+                self._publisher, self._topics, message, self._timeout_s, self._publish_failed
+            )
         if released:
             logger.warning(
                 "topped up a batch whose window was short",

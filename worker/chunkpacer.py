@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from common.googleapi import failing_as
 from common.pacing import release_held
+from common.publishing import publish_one
 from schemas.chunks import ChunkMessage
-from schemas.messages import Topics, encode
+from schemas.messages import Topics
 from worker.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,9 @@ class ChunkPacer:
             message = ChunkMessage(
                 batch_id=batch_path.rsplit("/", 1)[-1], chunk_id=chunk_id, task=task, tenant=tenant
             )
-            data, attributes = encode(message)
             try:
-                with failing_as(PublishFailed, "released chunk publish"):
-                    self._publisher.publish(self._topics.of(message), data, **attributes).result(
-                        timeout=PUBLISH_TIMEOUT_S
-                    )
+                publish_one(
+                    self._publisher, self._topics, message, PUBLISH_TIMEOUT_S, PublishFailed
+                )
             except PublishFailed as exc:
                 logger.warning("%s; the reconciler publishes it", exc, extra={"chunk_id": chunk_id})

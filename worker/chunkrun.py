@@ -44,6 +44,7 @@ from schemas.jobs import JobStatus
 from schemas.tasks import get_task
 from worker import metrics
 from worker.attempts import StopReason, StopToken, Watcher
+from worker.chunkcache import ChunkCache, fan_out, unique
 from worker.chunkpacer import ChunkPacer
 from worker.chunkstore import DEADLINE_SKIP, ChunkClaim, ChunkOutcome, ChunkStoreLike, ended
 from worker.errors import PermanentError, Stopped, StoreUnavailable, TransientError
@@ -110,7 +111,9 @@ class ChunkRunner:
         worker_id: str = "",
         pacer: ChunkPacer | None = None,
         rates: DrainRates | None = None,
+        cache: ChunkCache | None = None,
     ):
+        self._cache = cache
         self._store = store
         self._pacer = pacer
         self._rates = rates or DrainRates()
@@ -209,7 +212,12 @@ class ChunkRunner:
         validate = get_task(task).input_model.model_validate_json
         size = max(1, self._batch_size(task))
         limit_s = self._timeout_for(task)
-        inputs, todo = claim.inputs, claim.todo
+        inputs = claim.inputs
+        if self._cache and (hit := self._cache.lookup(claim)) is not None:
+            for position, stored in zip(claim.todo, hit, strict=True):
+                letters[position], outcome.results[position] = SUCCEEDED, stored
+            return ran  # every item computed before: no model call
+        todo, copies = unique(inputs, claim.todo)  # identical items are computed once
         for start in range(0, len(todo), size):
             ready: list[tuple[int, BaseModel]] = []
             for position in todo[start : start + size]:
@@ -249,9 +257,10 @@ class ChunkRunner:
                 ran.stopped = "transient"
             if ran.stopped is not None:
                 break
+        fan_out(copies, letters, outcome.results, outcome.errors)
         if ran.stopped == StopReason.CANCELLED:
             ran.stopped = None
-            for position in todo:
+            for position in claim.todo:
                 if letters[position] == RUNNING:
                     letters[position] = CANCELLED
                     outcome.status = JobStatus.CANCELLED
@@ -351,6 +360,8 @@ class ChunkRunner:
         metrics.outcome(delivery, status)
         if written:
             self._rates.record(claim.task, "chunk_items", len(claim.todo), ran.inference_s)
+            if self._cache and ran.sub_batches:  # computed here, not read from the cache
+                self._cache.store(claim, outcome)
             if self._pacer is not None:  # the batch's next held chunk
                 self._pacer.chunk_ended(claim.batch_path, claim.task, claim.tenant)
             metrics.chunk_items(claim.task, **counts)

@@ -27,6 +27,7 @@ from common import tracing
 from common.errortracking import init_error_tracking
 from schemas.messages import CHUNK_KIND, JOB_KIND, Topics, task_subscription
 from worker import faults, metrics
+from worker.chunkcache import ChunkCache
 from worker.chunkpacer import ChunkPacer
 from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
@@ -191,6 +192,7 @@ class Worker:
                 ),
                 batch_share=settings.batch_share,
                 rates=rates,
+                chunk_cache=ChunkCache(client, settings.firestore_timeout_s, settings.result_ttl_s),
             )
             if settings.fault_injection:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")

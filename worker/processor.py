@@ -48,6 +48,7 @@ from schemas.chunks import ChunkMessage
 from schemas.messages import JobMessage, UnknownMessage, parse
 from worker import metrics
 from worker.attempts import Held, StopReason, Watcher
+from worker.chunkcache import ChunkCache
 from worker.chunkpacer import ChunkPacer
 from worker.chunkrun import ChunkInFlight, ChunkRunner
 from worker.chunkstore import ChunkClaim, ChunkStoreLike
@@ -88,6 +89,7 @@ class Processor:
         pacer: ChunkPacer | None = None,
         batch_share: float = BATCH_SHARE,
         rates: DrainRates | None = None,
+        chunk_cache: ChunkCache | None = None,
     ):
         self._store = store
         self._chunk_store = chunks
@@ -149,6 +151,7 @@ class Processor:
                 worker_id=worker_id,
                 pacer=pacer,
                 rates=rates,
+                cache=chunk_cache,
             )
             self._chunk_lanes = {
                 task: Lane(

@@ -249,7 +249,9 @@ class BatchStore(BatchDocuments):
             active = (
                 0
                 if part.creating
-                else active_chunks(self._batches.document(part.batch_id), StoreUnavailable)
+                else active_chunks(
+                    self._batches.document(part.batch_id), part.window, StoreUnavailable
+                )
             )
             room = max(0, part.window - active)
         now = datetime.now(UTC)

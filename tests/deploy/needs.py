@@ -65,8 +65,8 @@ NEEDS: dict[str, tuple[Need, ...]] = {
         Need(
             "roles/pubsub.publisher",
             "project",
-            "worker/chunkpacer.py",
-            ".publish(",
+            "worker/main.py",
+            "PublisherClient",
             "publishes the held chunk each ended chunk releases",
         ),
         Need("roles/datastore.user", "project", "worker/store.py", "firestore", "claims, results"),

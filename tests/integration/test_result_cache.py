@@ -6,6 +6,7 @@ model."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import uuid
@@ -152,3 +153,52 @@ def test_forecast_is_never_cached(ingress: Service, worker: Service) -> None:
     body = {"task": "forecast", "input": {"series": series, "horizon": 3, "frequency": "D"}}
     assert finished(ingress, submit(ingress, body, A), A)["status"] == "succeeded"
     assert submit(ingress, body, A).status_code == 202
+
+
+def chunk_lines(worker: Service, batch_id: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in worker.log_lines()
+        if line.get("batch_id") == batch_id and "sub_batches" in line
+    ]
+
+
+def run_batch(ingress: Service, items: list[dict[str, Any]], headers: dict[str, str]) -> str:
+    body = {"task": "embed", "items": items}
+    answer = requests.post(f"{ingress.url}/v1/batches", json=body, headers=headers, timeout=TIMEOUT)
+    assert answer.status_code == 202, answer.text
+    batch_id: str = answer.json()["id"]
+    url = f"{ingress.url}/v1/batches/{batch_id}"
+    wait_for(
+        lambda: requests.get(url, headers=headers, timeout=TIMEOUT).json()["status"] != "running",
+        120,
+        f"batch {batch_id}",
+        interval_s=0.2,
+    )
+    return batch_id
+
+
+def results_of(ingress: Service, batch_id: str, headers: dict[str, str]) -> list[Any]:
+    url = f"{ingress.url}/v1/batches/{batch_id}/results"
+    text = requests.get(url, headers=headers, timeout=TIMEOUT).text
+    return [json.loads(line)["result"] for line in text.splitlines()]
+
+
+def test_a_batch_sent_again_runs_no_model_and_identical_items_run_once(
+    ingress: Service, worker: Service
+) -> None:
+    tag = uuid.uuid4().hex
+    items = [{"texts": [f"{tag} {n % 50}"]} for n in range(300)]  # 50 distinct, two chunks
+    first = run_batch(ingress, items, A)
+    wait_for(lambda: len(chunk_lines(worker, first)) == 2, 10, "the first batch's chunk lines")
+    assert all(line["sub_batches"] >= 1 for line in chunk_lines(worker, first))
+
+    again = run_batch(ingress, items, A)
+    other = run_batch(ingress, items, B)
+
+    wait_for(lambda: len(chunk_lines(worker, again)) == 2, 10, "the second batch's chunk lines")
+    assert [line["sub_batches"] for line in chunk_lines(worker, again)] == [0, 0]
+    assert results_of(ingress, again, A) == results_of(ingress, first, A)
+    wait_for(lambda: len(chunk_lines(worker, other)) == 2, 10, "tenant b's chunk lines")
+    assert all(line["sub_batches"] >= 1 for line in chunk_lines(worker, other))
+    assert results_of(ingress, other, B) == results_of(ingress, first, A)

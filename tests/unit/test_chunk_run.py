@@ -176,6 +176,18 @@ def test_a_chunk_runs_in_sub_batches_and_commits_once_then_acks() -> None:
     assert outcome.errors == {}
 
 
+def test_identical_items_are_computed_once_and_each_gets_the_outcome() -> None:
+    inputs = lines("same", "other", "same", "same", "other", "x")
+    chunks, model = FakeChunks(chunk_claim(inputs + [b"not json", b"not json"])), TextModel()
+    assert run_chunk(chunks, model).settled == ["ack"]
+    assert model.calls == [3]  # "same", "other", "x": one model call, each once
+    (outcome,) = chunks.commits
+    assert letters(outcome) == "ssssssff"
+    vectors = [unpack_result(r)["embeddings"] for r in outcome.results[:6]]
+    assert vectors == [[[4.0]], [[5.0]], [[4.0]], [[4.0]], [[5.0]], [[1.0]]]
+    assert outcome.errors["6"] == outcome.errors["7"]  # the copy took its source's error
+
+
 def test_a_bad_item_fails_alone_as_invalid_input() -> None:
     inputs = lines("a", "b") + [b'{"texts": []}', b"not json"] + lines("c")
     chunks = FakeChunks(chunk_claim(inputs))

@@ -10,8 +10,8 @@ from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.transforms import DELETE_FIELD, ArrayUnion, Increment
 
-from common.firestoreupdates import Unsupported, update_write
-from schemas import jobstate
+from common.firestoreupdates import Unsupported, set_write, update_write
+from schemas import jobstate, resultcache
 from schemas.jobs import JobStatus
 
 PATH = "projects/p/databases/(default)/documents/jobs/abc"
@@ -79,3 +79,17 @@ def test_the_write_is_the_clients_own(name: str, when: Any) -> None:
 def test_what_it_does_not_encode_it_refuses(changes: dict[str, Any]) -> None:
     with pytest.raises(Unsupported):
         update_write(PATH, changes)
+
+
+def test_a_set_write_is_the_clients_own() -> None:
+    entry = resultcache.entry_document(
+        tenant="t",
+        task="embed",
+        identity="all-MiniLM-L6-v2/gt",
+        result={"model": "m", "dimensions": 384, "embeddings_f32": b"\x00\x01" * 8},
+        now=NOW,
+        result_ttl_s=3600.0,
+    )
+    (expected,) = _helpers.pbs_for_set_no_merge(PATH, entry)
+    write = set_write(PATH, entry)
+    assert type(write).FromString(write.SerializeToString()) == type(expected).pb(expected)
