@@ -66,6 +66,20 @@ def _fill_values(value: Any, project: str, region: str, tag: str) -> Any:
     return value
 
 
+class _Quoted(str):
+    """A string written quoted: a tag such as the commit ``5594e13`` is a number to kustomize's
+    YAML 1.2 parser, though PyYAML (YAML 1.1) would write it bare."""
+
+
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
+    pass
+
+
+_Dumper.add_representer(
+    _Quoted, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, "'")
+)
+
+
 def kustomization(project: str, region: str, tag: str) -> dict[str, str]:
     """A copy of k8s/ (relative path -> text) with the placeholders filled, whose top
     kustomization also pins every image the build pushes to ``tag`` (kustomize ``images:``)."""
@@ -75,11 +89,11 @@ def kustomization(project: str, region: str, tag: str) -> dict[str, str]:
     }
     top = yaml.safe_load(files["kustomization.yaml"])
     top["images"] = [
-        {"name": image.rpartition(":")[0], "newTag": tag}
+        {"name": image.rpartition(":")[0], "newTag": _Quoted(tag)}
         for image in built_images(project, region, tag)
     ]
     files["kustomization.yaml"] = (
         "# Written by python -m deploy: k8s/kustomization.yaml, every image at the built tag.\n"
-        + yaml.safe_dump(top, sort_keys=False)
+        + yaml.dump(top, Dumper=_Dumper, sort_keys=False)
     )
     return files

@@ -38,7 +38,7 @@ from reconciler.settings import ReconcilerSettings
 from reconciler.sweep import TIMEOUT_S, PublishFailed, StoreUnavailable
 from schemas.batches import CountDeltas
 from schemas.jobs import JobStatus, new_job_document, new_job_id
-from schemas.messages import JobMessage, Topics
+from schemas.messages import INTERACTIVE, JobMessage, Topics
 
 logger = logging.getLogger("reconciler.redrive")
 
@@ -148,6 +148,8 @@ class Redriver:
                 webhook=old.get("webhook"),
             )
             doc["retry_of"] = job_id
+            if old.get("priority"):
+                doc["priority"] = old["priority"]
             if old.get("cache_key"):
                 doc["cache_key"] = old["cache_key"]
             transaction.create(self._jobs.document(new_id), doc)
@@ -163,7 +165,10 @@ class Redriver:
         return new_id
 
     def _publish(self, job_id: str, old: dict[str, Any]) -> bool:
-        message = JobMessage(job_id=job_id, task=old["task"], tenant=old["tenant"])
+        priority = old.get("priority") or INTERACTIVE
+        message = JobMessage(
+            job_id=job_id, task=old["task"], tenant=old["tenant"], priority=priority
+        )
         try:
             publish_one(self._publisher, self._topics, message, TIMEOUT_S, PublishFailed)
         except PublishFailed as exc:

@@ -53,7 +53,7 @@ from schemas import jobstate
 from schemas.batches import CountDeltas
 from schemas.chunks import CHUNKS, END_FIELDS, NOT_STARTED, ChunkMessage, end_unfinished
 from schemas.jobs import JobStatus
-from schemas.messages import JobMessage, Topics, UnknownTask
+from schemas.messages import INTERACTIVE, JobMessage, Topics, UnknownTask
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,12 @@ class Reconciler:
         wait = timedelta(seconds=self._settings.stale_after_s * 2**count)
         if last is not None and now - last < wait:
             return
-        message = chunk or JobMessage(job_id=snapshot.id, task=doc["task"], tenant=doc["tenant"])
+        message = chunk or JobMessage(
+            job_id=snapshot.id,
+            task=doc["task"],
+            tenant=doc["tenant"],
+            priority=doc.get("priority") or INTERACTIVE,
+        )
         publish_one(self._publisher, self._topics, message, TIMEOUT_S, PublishFailed, "re-publish")
         # No precondition: a worker may claim it meanwhile, and these two fields are the
         # reconciler's own; losing a count to a race only re-publishes once more.

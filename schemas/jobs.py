@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -103,6 +103,13 @@ class JobRequest(BaseModel):
             "and ends the same way. `Cancel-After: <seconds>` is a synonym (the earlier wins)."
         ),
     )
+    priority: Literal["interactive", "batch"] = Field(
+        default="interactive",
+        description=(
+            "`batch`: run after waiting single jobs, as batch work (never starved); for work "
+            "that can wait behind interactive traffic."
+        ),
+    )
     cache: bool = Field(
         default=True,
         description=(
@@ -190,6 +197,7 @@ class Job(BaseModel):
     retry_of: str | None = Field(
         default=None, description="The failed job this one retries (POST /v1/jobs/ID/retry)."
     )
+    priority: str | None = Field(default=None, description="`batch` when sent so.")
     deadline: datetime | None = None
     queue: dict[str, float] | None = Field(
         default=None,
@@ -232,6 +240,7 @@ class Job(BaseModel):
             trace_id=doc.get("trace_id"),
             webhook=doc.get("webhook"),
             retry_of=doc.get("retry_of"),
+            priority=doc.get("priority"),
             deadline=doc.get("deadline"),
             links=JobLinks.for_job(job_id, webhook=bool(doc.get("webhook"))),
         )

@@ -48,17 +48,26 @@ def _body(data: bytes, version: int, name: str) -> dict[str, Any]:
     return body
 
 
+INTERACTIVE, BATCH = "interactive", "batch"
+"""A single job's priority classes (``"priority"`` of ``POST /v1/jobs``)."""
+
+
 class JobMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job_id: str = Field(min_length=1)
     task: str = Field(min_length=1)
     tenant: str = Field(min_length=1)
+    priority: str = INTERACTIVE
+    """``batch``: the worker runs it as batch work (after waiting single jobs, docs/scheduling.md).
+    An attribute only when not the default, so an interactive job's message is unchanged."""
 
     def to_pubsub(self) -> tuple[bytes, dict[str, str]]:
         """The message body and attributes to publish."""
         body = json.dumps({"v": MESSAGE_VERSION, "kind": JOB_KIND, "job_id": self.job_id})
         attributes = {"kind": JOB_KIND, "job_id": self.job_id}
+        if self.priority != INTERACTIVE:
+            attributes["priority"] = self.priority
         return body.encode(), {**attributes, "task": self.task, "tenant": self.tenant}
 
     @classmethod
@@ -69,7 +78,10 @@ class JobMessage(BaseModel):
         if not isinstance(job_id, str) or job_id != attributes.get("job_id"):
             raise ValueError("job_id in body and attributes differ")
         return cls(
-            job_id=job_id, task=attributes.get("task", ""), tenant=attributes.get("tenant", "")
+            job_id=job_id,
+            task=attributes.get("task", ""),
+            tenant=attributes.get("tenant", ""),
+            priority=attributes.get("priority", INTERACTIVE),
         )
 
 

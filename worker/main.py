@@ -32,6 +32,7 @@ from worker.chunkpacer import ChunkPacer
 from worker.chunkstore import ChunkStore
 from worker.consumer import Consumer, stop_all
 from worker.health import HealthServer
+from worker.heldbacklog import HeldBacklog
 from worker.processor import Processor
 from worker.rates import DrainRates, RateReporter
 from worker.resultcache import CacheWrites
@@ -198,7 +199,8 @@ class Worker:
                 logger.warning("fault injection is ON (WORKER_FAULT_INJECTION=1): tests only")
             processor.start()
             self._processor = processor
-            reporter = RateReporter(client, self.worker_id, rates, settings.rate_report_s)
+            backlog = HeldBacklog(client, self.worker_id, settings.served_tasks())
+            reporter = RateReporter(client, self.worker_id, rates, settings.rate_report_s, backlog)
             reporter.start()
             for task in settings.served_tasks():
                 # Jobs and chunks on subscriptions of their own: a batch's chunks never take

@@ -89,6 +89,14 @@ JOBS_IN_FLIGHT = Gauge(
     "Jobs claimed by this worker whose message is not settled yet.",
     ["task"],
 )
+HELD_CHUNKS = Gauge(
+    "omni_worker_held_chunks",
+    "Batch chunks of the task held back, unpublished, behind their batches' windows "
+    "(docs/scheduling.md): backlog the subscriptions do not show. One worker per task reports "
+    "it (a lease in Firestore), the others report 0, so a sum over pods counts it once; the "
+    "HPA scales on it beside the subscriptions' backlog.",
+    ["task"],
+)
 REDELIVERIES = Counter(
     "omni_worker_redeliveries",
     "Messages Pub/Sub delivered again (delivery attempt above 1; known only on subscriptions "
@@ -136,6 +144,10 @@ def received(task: str, message: Received) -> None:
     # Clocks differ between hosts: a message never waited less than nothing.
     waited_s = (datetime.now(UTC) - message.publish_time).total_seconds()
     QUEUE_SECONDS.labels(task).observe(max(waited_s, 0.0))
+
+
+def held_chunks(task: str, count: int) -> None:
+    HELD_CHUNKS.labels(task).set(count)
 
 
 def model_loaded(task: str, seconds: float) -> None:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from schemas.chunks import ChunkMessage
-from schemas.messages import JobMessage, UnknownMessage, parse
+from schemas.messages import BATCH, JobMessage, UnknownMessage, parse
 from worker import metrics
 from worker.attempts import Held, StopReason, Watcher
 from worker.chunkcache import ChunkCache
@@ -131,6 +131,28 @@ class Processor:
             )
             for task in adapters
         }
+        # Jobs sent with "priority": "batch": the same path, in lanes of their own whose model
+        # calls wait as a chunk's do.
+        batch_jobs = Runner(
+            adapters,
+            model_lock=self._model_lock,
+            watcher=self.watcher,
+            settler=self._settler,
+            hold=self.hold,
+            timeout_for=self._timeout_for,
+            batch_class=True,
+            stats=runner.stats,
+        )
+        self._batch_job_lanes: dict[str, Lane[JobMessage, InFlight]] = {
+            task: Lane(
+                task,
+                *batch_policy(task),
+                claim=self._claimer.claim_batch,
+                run=batch_jobs.run_batch,
+                kind="batch-",
+            )
+            for task in adapters
+        }
         # One chunk lane per task: a chunk is a batch by itself, so its lane takes one at a
         # time, claiming the next while one runs.
         self._chunk_lanes: dict[str, Lane[ChunkMessage, ChunkInFlight]] = {}
@@ -173,6 +195,8 @@ class Processor:
         self.watcher.start()
         for lane in self._lanes.values():
             lane.start()
+        for lane in self._batch_job_lanes.values():
+            lane.start()
         for chunk_lane in self._chunk_lanes.values():
             chunk_lane.start()
 
@@ -192,6 +216,8 @@ class Processor:
 
     def close(self) -> None:
         for lane in self._lanes.values():
+            lane.close()
+        for lane in self._batch_job_lanes.values():
             lane.close()
         for chunk_lane in self._chunk_lanes.values():
             chunk_lane.close()
@@ -234,7 +260,8 @@ class Processor:
             return None
         if isinstance(parsed, ChunkMessage):
             return self._enter(Delivery(message, parsed, self._forget), self._chunk_lanes)
-        return self._enter(Delivery(message, parsed, self._forget), self._lanes)
+        lanes = self._batch_job_lanes if parsed.priority == BATCH else self._lanes
+        return self._enter(Delivery(message, parsed, self._forget), lanes)
 
     def _enter(self, delivery: Delivery[M], lanes: Mapping[str, Lane[M, Any]]) -> Delivery[M]:
         with self._outstanding_lock:

@@ -7,7 +7,8 @@ model time (``jobs`` for micro-batches of single jobs, ``chunk_items`` for chunk
 the rate is the worker's speed when busy, not its recent load: an idle worker still reports what it
 would do. Every ``REPORT_S`` a daemon thread writes one document, ``worker_rates/<worker id>``
 (``{"tasks": {task: {"jobs_per_s", "chunk_items_per_s"}}, "at", "expire_at"}``); the ingress sums
-the documents written in the last ``STALE_S`` (schemas/eta.py).
+the documents written in the last ``STALE_S`` (schemas/eta.py). The same thread reports the held
+backlog (``worker/heldbacklog.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from common.googleapi import translated
 from schemas.eta import RATES_COLLECTION, STALE_S
 from worker.errors import StoreUnavailable
+from worker.heldbacklog import HeldBacklog
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +58,16 @@ class RateReporter:
     """Writes the worker's ``DrainRates`` every ``interval_s`` until ``stop``."""
 
     def __init__(
-        self, client: Any, worker_id: str, rates: DrainRates, interval_s: float = REPORT_S
+        self,
+        client: Any,
+        worker_id: str,
+        rates: DrainRates,
+        interval_s: float = REPORT_S,
+        backlog: HeldBacklog | None = None,
     ):
         self._ref = client.collection(RATES_COLLECTION).document(worker_id or "worker")
         self._rates = rates
+        self._backlog = backlog
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="omni-rates", daemon=True)
@@ -72,6 +80,8 @@ class RateReporter:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
+            if self._backlog is not None:
+                self._backlog.report()
             tasks = self._rates.snapshot()
             if not tasks:
                 continue

@@ -58,6 +58,7 @@ from schemas.jobs import (
     new_job_document,
     new_job_id,
 )
+from schemas.messages import BATCH, INTERACTIVE
 
 logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer("omni.ingress")
@@ -116,6 +117,8 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             webhook=webhook,
             deadline=deadline,
         )
+        if job_request.priority == BATCH:
+            doc["priority"] = BATCH
         if resultcache.cacheable(spec.name):
             # Set even with "cache": false: the run's result then refreshes the entry.
             doc["cache_key"] = resultcache.cache_key(tenant, spec.name, stored_input)
@@ -188,7 +191,10 @@ def _enqueue(
         release(reservation)
         raise unavailable("job store") from exc
     try:
-        svc.publisher.publish(JobMessage(job_id=job_id, task=task, tenant=tenant))
+        priority = doc.get("priority") or INTERACTIVE
+        svc.publisher.publish(
+            JobMessage(job_id=job_id, task=task, tenant=tenant, priority=priority)
+        )
     except PublishFailed as exc:
         # The client will retry with a new job; this one must not sit in queued forever.
         svc.store.fail_unpublished(job_id, tenant, written_at, str(exc))
@@ -344,6 +350,8 @@ def retry_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
             deadline=request_deadline(request, None),
         )
         doc["retry_of"] = job_id
+        if old.get("priority"):
+            doc["priority"] = old["priority"]
         if "cache_key" in old:
             doc["cache_key"] = old["cache_key"]  # a retry runs the model; its result is kept
         return _enqueue(svc, new_id, doc, reservation)

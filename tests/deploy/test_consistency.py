@@ -168,3 +168,11 @@ def test_docs_and_comments_state_what_is_true() -> None:
 
 def test_the_plan_is_data_that_survives_json(actions: list[Action]) -> None:
     assert [Action.from_json(json.loads(json.dumps(a.to_json()))) for a in actions] == actions
+
+
+def test_a_tag_that_reads_as_a_number_stays_a_string_for_kustomize() -> None:
+    # A short commit such as 5594e13 is a float to YAML 1.2 (kustomize), not to PyYAML.
+    from deploy.render import kustomization
+
+    top = kustomization("demo", "europe-west1", "5594e13")["kustomization.yaml"]
+    assert "newTag: '5594e13'" in top and "newTag: 5594e13" not in top

@@ -35,6 +35,8 @@ KUBERNETES_VERSION = "1.30"
 K8S = ROOT / "k8s"
 POOLS = sorted(path.name for path in (K8S / "overlays").iterdir() if path.is_dir())
 BACKLOG_METRIC = "pubsub.googleapis.com|subscription|num_undelivered_messages"
+HELD_METRIC = "prometheus.googleapis.com|omni_worker_held_chunks|gauge"
+"""omni_worker_held_chunks (worker/metrics.py) as Managed Service for Prometheus exports it."""
 STARTUP_BUDGET_S = 300
 """Seconds a pod may take to load its models before the kubelet restarts it, at least."""
 GPU_TASKS = {"embed", "similar"}
@@ -248,14 +250,25 @@ def test_a_pools_autoscaler_reads_the_backlog_of_exactly_its_subscriptions(
     metrics = the(rendered[pool], "HorizontalPodAutoscaler")["spec"]["metrics"]
 
     read: dict[str, int] = {}
+    held: dict[str, int] = {}
     for metric in metrics:
         assert metric["type"] == "External"
-        assert metric["external"]["metric"]["name"] == BACKLOG_METRIC
-        (subscription,) = metric["external"]["metric"]["selector"]["matchLabels"].values()
+        name = metric["external"]["metric"]["name"]
+        labels = metric["external"]["metric"]["selector"]["matchLabels"]
         target = metric["external"]["target"]
         assert target["type"] == "AverageValue"
+        if name == HELD_METRIC:  # the held-back chunks, per task (worker/heldbacklog.py)
+            held[labels["metric.labels.task"]] = int(target["averageValue"])
+            continue
+        assert name == BACKLOG_METRIC
+        (subscription,) = labels.values()
         assert subscription not in read, "one metric per subscription"
         read[subscription] = int(target["averageValue"])
+    # Every task's held chunks, at the same backlog per pod as its chunk subscription.
+    assert held == {
+        t: read[task_subscription(t, CHUNK_KIND, settings.subscription_prefix)]
+        for t in settings.tasks
+    }
 
     # Per subscription, what one busy pod holds leased of it.
     leased = {

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 from google.cloud import firestore
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.eta import RATES_COLLECTION, pool_rates
 from tests.support import wait_for
@@ -96,3 +97,32 @@ def test_queued_jobs_show_their_place_in_the_queue(
         assert read["status"] == "queued"
         places.append(read["queue"]["position_estimate"])
     assert places[1] == places[0] + 1 and places[2] == places[1] + 1, places
+
+
+def held_gauge(worker: Service, task: str) -> float:
+    text = requests.get(f"{worker.url}/metrics", timeout=TIMEOUT).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "omni_worker_held_chunks" and sample.labels.get("task") == task:
+                return float(sample.value)
+    return 0.0
+
+
+def test_held_chunks_are_reported_for_the_autoscaler(
+    sink_ingress: tuple[Service, str], worker: Service
+) -> None:
+    ingress, tenant = sink_ingress  # its chunks go where nobody pulls: the held ones stay held
+    items = [{"texts": [f"held {n}"]} for n in range(12 * 256)]  # 12 chunks: 8 queued, 4 held
+    answer = requests.post(
+        f"{ingress.url}/v1/batches",
+        json={"task": "embed", "items": items},
+        headers=tenant_key(tenant),
+        timeout=60,
+    )
+    assert answer.status_code == 202, answer.text
+    chunks = firestore.Client().collection("batches").document(answer.json()["id"])
+    held = [s for s in chunks.collection("chunks").stream() if s.to_dict()["status"] == "held"]
+    assert len(held) == 4
+
+    # The one worker holds the lease and counts every held embed chunk (this batch's among them).
+    wait_for(lambda: held_gauge(worker, "embed") >= 4, 60, "the held-chunks gauge")

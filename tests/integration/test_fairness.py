@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.stacks import Emulators, Service, fresh_tenants, limited_ingress, tenant_key
+from tests.support import wait_for
+from tests.support.stacks import (
+    KEYS,
+    Emulators,
+    Service,
+    fresh_tenants,
+    limited_ingress,
+    tenant_key,
+)
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30
@@ -110,3 +118,28 @@ def test_a_small_tenant_is_not_held_behind_a_large_batch(
         time.sleep(0.2)
     assert finished["status"] == "succeeded", finished
     assert finished["counts"]["succeeded"] == A_CHUNKS * CHUNK
+
+
+def test_a_job_sent_as_batch_priority_runs_as_batch_work(ingress: Service, worker: Service) -> None:
+    body = {
+        "task": "embed",
+        "input": {"texts": ["whenever you can"]},
+        "priority": "batch",
+        "cache": False,
+    }
+    headers = {"X-API-Key": KEYS["tenant-a"]}
+    job = requests.post(f"{ingress.url}/v1/jobs", json=body, headers=headers, timeout=TIMEOUT)
+    assert job.status_code == 202 and job.json()["priority"] == "batch", job.text
+    url = f"{ingress.url}/v1/jobs/{job.json()['id']}"
+    done = requests.get(url, params={"wait": 30}, headers=headers, timeout=60).json()
+    assert done["status"] == "succeeded" and done["priority"] == "batch", done
+
+    def logged() -> bool:
+        lines = [line for line in worker.log_lines() if line.get("job_id") == done["id"]]
+        return any(line.get("message") == "job succeeded" for line in lines)
+
+    wait_for(logged, 10, "the worker's line of the batch-priority job")
+    bad = requests.post(
+        f"{ingress.url}/v1/jobs", json={**body, "priority": "urgent"}, headers=headers
+    )
+    assert bad.status_code == 422

@@ -65,3 +65,13 @@ def test_with_no_chunk_waiting_jobs_never_wait_for_a_share() -> None:
     thread.start()
     thread.join(timeout=5)
     assert done.is_set()
+
+
+def test_a_batch_priority_job_runner_waits_as_a_chunk_does() -> None:
+    from worker.pipeline.runner import Runner
+
+    lock = ModelLock()
+    kw: dict[str, object] = {"watcher": None, "settler": None, "hold": None}
+    interactive = Runner({}, model_lock=lock, timeout_for=lambda _t: 1.0, **kw)  # type: ignore[arg-type]
+    batch = Runner({}, model_lock=lock, timeout_for=lambda _t: 1.0, batch_class=True, **kw)  # type: ignore[arg-type]
+    assert interactive._hold_model == lock.job and batch._hold_model == lock.chunk

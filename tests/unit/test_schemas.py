@@ -148,6 +148,10 @@ def test_job_message_round_trip_and_rejections() -> None:
     data, attributes = message.to_pubsub()
     assert attributes == {"kind": "job", "job_id": "e" * 32, "task": "embed", "tenant": "t"}
     assert JobMessage.from_pubsub(data, attributes) == message
+    batch = JobMessage(job_id="e" * 32, task="embed", tenant="t", priority="batch")
+    batch_data, batch_attributes = batch.to_pubsub()
+    assert batch_attributes["priority"] == "batch"  # an interactive job's carries none
+    assert JobMessage.from_pubsub(batch_data, batch_attributes) == batch
     for bad_data, bad_attributes in [
         (b"not json", attributes),
         (b'{"v": 99, "job_id": "' + b"e" * 32 + b'"}', attributes),

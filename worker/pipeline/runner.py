@@ -56,14 +56,17 @@ class Runner:
         settler: Settler,
         hold: Hold,
         timeout_for: Callable[[str], float],
+        batch_class: bool = False,
+        stats: dict[str, LaneStats] | None = None,
     ):
         self._adapters = adapters
-        self._model_lock = model_lock
+        # Batch-priority jobs wait for the model as a chunk's sub-batch does (after single jobs).
+        self._hold_model = model_lock.chunk if batch_class else model_lock.job
         self._watcher = watcher
         self._settler = settler
         self._hold = hold
         self._timeout_for = timeout_for
-        self.stats = {task: LaneStats() for task in adapters}
+        self.stats = stats if stats is not None else {task: LaneStats() for task in adapters}
 
     def run_batch(self, task: str, batch: list[InFlight]) -> None:
         """Run ``batch`` and hand it to the settler; whatever fails, its messages get settled."""
@@ -74,7 +77,7 @@ class Runner:
             self._settler.abort(batch, f"running a {task} batch failed")
 
     def _run_claimed(self, task: str, batch: list[InFlight]) -> None:
-        with self._model_lock.job():
+        with self._hold_model():
             if self._hold.draining.is_set():
                 # Claimed with the batch that was next, never started: give the jobs back now.
                 self._settler.give_back(batch)
