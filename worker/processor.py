@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from schemas.chunks import ChunkMessage
-from schemas.messages import BATCH, JobMessage, UnknownMessage, parse
+from schemas.messages import BATCH, UnknownMessage, parse
 from worker import metrics
 from worker.attempts import Held, StopReason, Watcher
 from worker.chunkcache import ChunkCache
@@ -54,7 +54,7 @@ from worker.chunkrun import ChunkInFlight, ChunkRunner
 from worker.chunkstore import ChunkClaim, ChunkStoreLike
 from worker.modellock import BATCH_SHARE, ModelLock
 from worker.pipeline.claimer import Claimer
-from worker.pipeline.delivery import Delivery, InFlight, M, Message, Store
+from worker.pipeline.delivery import Delivery, M, Message, Store
 from worker.pipeline.hold import Hold
 from worker.pipeline.lanes import Lane
 from worker.pipeline.runner import LaneStats, Runner
@@ -116,43 +116,37 @@ class Processor:
             project=project,
             rates=rates,
         )
-        runner = Runner(
-            adapters,
-            model_lock=self._model_lock,
-            watcher=self.watcher,
-            settler=self._settler,
-            hold=self.hold,
-            timeout_for=self._timeout_for,
-        )
-        self.stats: dict[str, LaneStats] = runner.stats
-        self._lanes: dict[str, Lane[JobMessage, InFlight]] = {
-            task: Lane(
-                task, *batch_policy(task), claim=self._claimer.claim_batch, run=runner.run_batch
+
+        def runner(batch_class: bool, stats: dict[str, LaneStats] | None = None) -> Runner:
+            return Runner(
+                adapters,
+                model_lock=self._model_lock,
+                watcher=self.watcher,
+                settler=self._settler,
+                hold=self.hold,
+                timeout_for=self._timeout_for,
+                batch_class=batch_class,
+                stats=stats,
             )
-            for task in adapters
-        }
-        # Jobs sent with "priority": "batch": the same path, in lanes of their own whose model
-        # calls wait as a chunk's do.
-        batch_jobs = Runner(
-            adapters,
-            model_lock=self._model_lock,
-            watcher=self.watcher,
-            settler=self._settler,
-            hold=self.hold,
-            timeout_for=self._timeout_for,
-            batch_class=True,
-            stats=runner.stats,
+
+        interactive = runner(False)
+        self.stats: dict[str, LaneStats] = interactive.stats
+        # Jobs sent with "priority": "batch" take the same path in lanes of their own, whose model
+        # calls wait as a chunk's do; one set of counters per task, whatever the class.
+        runners = {False: interactive, True: runner(True, self.stats)}
+        self._lanes, self._batch_job_lanes = (
+            {
+                task: Lane(
+                    task,
+                    *batch_policy(task),
+                    claim=self._claimer.claim_batch,
+                    run=runners[batch_class].run_batch,
+                    kind="batch-" if batch_class else "",
+                )
+                for task in adapters
+            }
+            for batch_class in (False, True)
         )
-        self._batch_job_lanes: dict[str, Lane[JobMessage, InFlight]] = {
-            task: Lane(
-                task,
-                *batch_policy(task),
-                claim=self._claimer.claim_batch,
-                run=batch_jobs.run_batch,
-                kind="batch-",
-            )
-            for task in adapters
-        }
         # One chunk lane per task: a chunk is a batch by itself, so its lane takes one at a
         # time, claiming the next while one runs.
         self._chunk_lanes: dict[str, Lane[ChunkMessage, ChunkInFlight]] = {}
