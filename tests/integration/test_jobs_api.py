@@ -35,7 +35,9 @@ def error_locs(problem: dict[str, Any]) -> list[list[str | int]]:
     return [error["loc"] for error in problem["errors"]]
 
 
-EMBED = {"task": "embed", "input": {"texts": ["hello"]}}
+EMBED = {"task": "embed", "input": {"texts": ["hello"]}, "cache": False}
+"""Not from the result cache: these tests expect it queued, and an earlier test's run of the same
+text may write its entry after this test's clean_firestore."""
 
 
 # -- authentication ------------------------------------------------------------------------------
