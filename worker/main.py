@@ -172,7 +172,7 @@ class Worker:
                     cache=CacheWrites(
                         client,
                         settings.result_ttl_s,
-                        getattr(self._adapters.get("predict"), "latest_versions", dict),
+                        getattr(self._adapters.get("predict"), "latest_version", None),
                     ),
                 ),
                 # Test-only faults wrap the adapters; the pipeline never knows of them.

@@ -22,13 +22,13 @@ class CacheWrites:
         self,
         client: firestore.Client,
         result_ttl_s: float,
-        latest_versions: Callable[[], Mapping[str, int]] = dict,
+        latest_version: Callable[[str], int | None] | None = None,
     ):
         self._client = client
         self._entries = client.collection(resultcache.CACHE_COLLECTION)
         self._versions = client.collection(resultcache.MODEL_VERSIONS_COLLECTION)
         self._result_ttl_s = result_ttl_s
-        self._latest_versions = latest_versions
+        self._latest_version = latest_version
         # What this worker last wrote per model: a version is written once, not with every job.
         # Plain dict operations from the settle threads (atomic under the GIL); a lost race only
         # writes the same version twice.
@@ -64,7 +64,8 @@ class CacheWrites:
             writer.set(ref, entry)
         if get_task(task).model == resultcache.PER_VERSION:
             name = str(result["model"])
-            latest = self._latest_versions().get(name)
+            # One model's versions, not the whole catalogue: this runs for every predict job.
+            latest = self._latest_version(name) if self._latest_version else None
             if latest is not None and self._reported.get(name) != latest:
                 writer.set(self._versions.document(name), {"latest": latest, "at": now})
                 self._reported[name] = latest

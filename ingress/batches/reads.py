@@ -29,7 +29,7 @@ from ingress.http import SSE_HEADERS
 from ingress.pages import listing
 from ingress.services import admit, services, unavailable
 from schemas import TASKS, JobStatus
-from schemas.batches import BatchCounts, BatchStatus, counts_of
+from schemas.batches import BatchStatus, counts_of
 from schemas.chunks import parse_event_id
 from schemas.jobs import JOB_ID_PATTERN
 
@@ -90,7 +90,7 @@ def get_batch(batch_id: str) -> Response:
     batch = owned_batch(batch_id)
     resource = batch_resource(batch)
     if resource["status"] == BatchStatus.RUNNING.value:
-        counts = BatchCounts.model_validate(resource["counts"])
+        counts = counts_of(batch.doc, batch.shards)
         progress = services().estimates.batch_progress(
             batch.doc["task"], counts, batch.doc["created_at"]
         )

@@ -133,12 +133,11 @@ class PredictAdapter:
         with self._lock:
             return list(self._loaded)
 
-    def latest_versions(self) -> dict[str, int]:
-        """Each model's highest version in the last listing: what an unversioned job gets now
+    def latest_version(self, name: str) -> int | None:
+        """The model's highest version in the last listing: what an unversioned job gets now
         (the result cache keys unversioned requests on it, ``worker/resultcache.py``)."""
-        return {
-            name: max(versions) for name, versions in self._catalogue.models.items() if versions
-        }
+        versions = self._catalogue.models.get(name)
+        return max(versions) if versions else None
 
     def load(self) -> None:
         self._start_tensorflow()
